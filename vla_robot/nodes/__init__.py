@@ -1,0 +1,1 @@
+"""rclpy nodes: thin shells that turn messages into core calls and back."""
