@@ -1,0 +1,85 @@
+"""Hyper-parameters of the RL fine-tuning (GRPO, SimpleVLA-RL), one preset per model size.
+
+Standard library only, so the ROS nodes and the CLI can read it without torch. The values of
+``oft-7b`` are SimpleVLA-RL's LIBERO launcher (reference/simplevla_openvla_oft.md §3.5); ``tiny``
+keeps the algorithm and changes only what a 100k-parameter policy on a CPU needs (a larger step
+size, smaller groups and mini-batches).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+Mode = Literal["rl", "sft", "hybrid"]
+
+
+@dataclass
+class GRPOConfig:
+    """Everything that decides a GRPO update. Names follow SimpleVLA-RL / veRL."""
+
+    # --- groups and rewards -----------------------------------------------------------------
+    group_size: int = 8                 # n rollouts per (task, start condition)  (data.n_samples)
+    accuracy_lower: float = 0.1         # dynamic sampling: keep groups whose success rate is in
+    accuracy_upper: float = 0.9         #   [lower, upper]; with n = 8 that drops 0/8 and 8/8
+    adv_eps: float = 1e-6               # A = (R - mean) / (std + eps), std unbiased
+    # --- PPO clip ("clip-higher") -----------------------------------------------------------
+    clip_ratio_low: float = 0.2         # ratio >= 1 - 0.2 = 0.8
+    clip_ratio_high: float = 0.28       # ratio <= 1 + 0.28 = 1.28
+    temperature: float = 1.6            # rollout temperature; log-probs are recomputed at the same T
+    # --- optimiser (AdamW, constant lr, no KL, no entropy bonus) ------------------------------
+    lr: float = 5e-6
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ppo_epochs: int = 1
+    mini_batch_size: int = 128          # trajectories per optimiser step (ppo_mini_batch_size)
+    # --- real-world adaptation --------------------------------------------------------------
+    batch_groups: int = 64              # update once this many complete, kept groups are ready
+    max_staleness: int = 4              # drop episodes acted by a version older than this many updates
+    mode: Mode = "hybrid"               # rl only / sft only / hybrid (SFT on demos where a group never succeeds)
+    sft_coef: float = 1.0               # weight of the SFT loss that replaces RL for an all-failure group
+
+    def validate(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (a group needs two outcomes to compare), got {self.group_size}")
+        if not 0.0 <= self.accuracy_lower <= self.accuracy_upper <= 1.0:
+            raise ValueError(
+                f"accuracy bounds must satisfy 0 <= lower <= upper <= 1, got [{self.accuracy_lower}, {self.accuracy_upper}]"
+            )
+        if not (0.0 < self.clip_ratio_low < 1.0 and self.clip_ratio_high > 0.0):
+            raise ValueError(
+                f"clip ratios must be 0 < low < 1 and high > 0 (ratio in [1-low, 1+high]), "
+                f"got low={self.clip_ratio_low}, high={self.clip_ratio_high}"
+            )
+        for name in ("temperature", "lr", "grad_clip", "adv_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("ppo_epochs", "mini_batch_size", "batch_groups"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0 (policy versions), got {self.max_staleness}")
+        if self.mode not in ("rl", "sft", "hybrid"):
+            raise ValueError(f"mode must be 'rl', 'sft' or 'hybrid', got {self.mode!r}")
+
+
+PRESETS: dict[str, GRPOConfig] = {
+    # SimpleVLA-RL, LIBERO launcher: n=8, 64 prompts/step, mini-batch 128 trajectories, lr 5e-6.
+    "oft-7b": GRPOConfig(),
+    # The tiny CPU policy of the demo: same algorithm, bigger steps on a small model.
+    "tiny": GRPOConfig(group_size=8, lr=3e-4, mini_batch_size=32, batch_groups=6, max_staleness=2),
+}
+
+
+def preset(name: str, **overrides) -> GRPOConfig:
+    """The hyper-parameters for a model size, with overrides; errors name the valid choices."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown GRPO preset {name!r}; expected one of {sorted(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"unknown GRPO hyper-parameter(s) {sorted(unknown)}; expected some of {sorted(fields)}")
+    cfg = dataclasses.replace(PRESETS[name], **overrides)
+    cfg.validate()
+    return cfg
