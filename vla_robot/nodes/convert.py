@@ -1,0 +1,372 @@
+"""The one place where ROS messages become numpy arrays and back.
+
+Every node goes through these functions, so an image, a joint state or a trajectory means the same
+thing everywhere. Conventions (docs/interfaces.md): images are ``uint8`` H×W×3 RGB; joint vectors
+are float arrays ordered by a list of joint names; stamps are ``float`` seconds. Bad messages raise
+``ValueError`` saying what was wrong and what was expected.
+
+Standard messages only: the control source of a command travels in ``header.frame_id`` of the
+command trajectory, episode events are JSON in ``std_msgs/String``, action tokens and log-probs of
+a chunk travel in one ``std_msgs/Float64MultiArray``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Duration, Time
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+__all__ = [
+    "to_stamp",
+    "from_stamp",
+    "to_duration",
+    "from_duration",
+    "image_to_msg",
+    "msg_to_image",
+    "camera_info_msg",
+    "joint_state_to_msg",
+    "msg_to_joint_state",
+    "chunk_to_msg",
+    "command_to_msg",
+    "msg_to_trajectory",
+    "msg_to_command",
+    "tokens_to_msg",
+    "msg_to_tokens",
+    "event_to_msg",
+    "msg_to_event",
+    "COMMAND_SOURCES",
+]
+
+# header.frame_id of an arm command says who produced it (recorded as the `control` column).
+COMMAND_SOURCES = ("policy", "teleop", "hold", "reset")
+
+
+# --- time ---------------------------------------------------------------------------------------
+def to_stamp(t: float) -> Time:
+    """Seconds (float, >= 0) -> builtin_interfaces/Time."""
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"stamp must be a finite, non-negative number of seconds, got {t!r}")
+    sec = int(math.floor(t))
+    nanosec = int(round((t - sec) * 1e9))
+    if nanosec >= 1_000_000_000:
+        sec, nanosec = sec + 1, nanosec - 1_000_000_000
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def from_stamp(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def to_duration(t: float) -> Duration:
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"duration must be a finite, non-negative number of seconds, got {t!r}")
+    sec = int(math.floor(t))
+    nanosec = int(round((t - sec) * 1e9))
+    if nanosec >= 1_000_000_000:
+        sec, nanosec = sec + 1, nanosec - 1_000_000_000
+    return Duration(sec=sec, nanosec=nanosec)
+
+
+def from_duration(d: Duration) -> float:
+    return d.sec + d.nanosec * 1e-9
+
+
+# --- images -------------------------------------------------------------------------------------
+_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+
+
+def image_to_msg(image: np.ndarray, stamp: float, frame_id: str = "") -> Image:
+    """uint8 H×W×3 RGB array -> sensor_msgs/Image (rgb8)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"image must be a uint8 array of shape H×W×3 (RGB), got {image.dtype} array of shape {image.shape}"
+        )
+    msg = Image()
+    msg.header.stamp = to_stamp(stamp)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(image.shape[0]), int(image.shape[1])
+    msg.encoding = "rgb8"
+    msg.is_bigendian = 0
+    msg.step = msg.width * 3
+    msg.data = np.ascontiguousarray(image).tobytes()
+    return msg
+
+
+def msg_to_image(msg: Image) -> tuple[np.ndarray, float]:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8 or mono8) -> (uint8 H×W×3 RGB array, stamp)."""
+    enc = msg.encoding.lower()
+    if enc not in _ENCODINGS:
+        raise ValueError(f"image encoding '{msg.encoding}' is not supported; expected one of {', '.join(_ENCODINGS)}")
+    ch = _ENCODINGS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"image has no pixels (height={h}, width={w})")
+    if step < w * ch:
+        raise ValueError(f"image step {step} is shorter than width×channels = {w * ch} for {enc}")
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    if buf.size != step * h:
+        raise ValueError(f"image data has {buf.size} bytes; expected step×height = {step}×{h} = {step * h}")
+    img = buf.reshape(h, step)[:, : w * ch].reshape(h, w, ch)
+    if enc == "rgb8":
+        out = img
+    elif enc == "bgr8":
+        out = img[:, :, ::-1]
+    elif enc == "rgba8":
+        out = img[:, :, :3]
+    elif enc == "bgra8":
+        out = img[:, :, 2::-1]
+    else:
+        out = np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(out), from_stamp(msg.header.stamp)
+
+
+def camera_info_msg(
+    width: int,
+    height: int,
+    stamp: float,
+    frame_id: str = "",
+    k: Sequence[float] | None = None,
+    d: Sequence[float] | None = None,
+    distortion_model: str = "plumb_bob",
+) -> CameraInfo:
+    """CameraInfo for a camera of the given size; ``k`` is the 3×3 intrinsic matrix row-major (9 numbers)."""
+    msg = CameraInfo()
+    msg.header.stamp = to_stamp(stamp)
+    msg.header.frame_id = frame_id
+    msg.width, msg.height = int(width), int(height)
+    if k is None:
+        f = float(max(width, height))
+        k = [f, 0.0, width / 2.0, 0.0, f, height / 2.0, 0.0, 0.0, 1.0]
+    k = [float(v) for v in np.asarray(k, dtype=float).ravel()]
+    if len(k) != 9:
+        raise ValueError(f"camera matrix k must have 9 numbers (3×3 row-major), got {len(k)}")
+    msg.k = k
+    msg.d = [float(v) for v in (d or [0.0] * 5)]
+    msg.distortion_model = distortion_model
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [k[0], k[1], k[2], 0.0, k[3], k[4], k[5], 0.0, k[6], k[7], k[8], 0.0]
+    return msg
+
+
+# --- joints -------------------------------------------------------------------------------------
+def _vector(values: Any, n: int | None, what: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or (n is not None and arr.shape[0] != n):
+        raise ValueError(f"{what} must be a 1-D vector of {n if n is not None else 'N'} numbers, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} contains NaN or infinity: {arr.tolist()}")
+    return arr
+
+
+def joint_state_to_msg(
+    names: Sequence[str], position: Any, stamp: float, velocity: Any = None, effort: Any = None
+) -> JointState:
+    names = list(names)
+    msg = JointState()
+    msg.header.stamp = to_stamp(stamp)
+    msg.name = names
+    msg.position = _vector(position, len(names), "joint position").tolist()
+    if velocity is not None:
+        msg.velocity = _vector(velocity, len(names), "joint velocity").tolist()
+    if effort is not None:
+        msg.effort = _vector(effort, len(names), "joint effort").tolist()
+    return msg
+
+
+def msg_to_joint_state(
+    msg: JointState, names: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """JointState -> (position, velocity or None, stamp), reordered to ``names`` when given."""
+    have = list(msg.name)
+    pos = np.asarray(msg.position, dtype=np.float64)
+    if have and len(have) != len(pos):
+        raise ValueError(f"joint state has {len(have)} names but {len(pos)} positions")
+    vel = np.asarray(msg.velocity, dtype=np.float64) if len(msg.velocity) else None
+    if vel is not None and len(vel) != len(pos):
+        raise ValueError(f"joint state has {len(pos)} positions but {len(vel)} velocities")
+    if names is not None:
+        names = list(names)
+        if have != names:
+            missing = [n for n in names if n not in have]
+            if missing or not have:
+                raise ValueError(f"joint state lacks joints {missing or names}; it has {have}")
+            idx = [have.index(n) for n in names]
+            pos = pos[idx]
+            vel = vel[idx] if vel is not None else None
+    if not np.all(np.isfinite(pos)):
+        raise ValueError(f"joint state position contains NaN or infinity: {pos.tolist()}")
+    return pos, vel, from_stamp(msg.header.stamp)
+
+
+# --- trajectories -------------------------------------------------------------------------------
+def chunk_to_msg(
+    positions: Any,
+    dt: float,
+    names: Sequence[str],
+    stamp: float,
+    frame_id: str = "",
+    start_q: Any = None,
+) -> JointTrajectory:
+    """An action chunk H×D -> JointTrajectory: point i at (i+1)·dt, velocities by finite
+    differences (from ``start_q`` when given), the last point at rest."""
+    names = list(names)
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != len(names) or pos.shape[0] == 0:
+        raise ValueError(f"chunk must be H×{len(names)} (one column per joint {names}), got shape {pos.shape}")
+    if not np.all(np.isfinite(pos)):
+        raise ValueError("chunk contains NaN or infinity")
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0 seconds, got {dt}")
+    prev = np.vstack([_vector(start_q, len(names), "start_q")[None] if start_q is not None else pos[:1], pos[:-1]])
+    vel = (pos - prev) / dt
+    vel[-1] = 0.0
+    msg = JointTrajectory()
+    msg.header.stamp = to_stamp(stamp)
+    msg.header.frame_id = frame_id
+    msg.joint_names = names
+    for i in range(pos.shape[0]):
+        p = JointTrajectoryPoint()
+        p.positions = pos[i].tolist()
+        p.velocities = vel[i].tolist()
+        p.time_from_start = to_duration((i + 1) * dt)
+        msg.points.append(p)
+    return msg
+
+
+def command_to_msg(q_target: Any, names: Sequence[str], stamp: float, dt: float, source: str = "policy") -> JointTrajectory:
+    """One arm command: reach ``q_target`` in ``dt`` and stop there (a single point at rest).
+
+    ``stamp`` is the stamp of the observation the command came from; ``source`` (policy, teleop,
+    hold, reset) goes into ``header.frame_id``. A joint trajectory controller stops the arm at the
+    target if no further command arrives.
+    """
+    if source not in COMMAND_SOURCES:
+        raise ValueError(f"command source must be one of {COMMAND_SOURCES}, got {source!r}")
+    q = _vector(q_target, len(list(names)), "command target")
+    msg = JointTrajectory()
+    msg.header.stamp = to_stamp(stamp)
+    msg.header.frame_id = source
+    msg.joint_names = list(names)
+    p = JointTrajectoryPoint()
+    p.positions = q.tolist()
+    p.velocities = [0.0] * len(q)
+    p.time_from_start = to_duration(dt)
+    msg.points.append(p)
+    return msg
+
+
+def msg_to_trajectory(msg: JointTrajectory, names: Sequence[str] | None = None) -> dict:
+    """JointTrajectory -> {"positions": P×D, "velocities": P×D or None, "times": P, "names", "stamp", "frame_id"}."""
+    have = list(msg.joint_names)
+    if not msg.points:
+        raise ValueError("joint trajectory has no points; expected at least one")
+    pos = np.array([list(p.positions) for p in msg.points], dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != len(have):
+        raise ValueError(f"every trajectory point must have {len(have)} positions (one per joint name)")
+    vel = None
+    if all(len(p.velocities) == len(have) for p in msg.points):
+        vel = np.array([list(p.velocities) for p in msg.points], dtype=np.float64)
+    times = np.array([from_duration(p.time_from_start) for p in msg.points])
+    if names is not None and list(names) != have:
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise ValueError(f"joint trajectory lacks joints {missing}; it has {have}")
+        idx = [have.index(n) for n in names]
+        pos = pos[:, idx]
+        vel = vel[:, idx] if vel is not None else None
+        have = list(names)
+    if not np.all(np.isfinite(pos)):
+        raise ValueError("joint trajectory contains NaN or infinity")
+    return {
+        "positions": pos,
+        "velocities": vel,
+        "times": times,
+        "names": have,
+        "stamp": from_stamp(msg.header.stamp),
+        "frame_id": msg.header.frame_id,
+    }
+
+
+def msg_to_command(msg: JointTrajectory, names: Sequence[str] | None = None) -> tuple[np.ndarray, float, str]:
+    """An arm command -> (target of its first point, stamp, source)."""
+    traj = msg_to_trajectory(msg, names)
+    return traj["positions"][0], traj["stamp"], traj["frame_id"]
+
+
+# --- action tokens of a chunk (RL) --------------------------------------------------------------
+def tokens_to_msg(chunk_id: int, version: int, tokens: Any, logprobs: Any) -> Float64MultiArray:
+    """Sampled action tokens and their log-probs of one chunk, in one message.
+
+    ``layout.dim`` = [tokens (N), logprobs (N)], labelled ``tokens:<chunk_id>:<version>`` and
+    ``logprobs``; ``data`` = tokens then log-probs (float64 holds token ids exactly).
+    """
+    tok = np.asarray(tokens).ravel()
+    lp = np.asarray(logprobs, dtype=np.float64).ravel()
+    if tok.shape != lp.shape:
+        raise ValueError(f"tokens and logprobs must have the same length, got {tok.size} and {lp.size}")
+    if not np.issubdtype(tok.dtype, np.integer):
+        raise ValueError(f"tokens must be integers, got {tok.dtype}")
+    msg = Float64MultiArray()
+    n = int(tok.size)
+    msg.layout.dim = [
+        MultiArrayDimension(label=f"tokens:{int(chunk_id)}:{int(version)}", size=n, stride=2 * n),
+        MultiArrayDimension(label="logprobs", size=n, stride=n),
+    ]
+    msg.data = np.concatenate([tok.astype(np.float64), lp]).tolist()
+    return msg
+
+
+def msg_to_tokens(msg: Float64MultiArray) -> dict:
+    """-> {"chunk_id", "version", "tokens": int64[N], "logprobs": float32[N]}."""
+    dims = list(msg.layout.dim)
+    if len(dims) != 2 or not dims[0].label.startswith("tokens:") or dims[1].label != "logprobs":
+        raise ValueError("not a chunk-tokens message: expected layout dims 'tokens:<chunk>:<version>' and 'logprobs'")
+    try:
+        _, chunk_id, version = dims[0].label.split(":")
+        chunk_id, version = int(chunk_id), int(version)
+    except ValueError:
+        raise ValueError(f"bad tokens label {dims[0].label!r}; expected 'tokens:<chunk_id>:<version>'") from None
+    n = dims[0].size
+    data = np.asarray(msg.data, dtype=np.float64)
+    if data.size != 2 * n:
+        raise ValueError(f"chunk-tokens message has {data.size} numbers; expected 2×{n}")
+    return {
+        "chunk_id": chunk_id,
+        "version": version,
+        "tokens": data[:n].astype(np.int64),
+        "logprobs": data[n:].astype(np.float32),
+    }
+
+
+# --- events -------------------------------------------------------------------------------------
+def event_to_msg(event: dict) -> String:
+    """An episode event (a JSON-able dict with a ``type`` key) -> std_msgs/String."""
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise ValueError(f"an event must be a dict with a string 'type', got {event!r}")
+    return String(data=json.dumps(event, sort_keys=True, default=_json_default))
+
+
+def msg_to_event(msg: String) -> dict:
+    try:
+        event = json.loads(msg.data)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"event is not JSON: {e}: {msg.data[:200]!r}") from None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise ValueError(f"event must be a JSON object with a string 'type', got {msg.data[:200]!r}")
+    return event
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
