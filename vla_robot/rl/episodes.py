@@ -1,0 +1,116 @@
+"""Episodes as the learner sees them, and rollouts of groups on the twin.
+
+An episode is the list of chunk queries the policy answered (observation, sampled action tokens,
+their behaviour log-probs, which of those tokens the arm executed), the start condition that
+groups it, the policy version that acted and the label (1 success, 0 failure, None unlabelled).
+Rollouts run n environments from one start condition in lock-step with one batched policy call
+per chunk (SimpleVLA-RL's micro-batch of one prompt x n samples); each executes its chunk open
+loop and stops at success or at ``max_steps``, so only executed actions are marked.
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# policy(observations, mode, temperature) -> one result per observation:
+#   {"actions": float32 [H, D], "tokens": int64 [H*D], "logprobs": float32 [H*D], "version": int}
+PolicyFn = Callable[[list[dict], str, float], list[dict]]
+
+
+@dataclass
+class Step:
+    """One chunk query: what the policy saw and what it sampled."""
+
+    observation: dict          # {"images": {cam: uint8 HxWx3}, "state": float32[P], "instruction": str}
+    tokens: np.ndarray         # int64 [H*D] action token ids, row-major (action i: tokens[i*D:(i+1)*D])
+    logprobs: np.ndarray       # float32 [H*D] behaviour log-probs at the rollout temperature
+    executed: np.ndarray       # bool [H*D] True for tokens of actions the arm executed
+
+
+@dataclass
+class Episode:
+    task: str
+    start: Hashable
+    steps: list[Step]
+    label: int | None
+    version: int
+    episode_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    length: int = 0            # env steps executed
+
+    def validate(self) -> None:
+        if self.label not in (0, 1, None):
+            raise ValueError(f"episode {self.episode_id}: label must be 1 (success), 0 (failure) or None, got {self.label!r}")
+        for i, s in enumerate(self.steps):
+            n = s.tokens.shape[0]
+            if s.tokens.ndim != 1 or s.logprobs.shape != (n,) or s.executed.shape != (n,):
+                raise ValueError(
+                    f"episode {self.episode_id} step {i}: tokens, logprobs and executed must be 1-D of one length, got "
+                    f"{s.tokens.shape}, {s.logprobs.shape}, {s.executed.shape}"
+                )
+
+
+def executed_mask(n_executed: int, chunk_size: int, action_dim: int) -> np.ndarray:
+    """Token mask of a chunk of which the first ``n_executed`` actions were executed."""
+    if not 0 <= n_executed <= chunk_size:
+        raise ValueError(f"n_executed must be in [0, {chunk_size}] (actions of the chunk), got {n_executed}")
+    mask = np.zeros((chunk_size, action_dim), dtype=bool)
+    mask[:n_executed] = True
+    return mask.reshape(-1)
+
+
+def rollout_group(envs: Sequence, policy: PolicyFn, seed: int, **kwargs) -> list[Episode]:
+    """A GRPO group: every env from the start state of ``seed``; labels from env.success()."""
+    episodes = rollout(envs, policy, [seed] * len(envs), **kwargs)
+    starts = {e.start for e in episodes}
+    if len(starts) != 1:
+        raise ValueError(f"rollout_group: envs reset with seed {seed} gave different start conditions {starts}; "
+                         "a GRPO group needs one start state")
+    return episodes
+
+
+def rollout(
+    envs: Sequence, policy: PolicyFn, seeds: Sequence[int], *, mode: str = "sample", temperature: float = 1.6,
+    task: str = "", keep_steps: bool = True,
+) -> list[Episode]:
+    """Env i from the start state of ``seeds[i]`` until success or ``max_steps``, one batched policy call per chunk."""
+    if len(seeds) != len(envs):
+        raise ValueError(f"rollout: one seed per env expected, got {len(seeds)} seeds for {len(envs)} envs")
+    obs = [policy_observation(env.reset(seed=int(s)), env.instruction) for env, s in zip(envs, seeds)]
+    starts = [env.start_condition for env in envs]
+    n = len(envs)
+    steps: list[list[Step]] = [[] for _ in range(n)]
+    done = [False] * n
+    success = [False] * n
+    t = [0] * n
+    versions = [0] * n
+    while not all(done):
+        active = [i for i in range(n) if not done[i]]
+        queried = [obs[i] for i in active]
+        results = policy(queried, mode, temperature)
+        for i, query, res in zip(active, queried, results):
+            versions[i] = int(res.get("version", 0))
+            chunk = np.asarray(res["actions"])
+            h, d = chunk.shape
+            k = 0
+            while k < h and not done[i]:
+                obs[i] = policy_observation(envs[i].step(chunk[k]), envs[i].instruction)
+                k += 1
+                t[i] += 1
+                if envs[i].success():
+                    done[i], success[i] = True, True
+                elif t[i] >= envs[i].max_steps:
+                    done[i] = True
+            if keep_steps and res.get("tokens") is not None:
+                steps[i].append(Step(query, np.asarray(res["tokens"], dtype=np.int64),
+                                     np.asarray(res["logprobs"], dtype=np.float32), executed_mask(k, h, d)))
+    return [Episode(task=task or envs[i].instruction, start=starts[i], steps=steps[i], label=int(success[i]),
+                    version=versions[i], length=t[i]) for i in range(n)]
+
+
+def policy_observation(env_obs: dict, instruction: str) -> dict:
+    """The policy's view of a twin observation (images, state, instruction)."""
+    return {"images": env_obs["images"], "state": np.asarray(env_obs["state"], dtype=np.float32),
+            "instruction": instruction}
