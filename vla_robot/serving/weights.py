@@ -1,0 +1,246 @@
+"""Weight hot-swap: the learner pushes a new policy version to the server over its weights socket.
+
+::
+
+    pub = WeightPublisher("tcp://127.0.0.1:5556")
+    pub.push(model.state_dict(), version=7)            # full weights, or
+    pub.push(lora_delta, version=8)                    # whatever runtime.load_weights accepts
+
+A push is one transfer: ``begin`` (version, tensor count, total bytes), ``part`` messages of at most
+``part_bytes`` each (tensors as raw buffers with a SHA-256 of their bytes), then ``commit``. The
+server stages the parts, checks counts, sizes, digests and that float tensors are finite, and only
+then hands the whole update to the batcher, which calls ``runtime.load_weights(state, version)``
+between two batches. A transfer that stops half-way, a wrong digest, a stale version or weights the
+runtime refuses all leave the serving version as it was; the publisher gets an error that says why.
+
+Tensors travel as numpy buffers; ``bfloat16`` (which numpy lacks) travels as its 16-bit pattern with
+a tag, and comes back as a ``torch.bfloat16`` tensor. The server hands torch tensors to the runtime.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+import uuid
+from typing import Any, Mapping
+
+import numpy as np
+import zmq
+
+from vla_robot.serving import protocol
+from vla_robot.serving.client import PolicyServerError, PolicyTimeout, curve_client_setup
+
+__all__ = ["WeightPublisher", "WeightReceiver", "DEFAULT_PART_BYTES"]
+
+DEFAULT_PART_BYTES = 32 * 1024 * 1024
+MAX_PART_BYTES = 256 * 1024 * 1024
+
+
+def _to_numpy(name: str, t: Any) -> tuple[np.ndarray, str | None]:
+    """A tensor or array as a C-contiguous numpy array, plus a dtype tag for bfloat16."""
+    if hasattr(t, "detach"):  # a torch tensor; torch itself is not imported here
+        t = t.detach().cpu().contiguous()
+        if str(t.dtype) == "torch.bfloat16":
+            import torch
+
+            return t.view(torch.int16).numpy(), "bfloat16"
+        return t.numpy(), None
+    if isinstance(t, np.ndarray):
+        return np.ascontiguousarray(t), None
+    raise ValueError(f"weight '{name}' is a {type(t).__name__}; expected a torch tensor or numpy array")
+
+
+def _digest(arrays: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+class WeightPublisher:
+    """Pushes weights to a :class:`~vla_robot.serving.server.PolicyServer`'s weights socket."""
+
+    def __init__(
+        self,
+        address: str = f"tcp://127.0.0.1:{protocol.DEFAULT_WEIGHTS_PORT}",
+        timeout_s: float = 120.0,
+        curve_server_key=None,
+        curve_client_key=None,
+        part_bytes: int = DEFAULT_PART_BYTES,
+        context: zmq.Context | None = None,
+    ):
+        if not isinstance(address, str) or not address.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"address must be a ZMQ endpoint like tcp://127.0.0.1:5556, got {address!r}")
+        if not 1 <= part_bytes <= MAX_PART_BYTES:
+            raise ValueError(f"part_bytes must be in [1, {MAX_PART_BYTES}], got {part_bytes}")
+        self.address = address
+        self.timeout_s = float(timeout_s)
+        self.part_bytes = int(part_bytes)
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.linger = 0
+        if curve_server_key is not None:
+            curve_client_setup(self._sock, curve_server_key, curve_client_key)
+        self._sock.connect(address)
+        self._ids = itertools.count(1)
+
+    def push(self, state_dict_or_delta: Mapping[str, Any], version: int) -> dict:
+        """Send ``state_dict_or_delta`` as policy ``version``; return once it serves.
+
+        Returns ``{"version", "bytes", "tensors", "seconds"}``. Raises :class:`PolicyServerError`
+        when the server refuses the update (the old version keeps serving) and
+        :class:`PolicyTimeout` when it does not answer within ``timeout_s``.
+        """
+        if not isinstance(state_dict_or_delta, Mapping) or not state_dict_or_delta:
+            raise ValueError("push needs a non-empty mapping of parameter name -> tensor")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise ValueError(f"version must be a non-negative integer, got {version!r}")
+        t0 = time.monotonic()
+        tensors = []
+        for name, t in state_dict_or_delta.items():
+            if not isinstance(name, str):
+                raise ValueError(f"parameter names must be strings, got {name!r}")
+            tensors.append((name, *_to_numpy(name, t)))
+        parts: list[list] = [[]]
+        size = 0
+        for item in tensors:
+            if parts[-1] and size + item[1].nbytes > self.part_bytes:
+                parts.append([])
+                size = 0
+            parts[-1].append(item)
+            size += item[1].nbytes
+        total = sum(a.nbytes for _, a, _ in tensors)
+        transfer = uuid.uuid4().hex
+        self._call({"type": "begin", "transfer": transfer, "version": version, "n_tensors": len(tensors),
+                    "n_parts": len(parts), "total_bytes": total})
+        for seq, part in enumerate(parts):
+            self._call({
+                "type": "part", "transfer": transfer, "seq": seq,
+                "names": [n for n, _, _ in part],
+                "arrays": [a for _, a, _ in part],
+                "tags": [tag for _, _, tag in part],
+                "sha256": _digest([a for _, a, _ in part]),
+            })
+        reply = self._call({"type": "commit", "transfer": transfer})
+        return {"version": int(reply["version"]), "bytes": total, "tensors": len(tensors),
+                "seconds": time.monotonic() - t0}
+
+    def _call(self, msg: dict) -> dict:
+        rid = next(self._ids)
+        msg = {"v": protocol.PROTOCOL_VERSION, "id": rid, **msg}
+        self._sock.send_multipart(protocol.pack(msg, copy_threshold=64 * 1024), copy=False)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._sock.poll(int(remaining * 1000) + 1):
+                raise PolicyTimeout(f"weights server {self.address} did not answer '{msg['type']}' within {self.timeout_s:.3g} s")
+            reply = protocol.unpack(self._sock.recv_multipart(copy=False))
+            if reply.get("id") != rid:
+                continue  # a late answer to an earlier, timed-out call
+            if reply.get("type") == "error":
+                raise PolicyServerError(str(reply.get("code")), str(reply.get("message")), rid)
+            return reply
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+    def __enter__(self) -> WeightPublisher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class WeightReceiver:
+    """Server side: stages one transfer at a time and returns the finished update on ``commit``.
+
+    ``handle(header)`` returns ``(reply, update)``; ``update`` is ``None`` or ``(state, version)``
+    with torch tensors, ready for ``runtime.load_weights``.
+    """
+
+    def __init__(self, max_total_bytes: int = 64 * 1024**3, stale_after_s: float = 300.0):
+        self.max_total_bytes = int(max_total_bytes)
+        self.stale_after_s = float(stale_after_s)
+        self._t: dict | None = None
+
+    def handle(self, msg: dict) -> tuple[dict, tuple[dict, int] | None]:
+        rid = msg.get("id") if isinstance(msg.get("id"), int) else None
+        try:
+            return self._handle(msg, rid)
+        except protocol.ProtocolError as e:
+            return protocol.error_reply(e.code, e.message, rid), None
+        except ValueError as e:
+            self._t = None
+            return protocol.error_reply("bad_request", f"weights update refused: {e}", rid), None
+
+    def _handle(self, msg: dict, rid: int | None):
+        def fail(text: str):
+            raise ValueError(text)
+
+        if msg.get("v") != protocol.PROTOCOL_VERSION:
+            raise protocol.ProtocolError("unsupported_version", f"weights message speaks protocol {msg.get('v')!r}; "
+                                         f"this server speaks {protocol.PROTOCOL_VERSION}", rid)
+        kind = msg.get("type")
+        if self._t is not None and time.monotonic() - self._t["touched"] > self.stale_after_s:
+            self._t = None  # the publisher vanished half-way; drop what it sent
+        if kind == "begin":
+            for key in ("transfer", "version", "n_tensors", "n_parts", "total_bytes"):
+                if key not in msg:
+                    fail(f"'begin' lacks '{key}'")
+            ints = ("version", "n_tensors", "n_parts", "total_bytes")
+            if any(isinstance(msg[k], bool) or not isinstance(msg[k], int) or msg[k] < 0 for k in ints):
+                fail(f"'begin' fields {ints} must be non-negative integers")
+            if msg["total_bytes"] > self.max_total_bytes:
+                fail(f"update of {msg['total_bytes']} bytes is over this server's limit of {self.max_total_bytes}")
+            if msg["n_parts"] < 1 or msg["n_tensors"] < 1:
+                fail("an update needs at least one part and one tensor")
+            self._t = {"id": msg["transfer"], "version": msg["version"], "n_tensors": msg["n_tensors"],
+                       "n_parts": msg["n_parts"], "total_bytes": msg["total_bytes"], "next": 0,
+                       "tensors": {}, "bytes": 0, "touched": time.monotonic()}
+            return {"v": protocol.PROTOCOL_VERSION, "type": "ack", "id": rid}, None
+        t = self._t
+        if kind not in ("part", "commit"):
+            fail(f"'type' is {kind!r}; expected begin, part or commit")
+        if t is None or msg.get("transfer") != t["id"]:
+            raise protocol.ProtocolError("bad_request", f"'{kind}' for transfer {msg.get('transfer')!r}, which is not the "
+                                         "open transfer (never begun, superseded, or dropped after an error)", rid)
+        t["touched"] = time.monotonic()
+        if kind == "part":
+            if msg.get("seq") != t["next"]:
+                fail(f"part {msg.get('seq')!r} arrived; expected part {t['next']} (parts go in order, none missing)")
+            names, arrays, tags = msg.get("names"), msg.get("arrays"), msg.get("tags")
+            if not (isinstance(names, list) and isinstance(arrays, list) and isinstance(tags, list)
+                    and len(names) == len(arrays) == len(tags)):
+                fail("a part needs equal-length lists 'names', 'arrays', 'tags'")
+            if not all(isinstance(a, np.ndarray) for a in arrays) or not all(isinstance(n, str) for n in names):
+                fail("part 'names' must be strings and 'arrays' arrays")
+            if _digest(list(arrays)) != msg.get("sha256"):
+                fail(f"part {t['next']} is corrupt: its SHA-256 does not match the bytes received")
+            for name, a, tag in zip(names, arrays, tags):
+                if name in t["tensors"]:
+                    fail(f"parameter '{name}' sent twice")
+                if tag not in (None, "bfloat16") or (tag == "bfloat16" and a.dtype != np.int16):
+                    fail(f"parameter '{name}' has dtype tag {tag!r}; expected none or 'bfloat16' on int16 bits")
+                if tag is None and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                    fail(f"parameter '{name}' has non-finite values; refusing to serve it")
+                t["tensors"][name] = (a, tag)
+                t["bytes"] += a.nbytes
+            if t["bytes"] > t["total_bytes"] or len(t["tensors"]) > t["n_tensors"]:
+                fail(f"more data than announced ({len(t['tensors'])} tensors / {t['bytes']} bytes; announced "
+                     f"{t['n_tensors']} / {t['total_bytes']})")
+            t["next"] += 1
+            return {"v": protocol.PROTOCOL_VERSION, "type": "ack", "id": rid}, None
+        # commit
+        self._t = None
+        if t["next"] != t["n_parts"] or len(t["tensors"]) != t["n_tensors"] or t["bytes"] != t["total_bytes"]:
+            fail(f"incomplete update: {t['next']}/{t['n_parts']} parts, {len(t['tensors'])}/{t['n_tensors']} tensors, "
+                 f"{t['bytes']}/{t['total_bytes']} bytes")
+        state = {name: _to_torch(a, tag) for name, (a, tag) in t["tensors"].items()}
+        return {"v": protocol.PROTOCOL_VERSION, "type": "swapped", "id": rid, "version": t["version"]}, (state, t["version"])
+
+
+def _to_torch(a: np.ndarray, tag: str | None):
+    import torch
+
+    tensor = torch.from_numpy(np.array(a))  # own, writable memory
+    return tensor.view(torch.bfloat16) if tag == "bfloat16" else tensor
