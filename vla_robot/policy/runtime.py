@@ -1,0 +1,243 @@
+"""The policy runtime: a model, its processor and statistics, behind ``predict`` and hot-swap.
+
+``load_policy(preset="tiny")`` builds a randomly initialised model from ``models/policy/tiny.yaml``
+(deterministic from ``seed``); ``load_policy(checkpoint=DIR)`` loads the OFT layout on disk.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+from vla_robot.config import ConfigError, from_dict
+from vla_robot.policy import action_tokenizer
+from vla_robot.policy.config import PolicyModelConfig
+from vla_robot.policy.modeling import OFTModel, PolicyBatch
+from vla_robot.policy.processor import PolicyProcessor
+
+__all__ = ["PolicyRuntime", "load_policy", "build_model", "models_dir", "preset_path", "load_preset", "list_presets"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def models_dir() -> Path:
+    """``<repo>/models/policy`` in a checkout (``$VLA_ROBOT_MODELS_DIR/policy`` if set; the share dir when installed)."""
+    env = os.environ.get("VLA_ROBOT_MODELS_DIR")
+    if env:
+        return Path(env) / "policy"
+    here = Path(__file__).resolve().parents[2] / "models" / "policy"
+    if here.is_dir():
+        return here
+    try:  # pragma: no cover - only on a ROS 2 install
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("vla_robot")) / "models" / "policy"
+    except Exception:  # noqa: BLE001
+        return here
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in models_dir().glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = models_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown policy preset '{name}'; known presets: {', '.join(list_presets()) or 'none'} (in {models_dir()})")
+    return path
+
+
+def load_preset(name: str, overrides: Mapping[str, Any] | None = None) -> PolicyModelConfig:
+    path = preset_path(name)
+    data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("name", name)
+    if overrides:
+        data = _merge(data, dict(overrides))
+    return from_dict(PolicyModelConfig, data, source=str(path))
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_model(cfg: PolicyModelConfig, seed: int | None = 0, device: str | torch.device = "cpu") -> OFTModel:
+    """A randomly initialised OFT model; the same ``seed`` gives the same weights."""
+    dev = torch.device(device)
+    if dev.type == "meta":
+        with torch.device("meta"):
+            return OFTModel(cfg)
+    devices = [dev] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0 if seed is None else seed)
+        with torch.device(dev):
+            model = OFTModel(cfg)
+    return model.eval()
+
+
+def tower_mean_std(model: OFTModel) -> list[tuple[tuple, tuple]]:
+    out = []
+    for tower in (model.vision_backbone.featurizer, model.vision_backbone.fused_featurizer):
+        pc = getattr(tower, "pretrained_cfg", None) or {}
+        out.append((tuple(pc.get("mean", (0.5, 0.5, 0.5))), tuple(pc.get("std", (0.5, 0.5, 0.5)))))
+    return out
+
+
+class PolicyRuntime:
+    """One loaded policy: ``predict`` for serving, the trainable ``model`` and ``processor`` for RL."""
+
+    def __init__(self, model: OFTModel, processor: PolicyProcessor, device: str = "cpu", dtype: str = "float32", version: int = 0):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        self.cfg: PolicyModelConfig = model.cfg
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model = model.to(device=self.device, dtype=_DTYPES[dtype])
+        self.processor = processor
+        self.version = int(version)
+        self.lock = threading.RLock()  # predict and load_weights are atomic with respect to each other
+
+    # --- description ----------------------------------------------------------------------------
+    @property
+    def metadata(self) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "action_dim": c.action_dim,
+            "chunk_size": c.chunk_size,
+            "proprio_dim": c.proprio_dim,
+            "cameras": list(c.cameras),
+            "image_size": c.vision.image_size,
+            "norm_key": self.processor.norm_key,
+            "head": c.head,
+            "version": self.version,
+            "model": c.name,
+        }
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    # --- inference ------------------------------------------------------------------------------
+    def batch(self, observations: Sequence[Mapping[str, Any]]) -> PolicyBatch:
+        """The processor's batch, on this runtime's device and dtype."""
+        return self.processor(observations).to(self.device, _DTYPES[self.dtype])
+
+    def predict(
+        self,
+        observations: Sequence[Mapping[str, Any]],
+        mode: str = "greedy",
+        temperature: float = 1.6,
+        return_tokens: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> list[dict[str, Any]]:
+        """One action chunk per observation: ``{"actions": float32 [chunk, action_dim] (unnormalised),
+        "tokens": int64 [chunk·action_dim] | None, "logprobs": float32 [chunk·action_dim] | None}``."""
+        if mode not in ("greedy", "sample"):
+            raise ValueError(f"mode must be 'greedy' or 'sample', got {mode!r}")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        if self.cfg.head == "l1" and mode == "sample":
+            raise ValueError("mode='sample' needs the discrete head; this policy has the L1 regression head (deterministic)")
+        batch = self.batch(observations)
+        with self.lock, torch.inference_mode():
+            if self.cfg.head == "l1":
+                normalized = self.model.l1_actions(batch).float().cpu().numpy()
+                tokens = logprobs = None
+            else:
+                tok, lp = self.model.sample_tokens(batch, mode, float(temperature), generator)
+                tokens, logprobs = tok.cpu().numpy(), lp.float().cpu().numpy()
+                normalized = action_tokenizer.decode(tokens).reshape(len(batch), self.cfg.chunk_size, self.cfg.action_dim)
+        actions = self.processor.unnormalize_actions(normalized).astype(np.float32)
+        out = []
+        for i in range(len(batch)):
+            give = return_tokens and tokens is not None
+            out.append(
+                {
+                    "actions": actions[i],
+                    "tokens": tokens[i].astype(np.int64) if give else None,
+                    "logprobs": logprobs[i].astype(np.float32) if give else None,
+                }
+            )
+        return out
+
+    # --- statistics and weights ----------------------------------------------------------------
+    def set_norm_stats(self, stats: Mapping[str, Any], norm_key: str = "") -> None:
+        """Use other dataset statistics (e.g. ``normalization.compute_statistics`` of demonstrations)."""
+        with self.lock:
+            self.processor.set_norm_stats(stats, norm_key)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """All weights (main model, proprio projector, action head), detached, on CPU."""
+        with self.lock:
+            return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def load_weights(self, state: Mapping[str, Any], version: int, delta: bool = False) -> None:
+        """Hot-swap weights atomically. ``state`` may hold all tensors or a subset (a partial
+        update); with ``delta=True`` its tensors are added to the current ones. Tensors may be torch
+        tensors or numpy arrays. Every name and shape is checked before anything changes."""
+        if not isinstance(state, Mapping) or not state:
+            raise ValueError("load_weights needs a non-empty mapping of parameter name -> tensor")
+        own = self.model.state_dict()
+        prepared = {}
+        for name, value in state.items():
+            if name not in own:
+                raise ValueError(f"load_weights: unknown tensor '{name}' (not a parameter of model '{self.cfg.name}')")
+            t = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+            if tuple(t.shape) != tuple(own[name].shape):
+                raise ValueError(f"load_weights: tensor '{name}' has shape {tuple(t.shape)}; expected {tuple(own[name].shape)}")
+            if not torch.isfinite(t.float()).all():
+                raise ValueError(f"load_weights: tensor '{name}' contains NaN or inf")
+            prepared[name] = t
+        with self.lock, torch.no_grad():
+            for name, t in prepared.items():
+                target = own[name]
+                t = t.to(device=target.device, dtype=target.dtype)
+                target.add_(t) if delta else target.copy_(t)
+            self.version = int(version)
+
+
+def load_policy(
+    preset: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int | None = None,
+    norm_key: str = "",
+    overrides: Mapping[str, Any] | None = None,
+) -> PolicyRuntime:
+    """Load a policy from a checkpoint directory (OFT layout) or build one from a preset.
+
+    ``overrides``: preset fields to change (e.g. ``{"head": "l1", "chunk_size": 4}``); for a
+    checkpoint without our own description (a published OFT one) they give what OFT keeps in code
+    constants (``chunk_size``, ``action_dim``, ``cameras`` …).
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if checkpoint:
+        from vla_robot.policy.checkpoint import load_checkpoint
+
+        return load_checkpoint(checkpoint, device=device, dtype=dtype, norm_key=norm_key, overrides=overrides)
+    cfg = load_preset(preset or "tiny", overrides)
+    model = build_model(cfg, seed=seed, device=device)
+    from vla_robot.policy import normalization
+    from vla_robot.policy.tokenizer import ByteTokenizer, load_tokenizer
+
+    base = models_dir()
+    tokenizer = load_tokenizer(None, base / cfg.tokenizer) if cfg.tokenizer else ByteTokenizer()
+    stats = normalization.read_statistics(base / cfg.dataset_statistics) if cfg.dataset_statistics else None
+    processor = PolicyProcessor(cfg, tokenizer, tower_mean_std(model), stats, norm_key or cfg.norm_key)
+    return PolicyRuntime(model, processor, device=device, dtype=dtype)
+
+
+def config_to_dict(cfg: PolicyModelConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+__all__ += ["config_to_dict", "ConfigError"]
