@@ -1,0 +1,80 @@
+"""Config dataclasses of the data part (recorder, evaluation), read with :mod:`vla_robot.config`.
+
+Standard library only, so every node and CLI can load them without importing lerobot.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+VIDEO_CODECS = ("h264", "hevc", "libsvtav1")
+
+
+@dataclass
+class RecorderConfig:
+    """How the :class:`vla_robot.data.recorder.Recorder` writes a LeRobotDataset."""
+
+    fps: int = 30
+    vcodec: str = "h264"  # libx264 ships in PyAV's wheel; decodes everywhere (pyav, torchcodec)
+    encoder_threads: int = 1  # per camera; 1 keeps a 2-core robot PC responsive
+    max_pending_s: float = 2.0  # frames waiting for the writer, in seconds of recording, before add_frame drops
+    put_timeout_s: float = 0.0  # how long add_frame may wait for room (0: never blocks the control loop)
+    fsync: bool = True  # fsync every saved episode's files before it counts as durable (power loss)
+    keep_commits: int = 2  # commit snapshots kept under <root>/.vla_recorder
+
+    def validate(self) -> None:
+        if not (isinstance(self.fps, int) and 1 <= self.fps <= 1000):
+            raise ValueError(f"fps must be an integer in 1..1000 (frames per second), got {self.fps!r}")
+        if self.vcodec not in VIDEO_CODECS:
+            raise ValueError(f"vcodec must be one of {', '.join(VIDEO_CODECS)}, got {self.vcodec!r}")
+        if self.encoder_threads < 1:
+            raise ValueError(f"encoder_threads must be >= 1, got {self.encoder_threads}")
+        if not self.max_pending_s > 0:
+            raise ValueError(f"max_pending_s must be > 0 seconds, got {self.max_pending_s}")
+        if self.put_timeout_s < 0:
+            raise ValueError(f"put_timeout_s must be >= 0 seconds, got {self.put_timeout_s}")
+        if self.keep_commits < 1:
+            raise ValueError(f"keep_commits must be >= 1, got {self.keep_commits}")
+
+    @property
+    def max_pending_frames(self) -> int:
+        return max(2, int(round(self.max_pending_s * self.fps)))
+
+
+@dataclass
+class RecorderNodeConfig:
+    """recorder_node: subscribes to the cameras, joint states and commands and records episodes.
+
+    Topics are relative names (namespaces apply). The episode manager drives it through the
+    services ``~/start`` (task from ``task``), ``~/save_success``, ``~/save_failure``, ``~/save``
+    (unlabelled) and ``~/discard`` (std_srvs/Trigger), or the ``episode_event`` topic.
+    """
+
+    root: str = "runs/dataset"
+    repo_id: str = "local/vla_robot"
+    robot_type: str = "so101"
+    task: str = ""
+    cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
+    image_height: int = 128
+    image_width: int = 128
+    joint_names: list[str] = field(default_factory=list)  # empty: taken from the first JointState
+    token_dim: int = 0  # chunk_size * action_dim of the policy; 0 for teleop-only datasets
+    joint_states_topic: str = "joint_states"
+    command_topic: str = "arm/command"
+    policy_action_topic: str = "policy/action"
+    policy_tokens_topic: str = "policy/tokens"
+    control_source_topic: str = "control_source"
+    episode_event_topic: str = "episode/event"
+    recorder: RecorderConfig = field(default_factory=RecorderConfig)
+
+    def validate(self) -> None:
+        if not self.root:
+            raise ValueError("root must name the dataset folder")
+        if "/" not in self.repo_id:
+            raise ValueError(f"repo_id must look like 'user/name', got {self.repo_id!r}")
+        if not self.cameras:
+            raise ValueError("cameras must name at least one camera")
+        if self.image_height < 8 or self.image_width < 8:
+            raise ValueError(f"image size must be at least 8x8, got {self.image_height}x{self.image_width}")
+        if self.token_dim < 0:
+            raise ValueError(f"token_dim must be >= 0, got {self.token_dim}")
+        self.recorder.validate()

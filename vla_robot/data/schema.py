@@ -1,0 +1,296 @@
+"""The episode schema: which per-frame features a recorded LeRobotDataset has, and the labels.
+
+One source of truth for the field names; the recorder writes them, the reader, the dataset tools,
+the evaluation report and the RL learner read them. numpy only.
+
+Per frame (LeRobot adds ``timestamp``, ``frame_index``, ``episode_index``, ``index``, ``task_index``):
+
+==========================  =======  ==========  ==============================================
+key                         dtype    shape       meaning
+==========================  =======  ==========  ==============================================
+observation.images.<cam>    video    (H, W, 3)   camera image, RGB
+observation.state           float32  (n,)        measured joint positions
+action                      float32  (m,)        the command actually sent (after the safety filter)
+action.policy               float32  (m,)        the raw policy action (zeros when teleop drives)
+observation.stamp           float64  (1,)        ROS stamp of the observation, seconds
+action.stamp                float64  (1,)        ROS stamp of the command, seconds
+control                     int8     (1,)        who drove this step: 0 policy, 1 teleop
+policy_version              int64    (1,)        policy weights version (-1: no policy)
+action.chunk_id             int64    (1,)        id of the policy chunk this step executes (-1: none)
+action.chunk_step           int64    (1,)        index of this step's action in that chunk (-1: none)
+policy.latency              float32  (1,)        request->reply seconds of the chunk first used here (-1 elsewhere)
+action.tokens               int64    (T,)        sampled action tokens of a chunk, on its first frame (T = chunk*dim)
+action.logprobs             float32  (T,)        their log-probs under the sampling policy
+action.executed             bool     (T,)        which of those tokens' actions were executed under policy control
+episode.label               int8     (1,)        1 success, 0 failure, -1 unlabelled (same on every frame)
+next.reward                 float32  (1,)        1.0 on the last frame of a successful episode, else 0
+next.done                   bool     (1,)        True on the last frame
+==========================  =======  ==========  ==============================================
+
+The three token features exist only when the dataset is created with ``token_dim > 0``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+IMAGE_PREFIX = "observation.images."
+STATE = "observation.state"
+ACTION = "action"
+ACTION_POLICY = "action.policy"
+OBS_STAMP = "observation.stamp"
+ACTION_STAMP = "action.stamp"
+CONTROL = "control"
+POLICY_VERSION = "policy_version"
+CHUNK_ID = "action.chunk_id"
+CHUNK_STEP = "action.chunk_step"
+POLICY_LATENCY = "policy.latency"
+TOKENS = "action.tokens"
+LOGPROBS = "action.logprobs"
+EXECUTED = "action.executed"
+LABEL = "episode.label"
+REWARD = "next.reward"
+DONE = "next.done"
+
+CONTROL_POLICY = 0
+CONTROL_TELEOP = 1
+
+LABELS = {"success": 1, "failure": 0, "unlabelled": -1}
+LABEL_NAMES = {v: k for k, v in LABELS.items()}
+
+
+def label_value(label: str | bool | None) -> int:
+    """``"success"|"failure"|"unlabelled"`` (or True/False/None) -> 1/0/-1; anything else is an error."""
+    if label is None:
+        return -1
+    if isinstance(label, (bool, np.bool_)):
+        return 1 if label else 0
+    if isinstance(label, str) and label in LABELS:
+        return LABELS[label]
+    raise ValueError(f"episode label must be one of {', '.join(LABELS)} (or True/False/None), got {label!r}")
+
+
+def _vec(shape: tuple[int, ...], dtype: str, names=None) -> dict:
+    return {"dtype": dtype, "shape": tuple(int(s) for s in shape), "names": names}
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The features of one dataset: cameras with their image size, state/action names, token width."""
+
+    cameras: dict[str, tuple[int, int]]  # name -> (height, width)
+    state_names: tuple[str, ...]
+    action_names: tuple[str, ...]
+    token_dim: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cameras", {str(k): (int(v[0]), int(v[1])) for k, v in dict(self.cameras).items()}
+                           if all(len(v) == 2 for v in dict(self.cameras).values()) else dict(self.cameras))
+        object.__setattr__(self, "state_names", tuple(str(n) for n in self.state_names))
+        object.__setattr__(self, "action_names", tuple(str(n) for n in self.action_names))
+        object.__setattr__(self, "token_dim", int(self.token_dim))
+        if not self.cameras:
+            raise ValueError("a dataset needs at least one camera: cameras={'front': (height, width)}")
+        for cam, hw in self.cameras.items():
+            if not cam or "/" in cam or "." in cam:
+                raise ValueError(f"camera name {cam!r} must be non-empty without '/' or '.'")
+            if len(hw) != 2 or min(int(v) for v in hw) < 8:
+                raise ValueError(f"camera {cam!r}: image size must be (height, width) >= 8 pixels, got {hw!r}")
+        if not self.state_names:
+            raise ValueError("state_names must name at least one joint")
+        if not self.action_names:
+            raise ValueError("action_names must name at least one action entry")
+        if self.token_dim < 0:
+            raise ValueError(f"token_dim must be >= 0 (chunk_size * action_dim), got {self.token_dim}")
+
+    @classmethod
+    def from_features(cls, features: dict) -> "Schema":
+        """Read the schema back from a dataset's ``info.json`` features."""
+        missing = [k for k in (STATE, ACTION, LABEL, CONTROL) if k not in features]
+        if missing:
+            raise ValueError(f"not a vla_robot dataset: features {missing} are missing")
+        cams = {
+            k[len(IMAGE_PREFIX):]: (int(v["shape"][0]), int(v["shape"][1]))
+            for k, v in features.items()
+            if k.startswith(IMAGE_PREFIX)
+        }
+        token_dim = int(features[TOKENS]["shape"][0]) if TOKENS in features else 0
+        return cls(cams, tuple(features[STATE]["names"] or ()), tuple(features[ACTION]["names"] or ()), token_dim)
+
+    @property
+    def image_keys(self) -> list[str]:
+        return [IMAGE_PREFIX + c for c in self.cameras]
+
+    def features(self) -> dict[str, dict]:
+        f: dict[str, dict] = {}
+        for cam, (h, w) in self.cameras.items():
+            f[IMAGE_PREFIX + cam] = {"dtype": "video", "shape": (int(h), int(w), 3), "names": ["height", "width", "channels"]}
+        n, m = len(self.state_names), len(self.action_names)
+        f[STATE] = _vec((n,), "float32", list(self.state_names))
+        f[ACTION] = _vec((m,), "float32", list(self.action_names))
+        f[ACTION_POLICY] = _vec((m,), "float32", list(self.action_names))
+        f[OBS_STAMP] = _vec((1,), "float64")
+        f[ACTION_STAMP] = _vec((1,), "float64")
+        f[CONTROL] = _vec((1,), "int8")
+        f[POLICY_VERSION] = _vec((1,), "int64")
+        f[CHUNK_ID] = _vec((1,), "int64")
+        f[CHUNK_STEP] = _vec((1,), "int64")
+        f[POLICY_LATENCY] = _vec((1,), "float32")
+        if self.token_dim:
+            f[TOKENS] = _vec((self.token_dim,), "int64")
+            f[LOGPROBS] = _vec((self.token_dim,), "float32")
+            f[EXECUTED] = _vec((self.token_dim,), "bool")
+        f[LABEL] = _vec((1,), "int8")
+        f[REWARD] = _vec((1,), "float32")
+        f[DONE] = _vec((1,), "bool")
+        return f
+
+    def make_frame(
+        self,
+        images: dict[str, np.ndarray],
+        state,
+        action,
+        *,
+        action_policy=None,
+        stamp: float | None = None,
+        action_stamp: float | None = None,
+        control: int = CONTROL_POLICY,
+        policy_version: int = -1,
+        chunk_id: int = -1,
+        chunk_step: int = -1,
+        latency: float | None = None,
+        tokens=None,
+        logprobs=None,
+    ) -> dict[str, Any]:
+        """Check one step's data against the schema and turn it into a LeRobot frame (no task yet).
+
+        Raises ValueError naming the field, what it got and what was expected. Images are copied, so
+        the caller may reuse its buffers.
+        """
+        if not isinstance(images, dict):
+            raise ValueError(f"images must be a dict camera -> uint8 HxWx3 array, got {type(images).__name__}")
+        if set(images) != set(self.cameras):
+            raise ValueError(f"images must have exactly the cameras {sorted(self.cameras)}, got {sorted(images)}")
+        frame: dict[str, Any] = {}
+        for cam, (h, w) in self.cameras.items():
+            img = images[cam]
+            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != (h, w, 3):
+                got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+                raise ValueError(f"image '{cam}' must be uint8 of shape {(h, w, 3)} (RGB), got {got}")
+            frame[IMAGE_PREFIX + cam] = np.array(img, copy=True)
+        frame[STATE] = _float_vector(state, len(self.state_names), "state")
+        frame[ACTION] = _float_vector(action, len(self.action_names), "action")
+        frame[ACTION_POLICY] = (
+            np.zeros(len(self.action_names), np.float32)
+            if action_policy is None
+            else _float_vector(action_policy, len(self.action_names), "action_policy")
+        )
+        if control not in (CONTROL_POLICY, CONTROL_TELEOP):
+            raise ValueError(f"control must be 0 (policy) or 1 (teleop), got {control!r}")
+        frame[OBS_STAMP] = np.array([np.nan if stamp is None else float(stamp)], np.float64)
+        frame[ACTION_STAMP] = np.array([np.nan if action_stamp is None else float(action_stamp)], np.float64)
+        frame[CONTROL] = np.array([control], np.int8)
+        frame[POLICY_VERSION] = np.array([int(policy_version)], np.int64)
+        frame[CHUNK_ID] = np.array([int(chunk_id)], np.int64)
+        frame[CHUNK_STEP] = np.array([int(chunk_step)], np.int64)
+        frame[POLICY_LATENCY] = np.array([-1.0 if latency is None else float(latency)], np.float32)
+        if self.token_dim:
+            if (tokens is None) != (logprobs is None):
+                raise ValueError("tokens and logprobs come together: pass both or neither")
+            if tokens is None:
+                frame[TOKENS] = np.zeros(self.token_dim, np.int64)
+                frame[LOGPROBS] = np.zeros(self.token_dim, np.float32)
+            else:
+                t = np.asarray(tokens)
+                if t.shape != (self.token_dim,) or not np.issubdtype(t.dtype, np.integer):
+                    raise ValueError(f"tokens must be integers of shape ({self.token_dim},), got {t.dtype} {t.shape}")
+                frame[TOKENS] = t.astype(np.int64)
+                frame[LOGPROBS] = _float_vector(logprobs, self.token_dim, "logprobs")
+                if chunk_id < 0:
+                    raise ValueError("tokens were given without a chunk_id >= 0 (the chunk they were sampled for)")
+            frame[EXECUTED] = np.zeros(self.token_dim, bool)
+        elif tokens is not None or logprobs is not None:
+            raise ValueError("this dataset was created with token_dim=0 and cannot store tokens/logprobs")
+        frame[LABEL] = np.array([-1], np.int8)
+        frame[REWARD] = np.zeros(1, np.float32)
+        frame[DONE] = np.zeros(1, bool)
+        return frame
+
+
+def _float_vector(x, n: int, what: str) -> np.ndarray:
+    try:
+        a = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} must be a vector of {n} numbers, got {x!r}") from e
+    if a.shape != (n,):
+        raise ValueError(f"{what} must have shape ({n},), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{what} must be finite, got {a}")
+    return a
+
+
+def executed_mask(chunk_id: np.ndarray, chunk_step: np.ndarray, control: np.ndarray, token_dim: int,
+                  action_dim: int, has_tokens: np.ndarray) -> np.ndarray:
+    """Per frame, which tokens of the chunk sampled there were executed under policy control.
+
+    Frame ``f`` with ``has_tokens[f]`` holds the tokens of chunk ``chunk_id[f]``; action ``k`` of that
+    chunk (tokens ``k*action_dim .. (k+1)*action_dim``) counts as executed when some frame of the
+    episode has that chunk id, chunk step ``k`` and control 0 (policy). Returns bool [frames, token_dim].
+    """
+    chunk_id = np.asarray(chunk_id).reshape(-1)
+    chunk_step = np.asarray(chunk_step).reshape(-1)
+    control = np.asarray(control).reshape(-1)
+    has_tokens = np.asarray(has_tokens).reshape(-1).astype(bool)
+    out = np.zeros((len(chunk_id), token_dim), bool)
+    if token_dim == 0:
+        return out
+    if action_dim <= 0 or token_dim % action_dim:
+        raise ValueError(f"token_dim {token_dim} must be a multiple of the action dimension {action_dim}")
+    horizon = token_dim // action_dim
+    done = (control == CONTROL_POLICY) & (chunk_id >= 0) & (chunk_step >= 0) & (chunk_step < horizon)
+    executed: dict[int, set[int]] = {}
+    for cid, k in zip(chunk_id[done], chunk_step[done]):
+        executed.setdefault(int(cid), set()).add(int(k))
+    for f in np.flatnonzero(has_tokens):
+        for k in executed.get(int(chunk_id[f]), ()):
+            out[f, k * action_dim:(k + 1) * action_dim] = True
+    return out
+
+
+def count_interventions(control: np.ndarray) -> tuple[int, int]:
+    """(number of teleop takeovers during the episode, frames under teleop). A takeover is a 0->1 switch."""
+    c = np.asarray(control).reshape(-1).astype(int)
+    if len(c) == 0:
+        return 0, 0
+    starts = int(np.sum((c[1:] == CONTROL_TELEOP) & (c[:-1] == CONTROL_POLICY)))
+    return starts, int(np.sum(c == CONTROL_TELEOP))
+
+
+@dataclass
+class EpisodeRecord:
+    """One saved episode, as listed in the dataset's episode journal (``meta/vla_episodes.jsonl``)."""
+
+    episode_index: int
+    task: str
+    label: str  # success | failure | unlabelled
+    length: int
+    start_condition: str | None = None
+    policy_versions: list[int] = field(default_factory=list)  # distinct versions that acted
+    dropped_frames: int = 0
+    interventions: int = 0
+    intervention_frames: int = 0
+    duration_s: float = 0.0  # last - first observation stamp
+    timeout: bool = False
+    latency_s: list[float] = field(default_factory=list)  # request->reply of each policy chunk
+    recorded_at: float = 0.0  # wall-clock time.time() when it became durable
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "EpisodeRecord":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
