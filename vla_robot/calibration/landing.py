@@ -72,7 +72,7 @@ class RefineResult:
     evaluations: int
     seconds: float
     orthogonality: float
-    history: list[float] = field(default_factory=list, repr=False)
+    history: list[tuple[int, float]] = field(default_factory=list, repr=False)  # (evaluations so far, cost)
     method: str = ""
 
 
@@ -91,7 +91,7 @@ def landing_descent(
     it = 0
     for it in range(1, max_iters + 1):
         f, G = f_and_grad(X)
-        history.append(float(f))
+        history.append((it, float(f)))
         L = landing_field(X, G, lam)
         X = X - eta * L
         if np.linalg.norm(L) < tol:
@@ -143,7 +143,7 @@ def landing_least_squares(
     t0 = time.perf_counter()
     r = residual(Xs, v)
     cost = 0.5 * float(r @ r)
-    history = [cost]
+    history = [(1, cost)]
     nfev, mu, it = 1, mu0, 0
     for it in range(1, max_iters + 1):
         J, n = _jacobian(residual, Xs, v, r)
@@ -174,7 +174,7 @@ def landing_least_squares(
         step = float(np.linalg.norm(delta))
         rel = (cost - cost_new) / max(cost, 1e-300)
         Xs, v, r, cost = new_Xs, new_v, r_new, cost_new
-        history.append(cost)
+        history.append((nfev, cost))
         mu = max(mu / 3, 1e-12)
         if (rel < tol or step < 1e-12) and max(orthogonality_error(X) for X in Xs) < 1e-12:
             break
@@ -205,11 +205,16 @@ def rotvec_least_squares(
         return Rs, x[3 * k :]
 
     calls = [0]
+    history: list[tuple[int, float]] = []
 
     def fun(x):
         calls[0] += 1
         Rs, v = unpack(x)
-        return residual(Rs, v)
+        r = residual(Rs, v)
+        c = 0.5 * float(r @ r)
+        if not history or c < history[-1][1]:
+            history.append((calls[0], c))
+        return r
 
     t0 = time.perf_counter()
     x0 = np.r_[np.zeros(3 * k), v0]
@@ -219,5 +224,5 @@ def rotvec_least_squares(
     # iterations: MINPACK's count of cost evaluations (its finite-difference Jacobian calls come on top)
     return RefineResult(
         Rs, v, 0.5 * float(r @ r), int(sol.nfev), calls[0], time.perf_counter() - t0,
-        max(orthogonality_error(R) for R in Rs), [], "rotvec_lsq",
+        max(orthogonality_error(R) for R in Rs), history, "rotvec_lsq",
     )
