@@ -10,6 +10,10 @@ import importlib
 _LAZY = {
     "robot_spec": "vla_robot.twin.robots",
     "RobotSpec": "vla_robot.twin.robots",
+    "make_env": "vla_robot.twin.env",
+    "TwinEnv": "vla_robot.twin.env",
+    "TwinConfig": "vla_robot.twin.config",
+    "RandomizationConfig": "vla_robot.twin.config",
 }
 
 __all__ = sorted(_LAZY)

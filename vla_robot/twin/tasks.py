@@ -1,0 +1,248 @@
+"""Tasks of the twin: objects, seeded start states, language instruction, success check, expert.
+
+``reach``: three cubes of different colours; "touch the red cube" succeeds when the tool centre
+point is within ``touch_radius`` of the point just above the named cube's top face. The cubes are
+fixed to the table (mocap bodies) so a touch does not move them.
+
+``pick_place``: two free cubes and a plate; "put the red cube on the plate" succeeds when the
+named cube rests on the plate (centre over the plate, at table height, nearly still) and the
+gripper has let go.
+
+Every start state is a pure function of its integer id (``np.random.default_rng(start_id)``), so
+the same id gives the same scene: this is what GRPO groups rollouts by.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mujoco
+import numpy as np
+
+__all__ = ["TaskGeometry", "ReachTask", "PickPlaceTask", "TASK_CLASSES", "COLOURS"]
+
+COLOURS = {
+    "red": (0.85, 0.12, 0.10, 1.0),
+    "green": (0.12, 0.65, 0.18, 1.0),
+    "blue": (0.12, 0.25, 0.90, 1.0),
+}
+
+
+@dataclass(frozen=True)
+class TaskGeometry:
+    """Workspace of one robot, in its base frame (metres, radians)."""
+
+    cube_half: float
+    radius: tuple[float, float]  # object distance from the base axis
+    angle: tuple[float, float]  # object bearing (0 = straight ahead, +x)
+    min_separation: float
+    plate_half: float
+    start_jitter: float  # uniform jitter of the arm joints around home at the start (rad)
+    hover: float  # expert approach height above the object's top (m)
+
+
+GEOMETRY = {
+    "so101": TaskGeometry(cube_half=0.015, radius=(0.15, 0.25), angle=(-0.8, 0.8), min_separation=0.065,
+                          plate_half=0.035, start_jitter=0.08, hover=0.06),
+    "panda": TaskGeometry(cube_half=0.02, radius=(0.40, 0.62), angle=(-0.45, 0.45), min_separation=0.10,
+                          plate_half=0.06, start_jitter=0.08, hover=0.10),
+}
+
+
+def _place(rng: np.random.Generator, geo: TaskGeometry, n: int, min_sep: float) -> np.ndarray:
+    """``n`` table positions (x, y) in the workspace, pairwise at least ``min_sep`` apart."""
+    for _ in range(1000):
+        r = rng.uniform(*geo.radius, size=n)
+        a = rng.uniform(*geo.angle, size=n)
+        xy = np.stack([r * np.cos(a), r * np.sin(a)], axis=1)
+        d = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(n) * 1e9
+        if d.min() >= min_sep:
+            return xy
+    raise RuntimeError("could not place objects apart; the workspace is too small for min_separation")
+
+
+@dataclass
+class Start:
+    """A start state: arm joints, object poses and which object the instruction names."""
+
+    start_id: int
+    q_arm: np.ndarray
+    objects: dict[str, np.ndarray]  # name -> (x, y, z, yaw)
+    target: str
+    extra: dict = field(default_factory=dict)
+
+
+class _Task:
+    name = ""
+    default_episode_s = 2.0
+
+    def __init__(self, robot):
+        self.robot = robot
+        self.geo = GEOMETRY[robot.name]
+
+    # --- scene --------------------------------------------------------------------------------
+    def build(self, spec: mujoco.MjSpec) -> None:
+        raise NotImplementedError
+
+    def bind(self, model: mujoco.MjModel) -> None:
+        self.model = model
+
+    def sample(self, start_id: int) -> Start:
+        raise NotImplementedError
+
+    def apply(self, model: mujoco.MjModel, data: mujoco.MjData, start: Start) -> None:
+        raise NotImplementedError
+
+    def instruction(self, start: Start) -> str:
+        raise NotImplementedError
+
+    def success(self, env) -> bool:
+        raise NotImplementedError
+
+    def expert(self, env) -> np.ndarray:
+        raise NotImplementedError
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _start_arm(self, rng: np.random.Generator) -> np.ndarray:
+        arm = self.robot.arm_joints
+        q = self.robot.home.copy()
+        q[arm] += rng.uniform(-self.geo.start_jitter, self.geo.start_jitter, size=len(arm))
+        return self.robot.clip(q)
+
+
+def _yaw_quat(yaw: float) -> list[float]:
+    return [float(np.cos(yaw / 2)), 0.0, 0.0, float(np.sin(yaw / 2))]
+
+
+def _step_towards(q: np.ndarray, goal: np.ndarray, max_step: np.ndarray) -> np.ndarray:
+    return q + np.clip(goal - q, -max_step, max_step)
+
+
+class ReachTask(_Task):
+    name = "reach"
+    default_episode_s = 2.0
+
+    def __init__(self, robot):
+        super().__init__(robot)
+        self.colours = list(COLOURS)
+        self.touch_offset = 0.012  # the touch point sits this far above the top face (m)
+        self.touch_radius = 0.02
+
+    def build(self, spec):
+        h = self.geo.cube_half
+        for c in self.colours:
+            body = spec.worldbody.add_body(name=f"cube_{c}", mocap=True, pos=[0.2, 0, h])
+            body.add_geom(name=f"cube_{c}", type=mujoco.mjtGeom.mjGEOM_BOX, size=[h, h, h], rgba=list(COLOURS[c]))
+
+    def bind(self, model):
+        super().bind(model)
+        self.mocap = {c: model.body_mocapid[model.body(f"cube_{c}").id] for c in self.colours}
+
+    def sample(self, start_id):
+        rng = np.random.default_rng(start_id)
+        xy = _place(rng, self.geo, len(self.colours), self.geo.min_separation)
+        yaw = rng.uniform(-np.pi / 4, np.pi / 4, size=len(self.colours))
+        target = self.colours[int(rng.integers(len(self.colours)))]
+        objects = {c: np.array([xy[i, 0], xy[i, 1], self.geo.cube_half, yaw[i]]) for i, c in enumerate(self.colours)}
+        return Start(start_id, self._start_arm(rng), objects, target)
+
+    def apply(self, model, data, start):
+        for c, pose in start.objects.items():
+            data.mocap_pos[self.mocap[c]] = pose[:3]
+            data.mocap_quat[self.mocap[c]] = _yaw_quat(pose[3])
+
+    def instruction(self, start):
+        return f"touch the {start.target} cube"
+
+    def touch_point(self, env) -> np.ndarray:
+        pos = env.data.mocap_pos[self.mocap[env.start.target]]
+        return pos + np.array([0.0, 0.0, self.geo.cube_half + self.touch_offset])
+
+    def success(self, env) -> bool:
+        return bool(np.linalg.norm(env.tcp_pos() - self.touch_point(env)) < self.touch_radius)
+
+    def plan(self, env) -> dict:
+        """IK goals for the current start (cached per episode): above the cube, and at the touch point."""
+        p = self.touch_point(env)
+        q_arm = env.start.q_arm
+        above = env.solve_ik(p + [0, 0, self.geo.hover], q_arm)
+        touch = env.solve_ik(p, above)
+        return {"above": above, "touch": touch}
+
+    def expert(self, env):
+        plan = env.episode_cache("plan", lambda: self.plan(env))
+        q = env.joint_positions()
+        goal = q.copy()
+        tcp = env.tcp_pos()
+        p = self.touch_point(env)
+        near = np.linalg.norm(tcp[:2] - p[:2]) < 0.015 and tcp[2] > p[2] - 0.01
+        arm = self.robot.arm_joints
+        goal[arm] = plan["touch"] if near else plan["above"]
+        goal[self.robot.gripper_index] = env.start.q_arm[self.robot.gripper_index]
+        return _step_towards(env.last_command(), goal, env.max_joint_step())
+
+
+class PickPlaceTask(_Task):
+    name = "pick_place"
+    default_episode_s = 6.0
+
+    def __init__(self, robot):
+        super().__init__(robot)
+        self.colours = ["red", "blue"]
+
+    def build(self, spec):
+        h = self.geo.cube_half
+        for c in self.colours:
+            body = spec.worldbody.add_body(name=f"cube_{c}", pos=[0.2, 0, h])
+            body.add_freejoint(name=f"cube_{c}")
+            g = body.add_geom(name=f"cube_{c}", type=mujoco.mjtGeom.mjGEOM_BOX, size=[h, h, h],
+                              rgba=list(COLOURS[c]), mass=0.02 if self.robot.name == "so101" else 0.1)
+            g.friction = [1.5, 0.05, 0.001]
+            g.condim = 4
+        ph = self.geo.plate_half
+        plate = spec.worldbody.add_body(name="plate", mocap=True, pos=[0.2, 0.1, 0.002])
+        plate.add_geom(name="plate", type=mujoco.mjtGeom.mjGEOM_BOX, size=[ph, ph, 0.002],
+                       rgba=[0.92, 0.92, 0.92, 1.0], contype=0, conaffinity=0)
+
+    def bind(self, model):
+        super().bind(model)
+        self.cube_qadr = {c: model.joint(f"cube_{c}").qposadr[0] for c in self.colours}
+        self.cube_dadr = {c: model.joint(f"cube_{c}").dofadr[0] for c in self.colours}
+        self.plate_mocap = model.body_mocapid[model.body("plate").id]
+
+    def sample(self, start_id):
+        rng = np.random.default_rng(start_id)
+        xy = _place(rng, self.geo, len(self.colours) + 1, self.geo.min_separation + self.geo.plate_half)
+        yaw = rng.uniform(-np.pi / 4, np.pi / 4, size=len(self.colours))
+        target = self.colours[int(rng.integers(len(self.colours)))]
+        objects = {c: np.array([xy[i, 0], xy[i, 1], self.geo.cube_half, yaw[i]]) for i, c in enumerate(self.colours)}
+        objects["plate"] = np.array([xy[-1, 0], xy[-1, 1], 0.002, 0.0])
+        return Start(start_id, self._start_arm(rng), objects, target)
+
+    def apply(self, model, data, start):
+        for c in self.colours:
+            x, y, z, yaw = start.objects[c]
+            data.qpos[self.cube_qadr[c]:self.cube_qadr[c] + 7] = [x, y, z, *_yaw_quat(yaw)]
+            data.qvel[self.cube_dadr[c]:self.cube_dadr[c] + 6] = 0
+        data.mocap_pos[self.plate_mocap] = start.objects["plate"][:3]
+
+    def instruction(self, start):
+        return f"put the {start.target} cube on the plate"
+
+    def cube_pos(self, env, colour: str) -> np.ndarray:
+        a = self.cube_qadr[colour]
+        return env.data.qpos[a:a + 3].copy()
+
+    def success(self, env) -> bool:
+        c = self.cube_pos(env, env.start.target)
+        plate = env.data.mocap_pos[self.plate_mocap]
+        a = self.cube_dadr[env.start.target]
+        still = np.linalg.norm(env.data.qvel[a:a + 3]) < 0.05
+        on_plate = np.all(np.abs(c[:2] - plate[:2]) < self.geo.plate_half) and c[2] < self.geo.cube_half + 0.01
+        released = np.linalg.norm(env.tcp_pos() - c) > self.geo.cube_half + 0.02
+        return bool(on_plate and still and released)
+
+    def expert(self, env):
+        raise NotImplementedError("pick_place expert lands in a later commit")
+
+
+TASK_CLASSES = {"reach": ReachTask, "pick_place": PickPlaceTask}
