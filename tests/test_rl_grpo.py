@@ -11,7 +11,6 @@ from vla_robot.rl.grpo import (
     group_modes,
     grpo_loss,
     grpo_update,
-    sft_loss,
     token_logprobs,
 )
 
@@ -119,13 +118,6 @@ def test_token_logprobs_use_the_temperature_and_the_256_bin_slice():
     assert lp.tolist() == pytest.approx([1 - math.log(z), -math.log(z)], abs=1e-5)
     with pytest.raises(ValueError, match="256-bin"):
         token_logprobs(torch.zeros(2, 300), torch.tensor([0, 1]), 1.0)
-
-
-def test_sft_loss_is_masked_cross_entropy():
-    logp = torch.log(torch.tensor([[0.5, 0.25, 0.1]]))
-    assert float(sft_loss(logp, torch.tensor([[True, True, False]]))) == pytest.approx(
-        -(math.log(0.5) + math.log(0.25)) / 2
-    )
 
 
 def test_bandit_grpo_raises_success_probability():

@@ -83,3 +83,41 @@ def preset(name: str, **overrides) -> GRPOConfig:
     cfg = dataclasses.replace(PRESETS[name], **overrides)
     cfg.validate()
     return cfg
+
+
+@dataclass
+class RLFinetuneConfig:
+    """The `rl-finetune --sim` run on the twin (the demo): SFT warm-up, GRPO rounds, evaluation."""
+
+    task: str = "reach"
+    preset: str = "tiny"                # GRPO hyper-parameters (PRESETS)
+    image_size: int = 64
+    seed: int = 0
+    demos: int = 40                     # scripted-expert episodes for the SFT warm-up
+    sft_steps: int = 300
+    sft_batch: int = 32
+    sft_lr: float = 1e-3
+    group_size: int = 8
+    groups_per_round: int = 6
+    rounds: int = 8
+    temperature: float = 1.0            # rollout temperature (1.6 for the 7B)
+    lr: float = 3e-4
+    mini_batch_size: int = 16
+    mode: Mode = "hybrid"
+    eval_episodes: int = 60             # held-out start states, before and after
+    eval_mode: Literal["greedy", "sample"] = "greedy"
+    time_budget_s: float = 840.0        # stop starting RL rounds so that the whole run ends within this
+    rl_budget_fraction: float = 0.8
+    threads: int = 2
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.eval_episodes < 1 or self.demos < 1 or self.group_size < 2 or self.rounds < 0:
+            raise ValueError("eval_episodes and demos must be >= 1, group_size >= 2, rounds >= 0; got "
+                             f"{self.eval_episodes}, {self.demos}, {self.group_size}, {self.rounds}")
+        if self.image_size < 14:
+            raise ValueError(f"image_size must be >= 14 pixels, got {self.image_size}")
+        if not (self.temperature > 0 and self.lr > 0 and self.sft_lr > 0):
+            raise ValueError("temperature, lr and sft_lr must be > 0")
+        if self.eval_mode not in ("greedy", "sample"):
+            raise ValueError(f"eval_mode must be 'greedy' or 'sample', got {self.eval_mode!r}")

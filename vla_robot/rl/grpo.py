@@ -8,7 +8,8 @@
 Tokens are the 256-bin action tokens; log-probs are over that slice at the rollout temperature.
 Each action-dimension token has its own ratio. Only tokens of actions the arm executed count (mask).
 No KL term, no entropy bonus. Groups whose outcomes are all equal carry no signal and are dropped
-(dynamic sampling) or, in hybrid mode, replaced by the SFT loss on demonstrations when they all fail.
+(dynamic sampling) or, in hybrid mode, replaced by the policy's SFT loss on demonstrations when they
+all fail (see learner.py).
 
 ``pi_behaviour`` is the policy version that acted: on the real robot episodes arrive while the learner
 updates, so the stored rollout log-probs (not a recompute) are the denominator and a stale episode is
@@ -94,12 +95,6 @@ def grpo_loss(
             "tokens": float(mask.sum()),
         }
     return loss, stats
-
-
-def sft_loss(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on demonstration tokens (logp at T = 1), token-mean per trajectory, then mean."""
-    mask = mask.to(logp.dtype)
-    return (-(logp * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)).mean()
 
 
 @dataclass

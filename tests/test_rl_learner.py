@@ -1,0 +1,144 @@
+"""The RL learner on the real tiny OpenVLA-OFT policy: updates, staleness, hybrid SFT, resume, hot-swap."""
+import numpy as np
+import pytest
+import torch
+
+from vla_robot.policy import load_policy
+from vla_robot.rl.config import preset
+from vla_robot.rl.episodes import Episode, Step, executed_mask
+from vla_robot.rl.learner import Learner
+
+torch.set_num_threads(1)
+
+
+def observation(rng: np.random.Generator) -> dict:
+    img = lambda: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)  # noqa: E731
+    return {"images": {"front": img(), "wrist": img()}, "state": rng.uniform(-0.5, 0.5, 6).astype(np.float32),
+            "instruction": "reach the target"}
+
+
+def make_group(runtime, start, labels, rng, version=0, steps=2, gen=None):
+    """Episodes the policy really sampled (tokens, behaviour log-probs) on random observations."""
+    h, d = runtime.cfg.chunk_size, runtime.cfg.action_dim
+    out = []
+    for label in labels:
+        obs = [observation(rng) for _ in range(steps)]
+        res = runtime.predict(obs, mode="sample", temperature=1.6, return_tokens=True, generator=gen)
+        st = [Step(o, r["tokens"], r["logprobs"], executed_mask(h if i < steps - 1 else 3, h, d))
+              for i, (o, r) in enumerate(zip(obs, res))]
+        out.append(Episode("reach", start, st, label, version))
+    return out
+
+
+@pytest.fixture
+def runtime():
+    return load_policy(preset="tiny", seed=0)
+
+
+def params(runtime):
+    return {k: v.detach().clone() for k, v in runtime.model.state_dict().items()}
+
+
+def test_update_changes_the_policy_only_for_groups_with_mixed_outcomes(runtime):
+    rng = np.random.default_rng(0)
+    cfg = preset("tiny", group_size=4, batch_groups=2, mini_batch_size=8, mode="rl", lr=1e-3)
+    learner = Learner(runtime, cfg)
+    before = params(runtime)
+    for e in make_group(runtime, 0, [1, 1, 1, 1], rng) + make_group(runtime, 1, [0, 0, 0, 0], rng):
+        assert learner.add(e)
+    assert learner.ready()
+    stats = learner.step()
+    assert stats["groups_dropped"] == 2 and stats["opt_steps"] == 0 and learner.version == 0
+    assert all(torch.equal(before[k], v) for k, v in params(runtime).items())
+    for e in make_group(runtime, 2, [1, 0, 0, 1], rng) + make_group(runtime, 3, [0, 0, 1, 0], rng):
+        learner.add(e)
+    stats = learner.step()
+    assert stats["groups_rl"] == 2 and stats["opt_steps"] == 1 and learner.version == 1 == runtime.version
+    assert stats["tokens"] == 8 * (48 + 3 * 6)  # executed tokens only: a full chunk + 3 actions per episode
+    assert any(not torch.equal(before[k], v) for k, v in params(runtime).items())
+
+
+def test_hybrid_learns_from_demonstrations_where_the_group_never_succeeds(runtime):
+    rng = np.random.default_rng(1)
+    demos = make_group(runtime, "demo", [1, 1], rng)
+    cfg = preset("tiny", group_size=4, batch_groups=1, mini_batch_size=8, mode="hybrid", lr=1e-3)
+    learner = Learner(runtime, cfg, demos={"reach": demos})
+    demo_logp = lambda: float(learner.trajectory_logprobs(demos, 1.0)[0].sum())  # noqa: E731
+    with torch.no_grad():
+        lp0 = demo_logp()
+    for e in make_group(runtime, 0, [0, 0, 0, 0], rng):
+        learner.add(e)
+    stats = learner.step()
+    assert stats["groups_sft"] == 1 and stats["sft_trajectories"] == 4 and stats["rl_trajectories"] == 0
+    with torch.no_grad():
+        assert demo_logp() > lp0  # the demonstrations became more likely
+
+
+def test_stale_and_unlabelled_episodes_are_not_used(runtime):
+    rng = np.random.default_rng(2)
+    cfg = preset("tiny", group_size=2, batch_groups=1, max_staleness=2)
+    learner = Learner(runtime, cfg)
+    learner.version = 5
+    old, fresh = make_group(runtime, 0, [1, 0], rng, version=2), make_group(runtime, 0, [1, 0], rng, version=3)
+    assert not learner.add(old[0])
+    assert learner.add(fresh[0])
+    assert not learner.add(fresh[0])  # the same episode twice counts once
+    unlabelled = make_group(runtime, 0, [None], rng, version=5)[0]
+    assert not learner.add(unlabelled)
+    with pytest.raises(ValueError, match="label must be 1"):
+        learner.add(Episode("reach", 0, [], 2, 5))
+
+
+def test_resume_from_checkpoint_reaches_the_identical_state(runtime, tmp_path):
+    rng = np.random.default_rng(3)
+    gen = torch.Generator().manual_seed(0)
+    cfg = preset("tiny", group_size=4, batch_groups=1, mini_batch_size=2, mode="rl", lr=1e-3)
+    first = Learner(runtime, cfg, out_dir=tmp_path, seed=7)
+    batch_a = make_group(runtime, 0, [1, 0, 0, 1], rng, gen=gen)
+    for e in batch_a:
+        first.add(e)
+    first.step()
+    assert (tmp_path / "checkpoint" / "learner_state.pt").is_file()
+    assert list((tmp_path / "checkpoint").glob("action_head--*checkpoint.pt")) == []  # discrete head: no L1 head file
+    assert (tmp_path / "checkpoint" / "config.json").is_file()
+
+    resumed = Learner.resume(tmp_path / "checkpoint", cfg, seed=123)
+    assert resumed.version == first.version == 1
+    assert all(torch.equal(v, resumed.runtime.model.state_dict()[k]) for k, v in runtime.model.state_dict().items())
+    assert not resumed.add(batch_a[0])  # already trained on: skipped after the restart
+    batch_b = make_group(runtime, 1, [0, 1, 1, 0], rng, version=1, gen=gen)
+    for learner in (first, resumed):
+        for e in batch_b:
+            learner.add(e)
+        learner.step()
+    a, b = runtime.model.state_dict(), resumed.runtime.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed learner diverged from the uninterrupted one"
+    assert resumed.version == first.version == 2
+    with pytest.raises(FileNotFoundError, match="not a learner checkpoint"):
+        Learner.resume(tmp_path, cfg)
+
+
+def test_hot_swapped_versions_appear_in_the_servers_replies(runtime):
+    from vla_robot.serving import PolicyClient, PolicyServer, WeightPublisher
+
+    rng = np.random.default_rng(4)
+    served = load_policy(preset="tiny", seed=0)
+    server = PolicyServer(served, bind="tcp://127.0.0.1:*", weights_bind="tcp://127.0.0.1:*").start()
+    try:
+        publisher = WeightPublisher(server.weights_address, timeout_s=30)
+        client = PolicyClient(server.address, timeout_s=30)
+        cfg = preset("tiny", group_size=4, batch_groups=1, mini_batch_size=8, mode="rl", lr=1e-2)
+        learner = Learner(runtime, cfg, publish=lambda sd, v: publisher.push(sd, v))
+        probe = observation(rng)
+        assert client.act(probe)["version"] == 0
+        for e in make_group(runtime, 0, [1, 0, 0, 0], rng):
+            learner.add(e)
+        learner.step()
+        reply = client.act(probe, mode="greedy", return_tokens=True)
+        assert reply["version"] == 1
+        local = runtime.predict([probe], mode="greedy", return_tokens=True)[0]
+        np.testing.assert_array_equal(reply["tokens"], local["tokens"])  # the learner's new weights serve
+        publisher.close()
+        client.close()
+    finally:
+        server.stop()
