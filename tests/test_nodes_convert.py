@@ -89,9 +89,9 @@ def test_chunk_to_msg_fills_velocities_and_ends_at_rest():
     assert np.all(traj["velocities"][-1] == 0.0)
     np.testing.assert_allclose(traj["times"], [0.05, 0.1, 0.15, 0.2])
     assert traj["stamp"] == 7.5 and traj["frame_id"] == "v3"
-    with pytest.raises(ValueError, match="H×6"):
+    with pytest.raises(ValueError, match="5 joints per action"):
         convert.chunk_to_msg(np.zeros((4, 5)), 0.05, NAMES, 0.0)
-    with pytest.raises(ValueError, match="dt must be > 0"):
+    with pytest.raises(ValueError, match="dt must be"):
         convert.chunk_to_msg(chunk, 0.0, NAMES, 0.0)
 
 

@@ -287,6 +287,12 @@ def from_ros_parameters(cls: type[T], flat: dict[str, Any], source: str = "<ros 
 # The classes compose the package configs (vla_robot/<package>/config.py).
 NODE_CONFIGS: dict[str, str] = {
     "policy_node": "vla_robot.nodes.config:PolicyNodeConfig",
+    "camera_node": "vla_robot.nodes.config:CameraNodeConfig",
+    "arm_node": "vla_robot.nodes.config:ArmNodeConfig",
+    "teleop_node": "vla_robot.nodes.config:TeleopNodeConfig",
+    "episode_manager_node": "vla_robot.nodes.config:EpisodeManagerNodeConfig",
+    "twin_node": "vla_robot.nodes.config:TwinNodeConfig",
+    "recorder_node": "vla_robot.data.config:RecorderNodeConfig",
 }
 
 

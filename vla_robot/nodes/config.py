@@ -1,10 +1,29 @@
 """Config dataclasses of the nodes, read from config/*.yaml (ROS 2 parameter files).
 
 Each composes the package configs; see vla_robot/config.py for the loader and NODE_CONFIGS.
+Nested dataclasses are nested mappings in YAML and dotted ROS parameters (``control.safety.velocity_scale``).
+Standard library only.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from vla_robot.control.config import ControlConfig
+
+ROBOTS = ("so101", "panda")
+EPISODE_MODES = ("record", "evaluate", "rl")
+
+
+def _positive(name: str, value: float, unit: str) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0 ({unit}), got {value!r}")
+
+
+def _robot(robot: str) -> None:
+    if robot not in ROBOTS:
+        raise ValueError(f"robot must be one of {', '.join(ROBOTS)}, got {robot!r}")
 
 
 @dataclass
@@ -12,17 +31,158 @@ class PolicyNodeConfig:
     """policy_node: asks the policy server for chunks and drives the arm through the safety filter."""
 
     policy_server: str = "tcp://127.0.0.1:5555"
-    control_hz: float = 30.0
+    robot: str = "so101"
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
+    # Instruction used when the episode manager gives none.
     instruction: str = ""
-    request_timeout_s: float = 2.0
+    # greedy | sample (rl mode samples at `temperature` and records tokens/log-probs)
+    sampling: Literal["greedy", "sample"] = "greedy"
+    temperature: float = 1.6
+    return_tokens: bool = False
+    # Tick on each new observation (sim, lockstep with the twin) instead of a wall-clock timer.
+    lockstep: bool = False
+    # Drive only between the episode manager's start and end events (false: drive from the start).
+    wait_for_episode: bool = True
+    control: ControlConfig = field(default_factory=ControlConfig)
 
     def validate(self) -> None:
-        if not self.control_hz > 0:
-            raise ValueError(f"control_hz must be > 0 (Hz), got {self.control_hz}")
+        _robot(self.robot)
         if not self.policy_server.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError(
                 f"policy_server must be a ZMQ address like tcp://127.0.0.1:5555, got '{self.policy_server}'"
             )
         if not self.cameras:
             raise ValueError("cameras must name at least one camera, in the order the policy expects")
+        _positive("temperature", self.temperature, "softmax temperature")
+
+
+@dataclass
+class CameraNodeConfig:
+    """camera_node: one node publishes every camera of the robot (one reader thread per camera).
+
+    ``devices`` maps a camera name (the topic ``cameras/<name>/image_raw``) to its backend options,
+    ``{backend: opencv, index: 0}`` or ``{backend: realsense, serial: '123'}``; the options are
+    checked by the backend's own config class (vla_robot/drivers).
+    """
+
+    devices: dict = field(default_factory=dict)
+    fps: float = 30.0
+    # Warn when a camera delivers no frame for this long (seconds).
+    stale_after_s: float = 1.0
+
+    def validate(self) -> None:
+        if not self.devices:
+            raise ValueError(
+                "devices must name at least one camera, e.g. devices: {front: {backend: opencv, index: 0}}"
+            )
+        for name, dev in self.devices.items():
+            if not isinstance(dev, dict) or not isinstance(dev.get("backend"), str):
+                raise ValueError(
+                    f"devices.{name} must be a mapping with a 'backend' (opencv, realsense, twin), got {dev!r}"
+                )
+        _positive("fps", self.fps, "Hz")
+        _positive("stale_after_s", self.stale_after_s, "seconds")
+
+
+@dataclass
+class ArmNodeConfig:
+    """arm_node: bridges a lerobot arm (or the twin) to ``joint_states`` and the ``arm/command`` input."""
+
+    backend: str = "lerobot"
+    robot: str = "so101"
+    # backend options, checked by the backend's config class (vla_robot/drivers)
+    options: dict = field(default_factory=dict)
+    state_hz: float = 30.0
+    # Hold the last target when no command came for this long (seconds); 0 disables.
+    command_timeout_s: float = 0.5
+
+    def validate(self) -> None:
+        _robot(self.robot)
+        _positive("state_hz", self.state_hz, "Hz")
+        if not (math.isfinite(self.command_timeout_s) and self.command_timeout_s >= 0):
+            raise ValueError(f"command_timeout_s must be >= 0 seconds, got {self.command_timeout_s}")
+
+
+@dataclass
+class TeleopNodeConfig:
+    """teleop_node: keyboard (terminal, headless), gamepad or a lerobot leader arm."""
+
+    device: Literal["keyboard", "gamepad", "leader", "none"] = "keyboard"
+    robot: str = "so101"
+    rate_hz: float = 30.0
+    # keyboard / gamepad: joint step per key press or per second of full stick (radians)
+    step: float = 0.05
+    # leader arm: backend options for vla_robot.drivers (kind 'lerobot' with a leader type)
+    leader: dict = field(default_factory=dict)
+    # gamepad: evdev device path ('' = first gamepad found)
+    gamepad_path: str = ""
+
+    def validate(self) -> None:
+        _robot(self.robot)
+        _positive("rate_hz", self.rate_hz, "Hz")
+        _positive("step", self.step, "radians")
+
+
+@dataclass
+class EpisodeManagerNodeConfig:
+    """episode_manager_node: reset -> run -> label -> save, with timeouts; modes record / evaluate / rl."""
+
+    mode: Literal["record", "evaluate", "rl"] = "evaluate"
+    task: str = ""
+    instruction: str = ""
+    # Episodes to run; 0 = until stopped. With autostart the next episode starts by itself.
+    episodes: int = 0
+    autostart: bool = False
+    max_duration_s: float = 30.0
+    # Who resets the scene: the twin (sim), an operator (press start), or nobody.
+    reset_source: Literal["twin", "operator", "none"] = "operator"
+    reset_timeout_s: float = 30.0
+    # Who labels: a human (services / terminal), the twin's success check, or the check with a human fallback.
+    label_source: Literal["human", "auto", "auto_or_human"] = "human"
+    # Wait this long for a human label (seconds); then the episode is saved unlabelled.
+    label_timeout_s: float = 120.0
+    # End the episode as soon as the success check fires (sim).
+    end_on_success: bool = True
+    # Ask for the label in this terminal (when stdin is a terminal).
+    prompt: bool = True
+    # First seed handed to the twin; episode i gets seed + i unless a scheduler says otherwise.
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.episodes < 0:
+            raise ValueError(f"episodes must be >= 0 (0 = until stopped), got {self.episodes}")
+        for name in ("max_duration_s", "reset_timeout_s", "label_timeout_s"):
+            _positive(name, getattr(self, name), "seconds")
+        if self.label_source != "human" and self.reset_source != "twin":
+            raise ValueError(
+                f"label_source '{self.label_source}' needs the twin's success check, so reset_source must be 'twin'"
+            )
+
+
+@dataclass
+class TwinNodeConfig:
+    """twin_node: ``sim`` (the twin is the arm, the cameras and the success check) or ``mirror``."""
+
+    mode: Literal["sim", "mirror"] = "sim"
+    robot: str = "so101"
+    task: str = "reach"
+    cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
+    image_size: list[int] = field(default_factory=lambda: [128, 128])
+    control_hz: float = 30.0
+    # sim: sim seconds per wall second at most; 0 = as fast as the commands come (lockstep).
+    realtime_factor: float = 0.0
+    # sim: step with the last target if no command arrives for this long (wall seconds).
+    hold_timeout_s: float = 0.5
+    seed: int = 0
+    randomization: Optional[Any] = None
+
+    def validate(self) -> None:
+        _robot(self.robot)
+        if not self.cameras:
+            raise ValueError("cameras must name at least one twin camera")
+        if len(self.image_size) != 2 or min(self.image_size) < 8:
+            raise ValueError(f"image_size must be [height, width], each >= 8 pixels, got {self.image_size}")
+        _positive("control_hz", self.control_hz, "Hz")
+        if not (math.isfinite(self.realtime_factor) and self.realtime_factor >= 0):
+            raise ValueError(f"realtime_factor must be >= 0 (0 = as fast as possible), got {self.realtime_factor}")
+        _positive("hold_timeout_s", self.hold_timeout_s, "seconds")

@@ -21,6 +21,8 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from vla_robot.control.trajectory import chunk_to_trajectory
+
 __all__ = [
     "to_stamp",
     "from_stamp",
@@ -31,6 +33,7 @@ __all__ = [
     "camera_info_msg",
     "joint_state_to_msg",
     "msg_to_joint_state",
+    "trajectory_to_msg",
     "chunk_to_msg",
     "command_to_msg",
     "msg_to_trajectory",
@@ -43,7 +46,7 @@ __all__ = [
 ]
 
 # header.frame_id of an arm command says who produced it (recorded as the `control` column).
-COMMAND_SOURCES = ("policy", "teleop", "hold", "reset")
+COMMAND_SOURCES = ("policy", "teleop", "hold", "reset", "estop")
 
 
 # --- time ---------------------------------------------------------------------------------------
@@ -205,60 +208,47 @@ def msg_to_joint_state(
 
 
 # --- trajectories -------------------------------------------------------------------------------
-def chunk_to_msg(
-    positions: Any,
-    dt: float,
-    names: Sequence[str],
-    stamp: float,
-    frame_id: str = "",
-    start_q: Any = None,
-) -> JointTrajectory:
-    """An action chunk H×D -> JointTrajectory: point i at (i+1)·dt, velocities by finite
-    differences (from ``start_q`` when given), the last point at rest."""
-    names = list(names)
-    pos = np.asarray(positions, dtype=np.float64)
-    if pos.ndim != 2 or pos.shape[1] != len(names) or pos.shape[0] == 0:
-        raise ValueError(f"chunk must be H×{len(names)} (one column per joint {names}), got shape {pos.shape}")
-    if not np.all(np.isfinite(pos)):
-        raise ValueError("chunk contains NaN or infinity")
-    if not dt > 0:
-        raise ValueError(f"dt must be > 0 seconds, got {dt}")
-    prev = np.vstack([_vector(start_q, len(names), "start_q")[None] if start_q is not None else pos[:1], pos[:-1]])
-    vel = (pos - prev) / dt
-    vel[-1] = 0.0
+def trajectory_to_msg(trajectory: dict, stamp: float, frame_id: str = "") -> JointTrajectory:
+    """A JointTrajectory-shaped dict (``vla_robot.control.chunk_to_trajectory``) -> JointTrajectory."""
+    try:
+        names = [str(n) for n in trajectory["joint_names"]]
+        points = trajectory["points"]
+    except (KeyError, TypeError):
+        raise ValueError("trajectory must be a dict with 'joint_names' and 'points' (see control.chunk_to_trajectory)") from None
+    if not points:
+        raise ValueError("trajectory has no points; expected at least one")
     msg = JointTrajectory()
     msg.header.stamp = to_stamp(stamp)
     msg.header.frame_id = frame_id
     msg.joint_names = names
-    for i in range(pos.shape[0]):
+    for i, pt in enumerate(points):
         p = JointTrajectoryPoint()
-        p.positions = pos[i].tolist()
-        p.velocities = vel[i].tolist()
-        p.time_from_start = to_duration((i + 1) * dt)
+        p.positions = _vector(pt["positions"], len(names), f"point {i} positions").tolist()
+        if pt.get("velocities") is not None:
+            p.velocities = _vector(pt["velocities"], len(names), f"point {i} velocities").tolist()
+        p.time_from_start = to_duration(float(pt["time_from_start"]))
         msg.points.append(p)
     return msg
+
+
+def chunk_to_msg(positions: Any, dt: float, names: Sequence[str], stamp: float, frame_id: str = "",
+                 start_q: Any = None) -> JointTrajectory:
+    """An action chunk H×D -> JointTrajectory (velocities filled, last point at rest), via
+    ``vla_robot.control.chunk_to_trajectory``."""
+    return trajectory_to_msg(chunk_to_trajectory(positions, dt, list(names), start_q=start_q), stamp, frame_id)
 
 
 def command_to_msg(q_target: Any, names: Sequence[str], stamp: float, dt: float, source: str = "policy") -> JointTrajectory:
     """One arm command: reach ``q_target`` in ``dt`` and stop there (a single point at rest).
 
     ``stamp`` is the stamp of the observation the command came from; ``source`` (policy, teleop,
-    hold, reset) goes into ``header.frame_id``. A joint trajectory controller stops the arm at the
-    target if no further command arrives.
+    hold, reset, estop) goes into ``header.frame_id``. A joint trajectory controller stops the arm
+    at the target if no further command arrives.
     """
     if source not in COMMAND_SOURCES:
         raise ValueError(f"command source must be one of {COMMAND_SOURCES}, got {source!r}")
     q = _vector(q_target, len(list(names)), "command target")
-    msg = JointTrajectory()
-    msg.header.stamp = to_stamp(stamp)
-    msg.header.frame_id = source
-    msg.joint_names = list(names)
-    p = JointTrajectoryPoint()
-    p.positions = q.tolist()
-    p.velocities = [0.0] * len(q)
-    p.time_from_start = to_duration(dt)
-    msg.points.append(p)
-    return msg
+    return chunk_to_msg(q[None], dt, names, stamp, frame_id=source)
 
 
 def msg_to_trajectory(msg: JointTrajectory, names: Sequence[str] | None = None) -> dict:

@@ -1,0 +1,153 @@
+"""episode_manager_node: reset -> run -> label -> save, around the ROS-free EpisodeManager.
+
+Services (std_srvs): ``~/start`` (Trigger; also confirms an operator reset), ``~/stop`` (Trigger),
+``~/label`` (SetBool: true = success), ``~/discard`` (Trigger).
+Publishes ``episode/event`` (std_msgs/String JSON, reliable). Listens to ``joint_states`` (the
+robot's time), ``twin/events`` (reset_done), ``twin/success`` (Bool), ``policy/events`` (faults,
+policy version), ``estop`` (Bool, latched).
+With ``prompt`` and a terminal on stdin it also asks for the label there: s = success, f = failure,
+d = discard, Enter = start the next episode.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+
+import rclpy
+from rclpy.callback_groups import ReentrantCallbackGroup
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import SetBool, Trigger
+
+from vla_robot.nodes import common, convert
+from vla_robot.nodes.config import EpisodeManagerNodeConfig
+from vla_robot.nodes.episodes import EpisodeManager
+
+
+class EpisodeManagerNode(common.ConfiguredNode):
+    config_class = EpisodeManagerNodeConfig
+
+    def __init__(self, node_name: str = "episode_manager_node", *, scheduler=None, on_result=None, **kwargs):
+        super().__init__(node_name, **kwargs)
+        cfg: EpisodeManagerNodeConfig = self.config
+        cb = ReentrantCallbackGroup()
+        self._events_pub = self.create_publisher(String, common.EPISODE_EVENTS, common.EVENT_QOS)
+        self._result_hooks = [on_result] if on_result else []
+        self.core = EpisodeManager(cfg, self._publish_event, scheduler=scheduler, on_result=self._on_result)
+        self.create_subscription(JointState, common.JOINT_STATES, self._on_joint_state, common.STATE_QOS,
+                                 callback_group=cb)
+        self.create_subscription(String, common.TWIN_EVENTS, self._on_twin_event, common.EVENT_QOS, callback_group=cb)
+        self.create_subscription(Bool, common.TWIN_SUCCESS, self._on_success, common.STATE_QOS, callback_group=cb)
+        self.create_subscription(String, common.POLICY_EVENTS, self._on_policy_event, common.EVENT_QOS,
+                                 callback_group=cb)
+        self.create_subscription(Bool, common.ESTOP, self._on_estop, common.LATCHED_QOS, callback_group=cb)
+        self.create_service(Trigger, "~/start", self._srv(self.core.start), callback_group=cb)
+        self.create_service(Trigger, "~/stop", self._srv(self.core.stop), callback_group=cb)
+        self.create_service(Trigger, "~/discard", self._srv(self.core.discard), callback_group=cb)
+        self.create_service(SetBool, "~/label", self._srv_label, callback_group=cb)
+        self.create_timer(0.05, self.core.tick, callback_group=cb)
+        self.diagnostics = common.Diagnostics(self)
+        self.diagnostics.extra = lambda: (
+            common.OK,
+            self.core.state,
+            {"state": self.core.state, "episode": self.core.index, "results": len(self.core.results),
+             "successes": sum(r.success for r in self.core.results)},
+        )
+        self._prompt_thread = None
+        if cfg.prompt and sys.stdin is not None and sys.stdin.isatty():
+            self._prompt_thread = threading.Thread(target=self._prompt_loop, daemon=True, name="label_prompt")
+            self._prompt_thread.start()
+        self.get_logger().info(
+            f"episode manager: mode {cfg.mode}, reset by {cfg.reset_source}, labels by {cfg.label_source}, "
+            f"{cfg.episodes or 'unlimited'} episodes{' (autostart)' if cfg.autostart else ''}"
+        )
+
+    # --- outputs --------------------------------------------------------------------------------
+    def _publish_event(self, event: dict) -> None:
+        self._events_pub.publish(convert.event_to_msg(event))
+        t = event["type"]
+        if t == "end":
+            self.get_logger().info(
+                f"episode {event['episode']} ended: {event['reason']}" + (f" ({event['fault']})" if event["fault"] else "")
+            )
+            if self.core.state == EpisodeManager.LABELLING and self._prompt_thread is not None:
+                print(f"\nEpisode {event['episode']} ended ({event['reason']}). Label it: [s]uccess / [f]ailure / "
+                      "[d]iscard, then Enter", flush=True)
+        elif t in ("save", "discard", "start", "done"):
+            self.get_logger().info(f"episode event: {event}")
+
+    def _on_result(self, result) -> None:
+        for hook in self._result_hooks:
+            hook(result)
+
+    def add_result_hook(self, hook) -> None:
+        self._result_hooks.append(hook)
+
+    # --- inputs ---------------------------------------------------------------------------------
+    def _on_joint_state(self, msg: JointState) -> None:
+        self.core.observe(convert.from_stamp(msg.header.stamp))
+
+    def _on_twin_event(self, msg: String) -> None:
+        try:
+            ev = convert.msg_to_event(msg)
+        except ValueError as e:
+            self.get_logger().warning(f"ignoring a bad twin event: {e}")
+            return
+        if ev["type"] == "reset_done":
+            self.core.reset_done(ev)
+
+    def _on_success(self, msg: Bool) -> None:
+        self.core.success_check(bool(msg.data))
+
+    def _on_policy_event(self, msg: String) -> None:
+        try:
+            ev = convert.msg_to_event(msg)
+        except ValueError as e:
+            self.get_logger().warning(f"ignoring a bad policy event: {e}")
+            return
+        if ev["type"] == "fault":
+            self.core.fault(str(ev.get("reason", "policy fault")))
+        elif ev["type"] == "version":
+            self.core.policy_version(int(ev.get("version", 0)))
+
+    def _on_estop(self, msg: Bool) -> None:
+        if msg.data:
+            self.core.fault("e-stop")
+
+    def _srv(self, fn):
+        def handle(request, response):
+            response.success, response.message = fn()
+            return response
+
+        return handle
+
+    def _srv_label(self, request, response):
+        response.success, response.message = self.core.label(bool(request.data))
+        return response
+
+    def _prompt_loop(self) -> None:  # pragma: no cover - needs a terminal
+        for line in sys.stdin:
+            key = line.strip().lower()[:1]
+            if key == "s":
+                print(self.core.label(True)[1], flush=True)
+            elif key == "f":
+                print(self.core.label(False)[1], flush=True)
+            elif key == "d":
+                print(self.core.discard()[1], flush=True)
+            elif key == "q":
+                print(self.core.stop()[1], flush=True)
+            elif key == "":
+                print(self.core.start()[1], flush=True)
+
+
+NODE_CLASS = EpisodeManagerNode
+
+
+def main(args=None) -> None:
+    from vla_robot.nodes.runner import run_single_node
+
+    run_single_node(EpisodeManagerNode, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""policy_node: a thin shell around vla_robot.control.ChunkController.
+
+In: ``cameras/<cam>/image_raw`` (best effort), ``joint_states``, ``teleop/command`` and
+``teleop/intervention`` (the operator takes over: teleop commands pass through the same safety
+filter), ``episode/event`` (drive between ``start`` and ``end``), ``estop`` (latched Bool).
+Out: ``arm/command`` (the only arm commander while the policy drives; header.frame_id says
+policy / teleop / hold / estop), ``policy/chunk`` (each chunk as a JointTrajectory, stamped with
+the observation it was computed from), ``policy/action`` (raw action per tick), ``policy/tokens``
+(rl: sampled tokens + log-probs), ``policy/events`` (fault, version), ``/diagnostics``.
+
+Ticks on a wall-clock timer at ``control.control_hz``, or — ``lockstep`` (sim) — once per new
+observation from the twin, with the sim's stamps as the clock; the chunk request then blocks, so
+the simulated world waits for the policy and runs as fast as the CPU allows.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64MultiArray, String
+from trajectory_msgs.msg import JointTrajectory
+
+from vla_robot.control.driver import ChunkController
+from vla_robot.nodes import common, convert
+from vla_robot.nodes.config import PolicyNodeConfig
+from vla_robot.serving.client import PolicyClient, PolicyTimeout
+from vla_robot.twin.robots import robot_spec
+
+# TickResult.reason prefixes that come from the watchdog (not from an executor waiting for a chunk)
+_WATCHDOG_REASONS = ("no new chunk", "observation is", "no observation", "e-stop", "watchdog")
+
+
+class _LockstepClient:
+    """Blocking ``act`` for lockstep sim: after a timeout, fail fast until the server answers again."""
+
+    def __init__(self, client: PolicyClient, timeout_s: float, fast_fail_s: float = 0.05):
+        self.client, self.timeout_s, self.fast_fail_s = client, timeout_s, fast_fail_s
+        self.down = False
+
+    def act(self, observation, **options):
+        try:
+            reply = self.client.act(observation, timeout_s=self.fast_fail_s if self.down else self.timeout_s, **options)
+        except PolicyTimeout:
+            self.down = True
+            raise
+        self.down = False
+        return reply
+
+
+class PolicyNode(common.ConfiguredNode):
+    config_class = PolicyNodeConfig
+
+    def __init__(self, node_name: str = "policy_node", *, client=None, **kwargs):
+        super().__init__(node_name, **kwargs)
+        cfg: PolicyNodeConfig = self.config
+        self.spec = robot_spec(cfg.robot)
+        self.names = list(self.spec.joint_names)
+        self.dt = cfg.control.dt
+        self._own_client = client is None
+        self.client = client or PolicyClient(cfg.policy_server, timeout_s=cfg.control.request_timeout_s)
+        options = {"mode": cfg.sampling, "return_tokens": cfg.return_tokens}
+        if cfg.sampling == "sample":
+            options["temperature"] = cfg.temperature
+        ctrl_client = _LockstepClient(self.client, cfg.control.request_timeout_s) if cfg.lockstep else self.client
+        self.controller = ChunkController(
+            cfg.control, self.spec.joint_limits(), ctrl_client, request_options=options, clock=self._clock
+        )
+        self._lock = threading.Lock()  # guards the latest inputs
+        self._tick_lock = threading.Lock()  # one tick at a time; a trigger during a tick is dropped
+        self._images: dict[str, tuple[np.ndarray, float]] = {}
+        self._q: tuple[np.ndarray, float] | None = None
+        self._teleop: tuple[np.ndarray, float] | None = None
+        self._intervention = False
+        self._active = not cfg.wait_for_episode
+        self._needs_reset = self._active
+        self._instruction = cfg.instruction
+        self._last_ticked_stamp = -1.0
+        self._sim_now = 0.0
+        self._faulted = False
+        self._version = None
+        self._chunk_id = 0
+        self._request_stamps: deque[float] = deque(maxlen=8)
+        self.ticks = 0
+
+        inputs = ReentrantCallbackGroup()
+        for cam in cfg.cameras:
+            self.create_subscription(
+                Image, common.image_topic(cam), lambda m, c=cam: self._on_image(c, m), common.IMAGE_QOS,
+                callback_group=inputs,
+            )
+        self.create_subscription(JointState, common.JOINT_STATES, self._on_joint_state, common.STATE_QOS,
+                                 callback_group=inputs)
+        self.create_subscription(JointTrajectory, common.TELEOP_COMMAND, self._on_teleop, common.COMMAND_QOS,
+                                 callback_group=inputs)
+        self.create_subscription(Bool, common.TELEOP_INTERVENTION, self._on_intervention, common.LATCHED_QOS,
+                                 callback_group=inputs)
+        self.create_subscription(String, common.EPISODE_EVENTS, self._on_episode_event, common.EVENT_QOS,
+                                 callback_group=inputs)
+        self.create_subscription(Bool, common.ESTOP, self._on_estop, common.LATCHED_QOS, callback_group=inputs)
+        self.command_pub = self.create_publisher(JointTrajectory, common.ARM_COMMAND, common.COMMAND_QOS)
+        self.chunk_pub = self.create_publisher(JointTrajectory, common.POLICY_CHUNK, common.COMMAND_QOS)
+        self.action_pub = self.create_publisher(JointState, common.POLICY_ACTION, common.STATE_QOS)
+        self.tokens_pub = self.create_publisher(Float64MultiArray, common.POLICY_TOKENS, common.EVENT_QOS)
+        self.events_pub = self.create_publisher(String, common.POLICY_EVENTS, common.EVENT_QOS)
+
+        self.diagnostics = common.Diagnostics(self)
+        stale = max(0.5, 5 * self.dt)
+        self.mon = {"joint_states": self.diagnostics.monitor("joint_states", stale)}
+        for cam in cfg.cameras:
+            self.mon[cam] = self.diagnostics.monitor(f"camera {cam}", stale)
+        self.mon["chunks"] = self.diagnostics.monitor("chunks", cfg.control.watchdog.max_chunk_gap_s)
+        self.diagnostics.extra = self._diag
+        if not cfg.lockstep:
+            self.create_timer(self.dt, self._on_timer, callback_group=MutuallyExclusiveCallbackGroup())
+        self.get_logger().info(
+            f"policy node: server {cfg.policy_server}, {cfg.control.control_hz:g} Hz, executor "
+            f"{cfg.control.executor.kind}, cameras {cfg.cameras}, {'lockstep (sim)' if cfg.lockstep else 'timer'}"
+        )
+
+    # --- clock ----------------------------------------------------------------------------------
+    def _clock(self) -> float:
+        return self._sim_now if self.config.lockstep else time.time()
+
+    # --- inputs ---------------------------------------------------------------------------------
+    def _on_image(self, cam: str, msg: Image) -> None:
+        try:
+            img, stamp = convert.msg_to_image(msg)
+        except ValueError as e:
+            self.get_logger().warning(f"camera {cam}: dropping a bad image: {e}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._images[cam] = (img, stamp)
+        self.mon[cam].tick(latency_s=max(0.0, time.time() - stamp) if not self.config.lockstep else None)
+        if self.config.lockstep:
+            self._maybe_lockstep_tick()
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            q, _, stamp = convert.msg_to_joint_state(msg, self.names)
+        except ValueError as e:
+            self.get_logger().warning(f"dropping a bad joint state: {e}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._q = (q, stamp)
+        self.mon["joint_states"].tick()
+        if self.config.lockstep:
+            self._maybe_lockstep_tick()
+
+    def _on_teleop(self, msg: JointTrajectory) -> None:
+        try:
+            q, stamp, _ = convert.msg_to_command(msg, self.names)
+        except ValueError as e:
+            self.get_logger().warning(f"dropping a bad teleop command: {e}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._teleop = (q, stamp)
+
+    def _on_intervention(self, msg: Bool) -> None:
+        with self._lock:
+            self._intervention = bool(msg.data)
+        self.get_logger().info("operator took over" if msg.data else "operator handed back to the policy")
+
+    def _on_episode_event(self, msg: String) -> None:
+        try:
+            ev = convert.msg_to_event(msg)
+        except ValueError as e:
+            self.get_logger().warning(f"ignoring a bad episode event: {e}")
+            return
+        with self._lock:
+            if ev["type"] == "start":
+                self._active = True
+                self._needs_reset = True
+                self._faulted = False
+                self._instruction = ev.get("instruction") or self.config.instruction
+                self._last_ticked_stamp = self._q[1] if self._q else -1.0
+            elif ev["type"] in ("end", "reset", "done"):
+                self._active = False
+        if self.config.lockstep and ev["type"] == "start":
+            self._maybe_lockstep_tick()
+
+    def _on_estop(self, msg: Bool) -> None:
+        if msg.data:
+            self.controller.estop("e-stop topic")
+            self.get_logger().error("E-STOP: holding the arm until the e-stop is cleared")
+        elif self.controller.watchdog.estopped:
+            self.controller.reset_estop(self._clock())
+            self.get_logger().warning("e-stop cleared")
+
+    # --- the tick -------------------------------------------------------------------------------
+    def _on_timer(self) -> None:
+        self.tick(time.time())
+
+    def _maybe_lockstep_tick(self) -> None:
+        with self._lock:
+            if not self._active or self._q is None:
+                return
+            stamp = self._q[1]
+            if stamp <= self._last_ticked_stamp:
+                return
+            cams = self.config.cameras
+            if any(c not in self._images or self._images[c][1] < stamp for c in cams):
+                return  # wait until every camera's frame of this step is in
+            self._last_ticked_stamp = stamp
+        self._sim_now = stamp
+        self.tick(stamp)
+
+    def tick(self, now: float) -> None:
+        if not self._tick_lock.acquire(blocking=False):
+            return
+        try:
+            self._tick(now)
+        except Exception as e:  # noqa: BLE001 - a bug must not kill the node while it commands an arm
+            self.get_logger().error(f"tick failed: {type(e).__name__}: {e}")
+            self._report_fault(f"policy node error: {type(e).__name__}: {e}")
+        finally:
+            self._tick_lock.release()
+
+    def _tick(self, now: float) -> None:
+        with self._lock:
+            if not self._active or self._q is None:
+                return
+            q, q_stamp = self._q
+            images = dict(self._images)
+            teleop = self._teleop[0] if (self._intervention and self._teleop is not None) else None
+            needs_reset, self._needs_reset = self._needs_reset, False
+            instruction = self._instruction
+        if needs_reset:
+            self.controller.reset(q, now)
+        cams = self.config.cameras
+        obs_stamp = min([q_stamp] + [images[c][1] for c in cams if c in images]) if all(c in images for c in cams) else None
+
+        def observation():
+            return {
+                "images": {c: images[c][0] for c in cams},
+                "state": np.asarray(q, dtype=np.float32),
+                "instruction": instruction,
+            }
+
+        r = self.controller.tick(now, obs_stamp, observation, teleop=teleop)
+        self.ticks += 1
+        if r.requested and obs_stamp is not None:
+            self._request_stamps.append(obs_stamp)
+        self.command_pub.publish(convert.command_to_msg(r.command, self.names, q_stamp, self.dt, source=r.source))
+        if r.raw is not None and r.source == "policy":
+            self.action_pub.publish(convert.joint_state_to_msg(self.names, r.raw, q_stamp))
+        if r.received is not None:
+            self._publish_chunk(r.received, now)
+        if r.source in ("hold", "estop") and r.reason.startswith(_WATCHDOG_REASONS):
+            self._report_fault(f"watchdog: {r.reason}")
+
+    def _publish_chunk(self, reply: dict, now: float) -> None:
+        self.mon["chunks"].tick(now=time.monotonic())
+        stamp = self._request_stamps.popleft() if self._request_stamps else now
+        self._chunk_id += 1
+        version = int(reply.get("version", 0) or 0)
+        try:
+            traj = self.controller.trajectory(reply["actions"])
+            self.chunk_pub.publish(convert.trajectory_to_msg(traj, stamp, frame_id=f"v{version}/c{self._chunk_id}"))
+        except ValueError as e:
+            self.get_logger().warning(f"chunk {self._chunk_id} not published: {e}", throttle_duration_sec=5.0)
+        if reply.get("tokens") is not None and reply.get("logprobs") is not None:
+            self.tokens_pub.publish(convert.tokens_to_msg(self._chunk_id, version, reply["tokens"], reply["logprobs"]))
+        if version != self._version:
+            self._version = version
+            self.events_pub.publish(convert.event_to_msg({"type": "version", "version": version}))
+
+    def _report_fault(self, reason: str) -> None:
+        if self._faulted:
+            return
+        self._faulted = True
+        self.get_logger().error(f"FAULT, holding the arm: {reason}")
+        self.events_pub.publish(convert.event_to_msg({"type": "fault", "reason": reason}))
+
+    def _diag(self):
+        rep = self.controller.report()
+        c = rep["controller"]
+        level = common.ERROR if rep["estop"] else (common.WARN if self._faulted else common.OK)
+        msg = f"e-stop: {rep['estop']}" if rep["estop"] else ("watchdog holding" if self._faulted else "ok")
+        values = {
+            "active": self._active,
+            "ticks": c["ticks"],
+            "sources": c["sources"],
+            "holds": c["holds"],
+            "requests": c["requests"],
+            "replies": c["replies"],
+            "timeouts": c["timeouts"],
+            "errors": c["errors"],
+            "last_error": c["last_error"],
+            "policy_version": self._version,
+            "watchdog_holds": rep["watchdog_holds"],
+        }
+        return level, msg, values
+
+    def destroy_node(self):
+        if self._own_client:
+            self.client.close()
+        return super().destroy_node()
+
+
+NODE_CLASS = PolicyNode
+
+
+def main(args=None) -> None:
+    from vla_robot.nodes.runner import run_single_node
+
+    run_single_node(PolicyNode, args)
+
+
+if __name__ == "__main__":
+    main()

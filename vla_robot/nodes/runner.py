@@ -1,0 +1,268 @@
+"""Run a whole bringup graph in one process: every node on one rclpy MultiThreadedExecutor.
+
+The nodes get exactly what ``ros2 launch`` would give them — the graph's parameter files, its
+parameter overrides and remappings, as ``--ros-args`` — so the in-process graph *is* the launched
+graph. Optionally the policy server runs in the same process (a preset such as ``tiny`` or a
+checkpoint folder), bound to a free port on 127.0.0.1.
+
+For programs (the RL loop, tests)::
+
+    from vla_robot.nodes.runner import GraphRunner
+    with GraphRunner("rl_finetune", sim=True, serve_policy="tiny",
+                     overrides={"episode_manager_node": {"episodes": 8}}) as g:
+        results = g.run_episodes(8, timeout_s=300)       # list[EpisodeResult]
+
+``run_single_node`` is every node's ``main()`` (``ros2 run vla_robot <node>``).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from vla_robot.bringup import NodeSpec, graph
+from vla_robot.config import ConfigError
+
+__all__ = ["GraphRunner", "run_single_node", "node_class", "node_kwargs"]
+
+
+def node_class(spec_or_executable: NodeSpec | str) -> type:
+    """The Node class of an executable: ``vla_robot.nodes.<executable>.NODE_CLASS``."""
+    exe = spec_or_executable.executable if isinstance(spec_or_executable, NodeSpec) else spec_or_executable
+    module = importlib.import_module(f"vla_robot.nodes.{exe}")
+    cls = getattr(module, "NODE_CLASS", None)
+    if cls is None:  # fall back to the one Node subclass the module defines
+        found = [v for v in vars(module).values()
+                 if isinstance(v, type) and issubclass(v, Node) and v.__module__ == module.__name__]
+        if len(found) != 1:
+            raise RuntimeError(f"vla_robot.nodes.{exe} must define NODE_CLASS (its rclpy Node class)")
+        cls = found[0]
+    return cls
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def node_kwargs(spec: NodeSpec, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Constructor keywords that give a node what ``ros2 launch`` gives it for ``spec``."""
+    cli = ["--ros-args"]
+    for f in spec.parameters:
+        if not Path(f).is_file():
+            raise ConfigError(f"parameter file {f} of node '{spec.name}' not found")
+        cli += ["--params-file", str(f)]
+    for src, dst in spec.remappings:
+        cli += ["-r", f"{src}:={dst}"]
+    merged = _flatten({**spec.parameter_dict(), **(overrides or {})})
+    params = [Parameter(k, value=v) for k, v in merged.items() if v is not None]
+    kw: dict[str, Any] = {"cli_args": cli, "use_global_arguments": False, "parameter_overrides": params}
+    if spec.namespace:
+        kw["namespace"] = spec.namespace
+    return kw
+
+
+class GraphRunner:
+    """A bringup graph, running in this process (see the module docstring)."""
+
+    def __init__(
+        self,
+        graph_name: str,
+        *,
+        sim: bool = False,
+        robot: str = "so101",
+        arm_driver: str = "lerobot",
+        task: str = "",
+        config: str | None = None,
+        policy_server: str = "",
+        serve_policy: str | None = None,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        exclude: tuple[str, ...] = (),
+        node_extra: dict[str, dict[str, Any]] | None = None,
+        scheduler: Any = None,
+        threads: int = 4,
+        domain_id: int | None = None,
+    ):
+        self.specs = [s for s in graph(graph_name, use_sim=sim, robot=robot, arm_driver=arm_driver,
+                                       policy_server=policy_server, task=task, config=config)
+                      if s.executable not in exclude and s.name not in exclude]
+        self.graph_name = graph_name
+        self.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
+        unknown = set(self.overrides) - {s.name for s in self.specs}
+        if unknown:
+            raise ConfigError(f"overrides for nodes not in graph '{graph_name}': {sorted(unknown)}; "
+                              f"its nodes: {', '.join(s.name for s in self.specs)}")
+        self.serve_policy = serve_policy
+        self.node_extra = node_extra or {}
+        self.scheduler = scheduler
+        self.threads = threads
+        self.domain_id = domain_id
+        self.context: rclpy.Context | None = None
+        self.executor: MultiThreadedExecutor | None = None
+        self.nodes: dict[str, Node] = {}
+        self.server = None
+        self.results: list = []
+        self._results_cv = threading.Condition()
+        self._spin_thread: threading.Thread | None = None
+
+    # --- life cycle -----------------------------------------------------------------------------
+    def start(self) -> "GraphRunner":
+        self.context = rclpy.Context()
+        init_kw = {"context": self.context, "args": []}
+        if self.domain_id is not None:
+            init_kw["domain_id"] = self.domain_id
+        rclpy.init(**init_kw)
+        try:
+            if self.serve_policy:
+                self._start_server()
+            for spec in self.specs:
+                self._add_node(spec)
+            self.executor = MultiThreadedExecutor(num_threads=self.threads, context=self.context)
+            for node in self.nodes.values():
+                self.executor.add_node(node)
+            self._spin_thread = threading.Thread(target=self._spin, daemon=True, name=f"graph:{self.graph_name}")
+            self._spin_thread.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start_server(self) -> None:
+        from vla_robot.policy import load_policy
+        from vla_robot.serving.server import PolicyServer
+
+        src = self.serve_policy
+        runtime = load_policy(checkpoint=src) if os.path.isdir(src) else load_policy(preset=src, seed=0)
+        self.server = PolicyServer(runtime, bind="tcp://127.0.0.1:*", weights_bind="tcp://127.0.0.1:*").start()
+        for spec in self.specs:
+            if spec.executable == "policy_node":
+                self.overrides.setdefault(spec.name, {})["policy_server"] = self.server.address
+
+    def _add_node(self, spec: NodeSpec) -> None:
+        cls = node_class(spec)
+        kw = node_kwargs(spec, self.overrides.get(spec.name))
+        kw.update(self.node_extra.get(spec.name, {}))
+        if spec.executable == "episode_manager_node":
+            kw.setdefault("scheduler", self.scheduler)
+            kw.setdefault("on_result", self._on_result)
+        try:
+            node = cls(spec.name, context=self.context, **kw)
+        except ConfigError as e:
+            raise ConfigError(f"node '{spec.name}' did not start: {e}") from None
+        self.nodes[spec.name] = node
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except (ExternalShutdownException, KeyboardInterrupt):
+            pass
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(timeout_sec=5.0)
+        for node in list(self.nodes.values())[::-1]:
+            close = getattr(node, "close", None)
+            try:
+                if callable(close):
+                    close()
+                node.destroy_node()
+            except Exception:  # noqa: BLE001 - tear everything down regardless
+                pass
+        self.nodes.clear()
+        if self.context is not None and self.context.ok():
+            rclpy.shutdown(context=self.context)
+        if self._spin_thread is not None:
+            self._spin_thread.join(timeout=5.0)
+        self.stop_policy_server()
+
+    def __enter__(self) -> "GraphRunner":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def stop_policy_server(self) -> None:
+        """Stop the in-process policy server (the policy node's watchdog then holds the arm)."""
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    # --- episodes -------------------------------------------------------------------------------
+    @property
+    def episode_manager(self):
+        for node in self.nodes.values():
+            if hasattr(node, "core") and node.__class__.__name__ == "EpisodeManagerNode":
+                return node
+        raise RuntimeError(f"graph '{self.graph_name}' has no episode manager")
+
+    def _on_result(self, result) -> None:
+        with self._results_cv:
+            self.results.append(result)
+            self._results_cv.notify_all()
+
+    def wait_for_results(self, n: int, timeout_s: float = 600.0, progress: Callable | None = None) -> list:
+        """Block until ``n`` episode results are in (or the timeout passes); returns them all."""
+        deadline = time.monotonic() + timeout_s
+        with self._results_cv:
+            while len(self.results) < n:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._spin_thread.is_alive():
+                    break
+                self._results_cv.wait(timeout=min(left, 0.5))
+                if progress is not None:
+                    progress(len(self.results))
+            return list(self.results)
+
+    def run_episodes(self, n: int, timeout_s: float = 600.0) -> list:
+        """Run ``n`` more episodes (starting each when the manager does not autostart) and return their results."""
+        em = self.episode_manager
+        target = len(self.results) + n
+        deadline = time.monotonic() + timeout_s
+        while len(self.results) < target and time.monotonic() < deadline:
+            if not em.config.autostart and em.core.state == em.core.IDLE:
+                em.core.start()
+            done = len(self.results)
+            self.wait_for_results(done + 1, timeout_s=min(1.0, max(0.0, deadline - time.monotonic())))
+            if em.core.state == em.core.DONE:
+                break
+        return self.results[target - n:]
+
+
+def run_single_node(cls: type, args: list[str] | None = None) -> None:
+    """``main()`` of every node: rclpy.init, build, spin on a MultiThreadedExecutor, clean shutdown.
+
+    Bad parameters stop the node at start with the key named (exit status 2).
+    """
+    rclpy.init(args=args)
+    try:
+        node = cls()
+    except ConfigError as e:
+        print(f"[{cls.__name__}] bad parameters, not starting: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        sys.exit(2)
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        close = getattr(node, "close", None)
+        if callable(close):
+            close()
+        node.destroy_node()
+        rclpy.try_shutdown()
