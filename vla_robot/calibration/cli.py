@@ -197,18 +197,19 @@ def _handeye(args) -> int:
 
     def plot(fig):
         ax = fig.add_subplot(1, 2, 1)
+        floor = min(res.landing.cost, res.baseline.cost)
         for r in (res.landing, res.baseline):
             h = np.array(r.history)
-            ax.semilogy(h[:, 0], h[:, 1], marker=".", label=f"{r.method}: {r.cost:.4g}")
+            ax.semilogy(h[:, 0], np.maximum(h[:, 1] - floor, 1e-12), marker=".", label=f"{r.method}: final {r.cost:.6g}")
         ax.set_xlabel("residual evaluations")
-        ax.set_ylabel("cost 1/2 sum r^2 [px^2]")
+        ax.set_ylabel("cost - best final cost [px^2]")
         ax.set_title("refinement")
         ax.legend()
         ax = fig.add_subplot(1, 2, 2)
         ref = res.T
         names_m = list(res.methods)
         errs = [pose_error(res.methods[m], ref) for m in names_m]
-        ax.bar(range(len(names_m)), [e[0] for e in errs], label="rotation [deg]")
+        ax.bar(range(len(names_m)), [e[0] for e in errs], width=0.4, label="rotation [deg]")
         ax.bar(np.arange(len(names_m)) + 0.4, [e[1] / 10 for e in errs], width=0.4, label="translation [cm]")
         ax.set_xticks(range(len(names_m)), names_m, fontsize=7)
         ax.set_title("OpenCV methods vs refined")
