@@ -257,35 +257,34 @@ class Recorder:
         )
 
     def _open(self):
+        """Recover ``root``, rebuild the stage from it and open LeRobot there (created if new)."""
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         root = self.root
-        info_path = root / "meta" / "info.json"
-        if root.exists() and not info_path.exists() and any(root.iterdir()):
-            if not store.state_dir(root).is_dir():
-                raise ValueError(f"{root} exists, is not empty and is not a LeRobot dataset; choose another --root")
-        if info_path.exists() or store.state_dir(root).is_dir():
-            self.recovery = store.recover(root)
-            if self.recovery.changed:
-                log.warning("recorder: %s: %s", root, self.recovery.describe())
-            if self.recovery.commit_episodes:  # resume
-                self._check_schema(json.loads(info_path.read_text()))
-                return LeRobotDataset(self.repo_id, root=root, video_backend="pyav", **self._lerobot_kwargs())
-            info = json.loads(info_path.read_text()) if info_path.exists() else {"total_episodes": 0}
-            if self.recovery.commit_episodes is None and not store.state_dir(root).is_dir() and info.get("total_episodes"):
+        ours = store.state_dir(root).is_dir()
+        if root.exists() and not ours:
+            info_path = root / "meta" / "info.json"
+            if info_path.exists():
                 raise ValueError(
                     f"{root} holds a LeRobot dataset that was not written by this recorder; run "
                     f"`vla-robot dataset repair --root {root}` to adopt it, or choose another --root"
                 )
-            # nothing committed yet: whatever is there is an interrupted first episode or creation
-            shutil.rmtree(root)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        ds = LeRobotDataset.create(
-            self.repo_id, fps=self.config.fps, features=self.schema.features(), root=root,
+            if any(root.iterdir()):
+                raise ValueError(f"{root} exists, is not empty and is not a LeRobot dataset; choose another --root")
+        if ours:
+            self.recovery = store.recover(root)
+            if self.recovery.changed:
+                log.warning("recorder: %s: %s", root, self.recovery.describe())
+        if store.latest_commit(root) is not None:  # resume
+            self._check_schema(json.loads((root / "meta" / "info.json").read_text()))
+            stage = store.prepare_stage(root)
+            return LeRobotDataset(self.repo_id, root=stage, video_backend="pyav", **self._lerobot_kwargs())
+        store.clear_uncommitted(root)  # nothing was ever saved here
+        store.state_dir(root).mkdir(parents=True, exist_ok=True)
+        return LeRobotDataset.create(
+            self.repo_id, fps=self.config.fps, features=self.schema.features(), root=store.stage_dir(root),
             robot_type=self.robot_type, use_videos=True, **self._lerobot_kwargs(),
         )
-        store.state_dir(root).mkdir()
-        return ds
 
     def _check_schema(self, info: dict) -> None:
         have = Schema.from_features(info["features"])
@@ -300,7 +299,8 @@ class Recorder:
     def _reopen(self) -> None:
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-        self._ds = LeRobotDataset(self.repo_id, root=self.root, video_backend="pyav", **self._lerobot_kwargs())
+        self._ds = LeRobotDataset(self.repo_id, root=store.stage_dir(self.root), video_backend="pyav",
+                                  **self._lerobot_kwargs())
 
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
@@ -391,9 +391,10 @@ class Recorder:
         elif getattr(ds, "_streaming_encoder", None) is not None:
             ds._streaming_encoder.cancel_episode()
         ds.episode_buffer = None
-        for stray in self.root.glob("tmp*"):  # encoder temp folders of the dropped episode
+        stage = store.stage_dir(self.root)
+        for stray in stage.glob("tmp*"):  # encoder temp folders of the dropped episode
             shutil.rmtree(stray, ignore_errors=True) if stray.is_dir() else stray.unlink(missing_ok=True)
-        images = self.root / "images"
+        images = stage / "images"
         if images.is_dir():
             shutil.rmtree(images, ignore_errors=True)
 
@@ -403,12 +404,7 @@ class Recorder:
             self._ds.finalize()
         except Exception:  # noqa: BLE001
             log.exception("recorder: cleaning up after a failed episode")
-        store.recover(self.root)
-        if store.latest_commit(self.root) is None:
-            shutil.rmtree(self.root, ignore_errors=True)
-            self._ds = self._open()
-        else:
-            self._reopen()
+        self._ds = self._open()
 
     def _save(self, task: str, label: int, timed_out: bool, meta: dict, start_condition, dropped: int) -> EpisodeRecord:
         ds = self._ds
@@ -430,7 +426,7 @@ class Recorder:
             mask = S.executed_mask(chunk_id, np.concatenate(buf[S.CHUNK_STEP]), control, self.schema.token_dim,
                                    len(self.schema.action_names), has_tokens)
             buf[S.EXECUTED] = list(mask)
-        stamps = np.concatenate(buf[S.OBS_STAMP])
+        stamps = S.stamps_s(np.concatenate(buf[S.OBS_STAMP]))
         finite = stamps[np.isfinite(stamps)]
         latency = np.concatenate(buf[S.POLICY_LATENCY])
         versions = np.concatenate(buf[S.POLICY_VERSION])
@@ -455,11 +451,11 @@ class Recorder:
             recorded_at=time.time(),
             meta=meta,
         )
-        journal = self.root / "meta" / store.JOURNAL
+        journal = store.stage_dir(self.root) / "meta" / store.JOURNAL
         old = journal.read_text() if journal.exists() else ""
         tmp = journal.with_name(journal.name + ".tmp")
         tmp.write_text(old + json.dumps(rec.to_json()) + "\n")
         os.replace(tmp, journal)
-        store.commit(self.root, index + 1, fsync=self.config.fsync, keep=self.config.keep_commits)
+        store.publish(self.root, index + 1, fsync=self.config.fsync, keep=self.config.keep_commits)
         self._reopen()
         return rec

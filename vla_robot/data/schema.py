@@ -12,8 +12,8 @@ observation.images.<cam>    video    (H, W, 3)   camera image, RGB
 observation.state           float32  (n,)        measured joint positions
 action                      float32  (m,)        the command actually sent (after the safety filter)
 action.policy               float32  (m,)        the raw policy action (zeros when teleop drives)
-observation.stamp           float64  (1,)        ROS stamp of the observation, seconds
-action.stamp                float64  (1,)        ROS stamp of the command, seconds
+observation.stamp_ns        int64    (1,)        ROS stamp of the observation, ns (-1: unknown)
+action.stamp_ns             int64    (1,)        ROS stamp of the command, ns (-1: unknown)
 control                     int8     (1,)        who drove this step: 0 policy, 1 teleop
 policy_version              int64    (1,)        policy weights version (-1: no policy)
 action.chunk_id             int64    (1,)        id of the policy chunk this step executes (-1: none)
@@ -40,8 +40,8 @@ IMAGE_PREFIX = "observation.images."
 STATE = "observation.state"
 ACTION = "action"
 ACTION_POLICY = "action.policy"
-OBS_STAMP = "observation.stamp"
-ACTION_STAMP = "action.stamp"
+OBS_STAMP = "observation.stamp_ns"
+ACTION_STAMP = "action.stamp_ns"
 CONTROL = "control"
 POLICY_VERSION = "policy_version"
 CHUNK_ID = "action.chunk_id"
@@ -131,8 +131,8 @@ class Schema:
         f[STATE] = _vec((n,), "float32", list(self.state_names))
         f[ACTION] = _vec((m,), "float32", list(self.action_names))
         f[ACTION_POLICY] = _vec((m,), "float32", list(self.action_names))
-        f[OBS_STAMP] = _vec((1,), "float64")
-        f[ACTION_STAMP] = _vec((1,), "float64")
+        f[OBS_STAMP] = _vec((1,), "int64")  # int64 ns: stock LeRobot reads float64 back as float32
+        f[ACTION_STAMP] = _vec((1,), "int64")
         f[CONTROL] = _vec((1,), "int8")
         f[POLICY_VERSION] = _vec((1,), "int64")
         f[CHUNK_ID] = _vec((1,), "int64")
@@ -189,8 +189,8 @@ class Schema:
         )
         if control not in (CONTROL_POLICY, CONTROL_TELEOP):
             raise ValueError(f"control must be 0 (policy) or 1 (teleop), got {control!r}")
-        frame[OBS_STAMP] = np.array([np.nan if stamp is None else float(stamp)], np.float64)
-        frame[ACTION_STAMP] = np.array([np.nan if action_stamp is None else float(action_stamp)], np.float64)
+        frame[OBS_STAMP] = np.array([stamp_ns(stamp, "stamp")], np.int64)
+        frame[ACTION_STAMP] = np.array([stamp_ns(action_stamp, "action_stamp")], np.int64)
         frame[CONTROL] = np.array([control], np.int8)
         frame[POLICY_VERSION] = np.array([int(policy_version)], np.int64)
         frame[CHUNK_ID] = np.array([int(chunk_id)], np.int64)
@@ -217,6 +217,22 @@ class Schema:
         frame[REWARD] = np.zeros(1, np.float32)
         frame[DONE] = np.zeros(1, bool)
         return frame
+
+
+def stamp_ns(seconds: float | None, what: str = "stamp") -> int:
+    """ROS stamp in float seconds -> int64 nanoseconds (-1 for None)."""
+    if seconds is None:
+        return -1
+    s = float(seconds)
+    if not np.isfinite(s) or s < 0:
+        raise ValueError(f"{what} must be a finite time in seconds >= 0, got {seconds!r}")
+    return int(round(s * 1e9))
+
+
+def stamps_s(ns: np.ndarray) -> np.ndarray:
+    """int64 ns stamps -> float64 seconds, NaN where unknown (-1)."""
+    ns = np.asarray(ns).reshape(-1)
+    return np.where(ns >= 0, ns / 1e9, np.nan)
 
 
 def _float_vector(x, n: int, what: str) -> np.ndarray:
