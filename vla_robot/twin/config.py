@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["TwinConfig", "RandomizationConfig", "MirrorConfig", "TWIN_CAMERAS", "TASKS"]
+__all__ = ["TwinConfig", "RandomizationConfig", "MirrorConfig", "CameraCalibrationFiles", "TwinArmConfig",
+           "TwinCameraConfig", "TWIN_CAMERAS", "TASKS"]
 
 TWIN_CAMERAS = ("front", "wrist", "side", "top")
 TASKS = ("reach", "pick_place")
@@ -78,6 +79,26 @@ class MirrorConfig:
 
 
 @dataclass
+class CameraCalibrationFiles:
+    """Calibration files of one real camera that the twin camera of the same name should match.
+
+    ``camera_info``: ROS camera_info YAML (intrinsics); ``extrinsics``: the calibration's extrinsics
+    YAML, whose ``parent_frame`` is ``base`` (fixed camera) or a body of the robot model such as
+    ``gripper`` (eye-in-hand). Either may be empty. Formats: ``vla_robot.calibration.camera_model``.
+    """
+
+    camera: str = ""
+    camera_info: str = ""
+    extrinsics: str = ""
+
+    def validate(self) -> None:
+        if self.camera not in TWIN_CAMERAS:
+            raise ValueError(f"camera must be one of {', '.join(TWIN_CAMERAS)}, got {self.camera!r}")
+        if not (self.camera_info or self.extrinsics):
+            raise ValueError(f"camera {self.camera!r}: give camera_info and/or extrinsics file paths")
+
+
+@dataclass
 class TwinConfig:
     """One twin environment: robot, task, cameras, rates, randomization."""
 
@@ -90,7 +111,7 @@ class TwinConfig:
     max_physics_dt: float = 0.002  # s; the physics step is control period / ceil(period / this)
     episode_s: float = 0.0  # 0: the task's default length
     render: Literal["fast", "quality"] = "fast"  # fast: no shadows/reflections/MSAA (CPU)
-    calibration_dir: str = ""  # camera_info + extrinsics per camera (see vla_robot.twin.scene)
+    camera_calibration: list[CameraCalibrationFiles] = field(default_factory=list)
     randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
     randomization_file: str = ""  # a sim2real/*.yaml file; overrides 'randomization' when set
     sysid_file: str = ""  # a sim2real sysid result; its joint parameters replace the model's
@@ -109,5 +130,35 @@ class TwinConfig:
             raise ValueError(f"control_hz must be in 0.5..1000 Hz, got {self.control_hz}")
         if not 1e-5 <= self.max_physics_dt <= 0.01:
             raise ValueError(f"max_physics_dt must be in 1e-5..0.01 s, got {self.max_physics_dt}")
+        for c in self.camera_calibration:
+            if c.camera not in self.cameras:
+                raise ValueError(f"camera_calibration names camera {c.camera!r}, which is not in cameras {self.cameras}")
         if self.episode_s < 0:
             raise ValueError(f"episode_s must be >= 0 (0 = task default), got {self.episode_s}")
+
+
+@dataclass
+class TwinArmConfig:
+    """The twin as an arm driver (``make_arm("twin", ...)``).
+
+    ``session`` names the simulation this arm lives in; twin cameras with the same session render
+    it. ``realtime``: a background thread steps the physics at ``twin.control_hz`` holding the last
+    command, as a real arm does; otherwise every ``command()`` advances one control period.
+    """
+
+    session: str = "default"
+    realtime: bool = True
+    twin: TwinConfig = field(default_factory=TwinConfig)
+
+
+@dataclass
+class TwinCameraConfig:
+    """A camera of the twin as a camera driver (``make_camera("twin", camera="front")``)."""
+
+    session: str = "default"
+    camera: str = "front"
+    twin: TwinConfig = field(default_factory=TwinConfig)
+
+    def validate(self) -> None:
+        if self.camera not in TWIN_CAMERAS:
+            raise ValueError(f"camera must be one of {', '.join(TWIN_CAMERAS)}, got {self.camera!r}")

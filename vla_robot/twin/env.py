@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,7 +54,7 @@ class TwinEnv:
                               else config.randomization)
         self.image_size = (int(config.image_size[0]), int(config.image_size[1]))
         self.cameras = tuple(config.cameras)
-        spec = build_scene(config.robot, self.image_size, self.cameras, config.render, config.calibration_dir)
+        spec = build_scene(config.robot, self.image_size, self.cameras, config.render, config.camera_calibration)
         self.task.build(spec)
         self.spec = spec
         self.model = spec.compile()
@@ -80,6 +81,9 @@ class TwinEnv:
         self.episode_s = config.episode_s or self.task.default_episode_s
         self.max_steps = int(round(self.episode_s * config.control_hz))
         self._renderer: mujoco.Renderer | None = None
+        # an EGL context is current in one thread at a time: envs rendered from several threads
+        # (the driver sessions) give it back after every render
+        self.release_gl = False
         self._seed_rng = np.random.default_rng(config.seed)
         self._nominal = _snapshot(self.model)
         self.start: Start | None = None
@@ -119,6 +123,11 @@ class TwinEnv:
 
     def step(self, q_target) -> dict:
         """Command absolute joint targets (gripper last), advance one control period, observe."""
+        self.advance(q_target)
+        return self.observation()
+
+    def advance(self, q_target) -> None:
+        """:meth:`step` without the observation (no rendering): what a driver loop calls."""
         if self.start is None:
             raise RuntimeError("TwinEnv.step() before reset(): call reset() first")
         q = self.robot.clip(self.robot.check_q(q_target, "q_target"))
@@ -129,7 +138,6 @@ class TwinEnv:
         self.data.ctrl[self._act] = q * self._ctrl_scale
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
         self.steps += 1
-        return self.observation()
 
     @property
     def done(self) -> bool:
@@ -215,6 +223,8 @@ class TwinEnv:
         if self._renderer is None:
             h, w = self.image_size
             self._renderer = mujoco.Renderer(self.model, h, w)
+            if self.release_gl:
+                _release_gl_context()
         return self._renderer
 
     def render(self, cameras=None) -> dict[str, np.ndarray]:
@@ -228,6 +238,8 @@ class TwinEnv:
                 r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
                 r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
             out[cam] = r.render().copy()
+        if self.release_gl:
+            _release_gl_context()
         return out
 
     def camera_matrix(self, camera: str) -> np.ndarray:
@@ -270,6 +282,19 @@ def _snapshot(model) -> dict:
 def _restore(model, snap: dict) -> None:
     for f, v in snap.items():
         getattr(model, f)[:] = v
+
+
+def _release_gl_context() -> None:
+    """Make no OpenGL context current in this thread, so another thread may take it."""
+    backend = os.environ.get("MUJOCO_GL", "").lower()
+    if backend == "egl":
+        from mujoco import egl
+
+        egl.EGL.eglMakeCurrent(egl.EGL_DISPLAY, egl.EGL.EGL_NO_SURFACE, egl.EGL.EGL_NO_SURFACE, egl.EGL.EGL_NO_CONTEXT)
+    elif backend == "osmesa":
+        from mujoco import osmesa
+
+        osmesa.osmesa.OSMesaMakeCurrent(None, None, osmesa.GL.GL_FLOAT, 0, 0)
 
 
 def _check_start(start) -> int:

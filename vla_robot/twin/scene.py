@@ -2,24 +2,19 @@
 
 Cameras are named ``front`` (looks at the workspace from the far side of the table), ``side``,
 ``top`` and ``wrist`` (rides on the gripper). A calibrated real camera replaces the default pose and
-intrinsics of its namesake (:func:`load_camera_calibration`), so the twin renders what that camera
-should see: OpenCV intrinsics map onto MuJoCo's ``focalpixel``/``principalpixel`` with
-``cx = (W-1)/2 - principalpixel_x``, ``cy = (H-1)/2 - principalpixel_y`` (MuJoCo >= 3.6; a test keeps
-this honest), and the OpenCV optical frame is MuJoCo's camera frame times ``diag(1, -1, -1)``.
+intrinsics of its namesake (files written by ``vla-robot calibrate``, read with
+``vla_robot.calibration.camera_model``, which also owns the OpenCV <-> MuJoCo camera conversion), so
+the twin renders what that camera should see.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 
 import mujoco
 import numpy as np
-import yaml
 
 from vla_robot.twin.models import robot_mjspec
 
-__all__ = ["CameraCalibration", "build_scene", "look_at_quat", "load_camera_calibration", "camera_intrinsics",
-           "SCENE_LAYOUT"]
+__all__ = ["build_scene", "look_at_quat", "camera_intrinsics", "SCENE_LAYOUT"]
 
 # per robot: where the fixed cameras sit and what they look at (base frame, metres), table colour
 SCENE_LAYOUT = {
@@ -36,6 +31,7 @@ SCENE_LAYOUT = {
         "side": ((0.55, -1.0, 0.6), (0.5, 0.0, 0.05), 50.0),
         "top": ((0.5, 0.0, 1.5), (0.5, 0.0, 0.0), 50.0),
         "wrist_cam": "handcam_rgb",
+        "frames": {"gripper": "attachment"},  # calibration frame names -> bodies of this model
         "table_rgba": (0.55, 0.52, 0.48, 1.0),
         "floor_half": 3.0,
     },
@@ -57,82 +53,47 @@ def look_at_quat(pos, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     return q
 
 
-@dataclass
-class CameraCalibration:
-    """A real camera's intrinsics (OpenCV ``K`` at ``width x height``) and, optionally, its pose.
+def _apply_calibration(spec: mujoco.MjSpec, cam, files, robot: str, height: int, width: int):
+    """Give spec camera ``cam`` the intrinsics (scaled to the rendered size) and pose of a real camera.
 
-    ``T_base_cam`` is the 4x4 pose of the OpenCV optical frame (x right, y down, z forward) in the
-    robot base frame, for fixed cameras; for the wrist camera it is the pose in the gripper frame.
+    Returns the camera to use from now on (a new one when the extrinsics move it to another body).
     """
+    from vla_robot.calibration.camera_model import (
+        load_camera_info, load_extrinsics, mujoco_camera_attributes, mujoco_camera_pose)
 
-    width: int
-    height: int
-    K: np.ndarray
-    D: np.ndarray
-    T_base_cam: np.ndarray | None = None
-
-
-def _matrix(node, shape, what, path) -> np.ndarray:
-    data = node.get("data") if isinstance(node, dict) else node
-    arr = np.asarray(data, dtype=np.float64)
-    if arr.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: '{what}' must have {int(np.prod(shape))} numbers, got {arr.size}")
-    return arr.reshape(shape)
-
-
-def load_camera_calibration(calibration_dir: str | Path, camera: str) -> CameraCalibration | None:
-    """Read ``<dir>/<camera>.yaml`` (ROS camera_info YAML) and ``<dir>/<camera>_extrinsics.yaml``.
-
-    The extrinsics file holds ``translation: [x, y, z]`` (m) and ``rotation: [qx, qy, qz, qw]``
-    (or a 3x3 ``rotation_matrix``) of the optical frame in the base (or gripper) frame.
-    Returns None when there is no camera_info file for ``camera``.
-    """
-    d = Path(calibration_dir)
-    info_path = d / f"{camera}.yaml"
-    if not info_path.is_file():
-        return None
-    info = yaml.safe_load(info_path.read_text()) or {}
-    try:
-        w, h = int(info["image_width"]), int(info["image_height"])
-        K = _matrix(info["camera_matrix"], (3, 3), "camera_matrix", info_path)
-    except KeyError as e:
-        raise ValueError(f"{info_path}: camera_info YAML lacks {e.args[0]!r} (expected image_width, image_height, "
-                         "camera_matrix: {rows: 3, cols: 3, data: [...]})") from None
-    D = np.asarray((info.get("distortion_coefficients") or {}).get("data", []) or [], dtype=np.float64)
-    T = None
-    ext_path = d / f"{camera}_extrinsics.yaml"
-    if ext_path.is_file():
-        ext = yaml.safe_load(ext_path.read_text()) or {}
-        if "translation" not in ext or not ("rotation" in ext or "rotation_matrix" in ext):
-            raise ValueError(f"{ext_path}: expected 'translation: [x, y, z]' and 'rotation: [qx, qy, qz, qw]' "
-                             "or 'rotation_matrix' (3x3)")
-        T = np.eye(4)
-        T[:3, 3] = _matrix(ext["translation"], (3,), "translation", ext_path)
-        if "rotation_matrix" in ext:
-            T[:3, :3] = _matrix(ext["rotation_matrix"], (3, 3), "rotation_matrix", ext_path)
+    if files.extrinsics:
+        ext = load_extrinsics(files.extrinsics)
+        pos, quat = mujoco_camera_pose(ext.T)
+        parent = ext.parent_frame
+        if parent in ("base", "world", "base_link"):
+            body = spec.worldbody
         else:
-            qx, qy, qz, qw = _matrix(ext["rotation"], (4,), "rotation", ext_path)
-            mat = np.zeros(9)
-            mujoco.mju_quat2Mat(mat, np.array([qw, qx, qy, qz]) / np.linalg.norm([qw, qx, qy, qz]))
-            T[:3, :3] = mat.reshape(3, 3)
-    return CameraCalibration(w, h, K, D, T)
-
-
-def _apply_calibration(cam, calib: CameraCalibration, height: int, width: int) -> None:
-    """Set MuJoCo intrinsics (and pose) of spec camera ``cam`` from an OpenCV calibration."""
-    sx, sy = width / calib.width, height / calib.height  # rendered size may differ from calibrated
-    fx, fy = calib.K[0, 0] * sx, calib.K[1, 1] * sy
-    cx, cy = (calib.K[0, 2] + 0.5) * sx - 0.5, (calib.K[1, 2] + 0.5) * sy - 0.5
-    cam.resolution = [width, height]
-    cam.sensor_size = [width * 1e-5, height * 1e-5]  # any non-zero size: focal/principal are in pixels
-    cam.focal_pixel = [fx, fy]
-    cam.principal_pixel = [(width - 1) / 2 - cx, (height - 1) / 2 - cy]
-    if calib.T_base_cam is not None:
-        R_mj = calib.T_base_cam[:3, :3] @ np.diag([1.0, -1.0, -1.0])
-        q = np.zeros(4)
-        mujoco.mju_mat2Quat(q, R_mj.ravel())
-        cam.pos = list(calib.T_base_cam[:3, 3])
-        cam.quat = list(q)
+            parent = SCENE_LAYOUT[robot].get("frames", {}).get(parent, parent)
+            body = next((b for b in spec.bodies if b.name == parent), None)
+            if body is None:
+                raise ValueError(f"{files.extrinsics}: parent_frame {ext.parent_frame!r} is neither 'base' nor a body "
+                                 f"of the {robot} model (bodies: {', '.join(b.name for b in spec.bodies if b.name)})")
+        if cam.parent is not body:
+            old_name = cam.name
+            spec.delete(cam)
+            cam = body.add_camera(name=old_name)
+        cam.pos = list(pos)
+        cam.quat = list(quat)
+    if files.camera_info:
+        model = load_camera_info(files.camera_info)
+        sx, sy = width / model.width, height / model.height  # rendered size may differ from calibrated
+        K = model.K.copy()
+        K[0, 0] *= sx
+        K[1, 1] *= sy
+        K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
+        K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+        model.K, model.width, model.height = K, width, height
+        attrs = mujoco_camera_attributes(model)
+        cam.resolution = [float(x) for x in attrs["resolution"].split()]
+        cam.sensor_size = [float(x) for x in attrs["sensorsize"].split()]
+        cam.focal_pixel = [float(x) for x in attrs["focalpixel"].split()]
+        cam.principal_pixel = [float(x) for x in attrs["principalpixel"].split()]
+    return cam
 
 
 def camera_intrinsics(model: mujoco.MjModel, camera: str, height: int, width: int) -> np.ndarray:
@@ -156,7 +117,7 @@ def camera_intrinsics(model: mujoco.MjModel, camera: str, height: int, width: in
 
 
 def build_scene(robot: str, image_size=(128, 128), cameras=("front", "wrist"), render: str = "fast",
-                calibration_dir: str = "") -> mujoco.MjSpec:
+                calibration=()) -> mujoco.MjSpec:
     """Robot + table + light + cameras. Tasks add their objects to the returned spec."""
     layout = SCENE_LAYOUT[robot]
     spec = robot_mjspec(robot)
@@ -181,7 +142,8 @@ def build_scene(robot: str, image_size=(128, 128), cameras=("front", "wrist"), r
     half = layout["floor_half"]
     spec.worldbody.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[half, half, 0.01],
                             rgba=list(layout["table_rgba"]))
-    for name in cameras:
+    # every twin camera exists in the model; ``cameras`` only says which ones observations render
+    for name in ("front", "side", "top", "wrist"):
         if name == "wrist":
             cam = spec.camera(layout["wrist_cam"])
             cam.name = "wrist"
@@ -189,8 +151,7 @@ def build_scene(robot: str, image_size=(128, 128), cameras=("front", "wrist"), r
             pos, target, fovy = layout[name]
             cam = spec.worldbody.add_camera(name=name, pos=list(pos), quat=list(look_at_quat(pos, target)))
             cam.fovy = fovy
-        if calibration_dir:
-            calib = load_camera_calibration(calibration_dir, name)
-            if calib is not None:
-                _apply_calibration(cam, calib, h, w)
+        for files in calibration:
+            if files.camera == name:
+                cam = _apply_calibration(spec, cam, files, robot, h, w)
     return spec
