@@ -35,7 +35,8 @@ class ExecutorConfig:
     # With adaptive_threshold the executor raises it to the measured latency (in ticks) + 1.
     request_threshold: int = 4
     adaptive_threshold: bool = True
-    # async: ticks over which the old chunk cross-fades into a newly arrived one (0 = switch at once).
+    # async: ticks over which the seam between the old plan and a newly arrived chunk fades out
+    # (0 = switch at once).
     blend_steps: int = 4
 
     def validate(self) -> None:

@@ -9,8 +9,8 @@ All three keep one interface (:class:`ChunkExecutor`) and are picked by ``Execut
 - ``async`` — asks for the next chunk while the current one still runs (when at most
   ``request_threshold`` actions are left, raised to the measured latency when adaptive), drops the
   actions of a new chunk whose time has passed (action i of a chunk is meant for
-  ``obs_time + i·dt``), and cross-fades from the old chunk into the new one over ``blend_steps``
-  ticks. A chunk that arrives entirely in the past is discarded: the arm holds rather than jumps.
+  ``obs_time + i·dt``), and fades the seam (old plan − new chunk at arrival) out over
+  ``blend_steps`` ticks while already following the new chunk. A chunk that arrives entirely in the past is discarded: the arm holds rather than jumps.
 
 Times are seconds on one monotonic clock; ``step(now)`` is a pure function of ``now`` and the chunks
 added so far, so calling it twice in a tick gives the same action.
@@ -211,79 +211,88 @@ class TemporalEnsembleExecutor(ChunkExecutor):
         return ExecutorStep(action, newest[0], newest[1], blended=len(rows) > 1)
 
 
+@dataclass
+class _Plan:
+    """A chunk plus the offset that carries the previous plan's value into it at arrival.
+
+    ``value(t) = chunk(t) + (1 − α)·offset`` with α rising from 1/(B+1) at arrival to 1 after B
+    ticks: the seam disagreement fades out while the arm already moves with the new chunk, so the
+    step between two ticks never exceeds the chunk's own step plus |offset|/(B+1).
+    """
+
+    chunk: _Chunk
+    start: float  # arrival time: blending starts here
+    offset: Optional[np.ndarray]  # previous value − new chunk at arrival (None: nothing to blend from)
+
+
 class AsyncExecutor(ChunkExecutor):
     kind = "async"
 
     def reset(self) -> None:
         super().reset()
-        self._cur: Optional[_Chunk] = None
-        self._prev: Optional[_Chunk] = None
-        self._blend_start = -math.inf
-        self._fallback: Optional[np.ndarray] = None  # blend from this when the old plan has run out
+        self._plan: Optional[_Plan] = None
         self._emitted: deque = deque(maxlen=2)  # (time, action) of the latest ticks
 
     def threshold(self) -> int:
         """Request the next chunk when at most this many actions are left."""
         thr = self.config.request_threshold
         if self.config.adaptive_threshold and self.stats.latencies:
-            thr = max(thr, math.ceil(max(self.stats.latencies) / self.dt) + 1)
+            thr = max(thr, math.ceil(max(self.stats.latencies) / self.dt - 1e-6) + 1)
         return thr
 
     def actions_left(self, now: float) -> int:
-        if self._cur is None:
+        if self._plan is None:
             return 0
-        return max(0, self._cur.horizon - 1 - self._cur.index(now, self.dt))
+        c = self._plan.chunk
+        return max(0, c.horizon - 1 - c.index(now, self.dt))
 
     def needs_chunk(self, now: float) -> bool:
-        return self._cur is None or self.actions_left(now) <= self.threshold()
+        return self._plan is None or self.actions_left(now) <= self.threshold()
 
     def add_chunk(self, chunk, obs_time: float, now: float) -> int:
         arr = self._check(chunk, obs_time, now)
         c = _Chunk(self._seq, arr, float(obs_time))
         i_now = max(0, c.index(now, self.dt))
-        if (self._cur is not None and obs_time < self._cur.t0) or i_now >= c.horizon:
-            self.stats.stale_chunks += 1  # older than what we run, or wholly in the past: keep the plan
-            self.stats.latencies.append(now - obs_time)
+        self.stats.latencies.append(now - obs_time)
+        if (self._plan is not None and obs_time < self._plan.chunk.t0) or i_now >= c.horizon:
+            self.stats.stale_chunks += 1  # older than what runs, or wholly in the past: keep the plan
             return self._seq
         self.stats.chunks += 1
         self.stats.dropped_actions += i_now
-        self.stats.latencies.append(now - obs_time)
-        # the plan we blend from: the running chunk if it still covers now, else what was last emitted
-        self._prev = self._cur
-        earlier = [a for t, a in self._emitted if t < now - self.dt / 2]
-        self._fallback = earlier[-1] if earlier else None
-        self._cur = c
-        self._blend_start = float(now)
+        # what the arm would have been told now without this chunk: the running plan, or, when it
+        # has run out, the last action emitted before now
+        old = self._value(self._plan, now)[0] if self._plan is not None else None
+        if old is None:
+            earlier = [a for t, a in self._emitted if t < now - self.dt / 2]
+            old = earlier[-1] if earlier else None
+        offset = None if old is None or self.config.blend_steps == 0 else old - arr[i_now]
+        self._plan = _Plan(c, float(now), offset)
         return self._seq
 
-    def _old(self, now: float) -> Optional[np.ndarray]:
-        if self._prev is not None:
-            j = self._prev.index(now, self.dt)
-            if 0 <= j < self._prev.horizon:
-                return self._prev.actions[j]
-        return self._fallback
+    def _value(self, plan: _Plan, now: float) -> tuple[Optional[np.ndarray], bool]:
+        c = plan.chunk
+        i = max(0, c.index(now, self.dt))
+        if i >= c.horizon:
+            return None, False
+        k = int(math.floor((now - plan.start) / self.dt + 0.5 + 1e-9))
+        if plan.offset is None or not 0 <= k < self.config.blend_steps:
+            return c.actions[i], False
+        alpha = (k + 1) / (self.config.blend_steps + 1)
+        return c.actions[i] + (1.0 - alpha) * plan.offset, True
 
     def step(self, now: float) -> ExecutorStep:
-        if self._cur is None:
+        if self._plan is None:
             return ExecutorStep(None, reason="waiting for the first chunk")
-        i = max(0, self._cur.index(now, self.dt))
-        if i >= self._cur.horizon:
+        out, blended = self._value(self._plan, now)
+        if out is None:
             return ExecutorStep(None, reason="chunk ran out before the next arrived")
-        new = self._cur.actions[i]
-        k = int(math.floor((now - self._blend_start) / self.dt + 0.5 + 1e-9))
-        blended = False
-        out = new.copy()
-        if 0 <= k < self.config.blend_steps:
-            old = self._old(now)
-            if old is not None:
-                alpha = (k + 1) / (self.config.blend_steps + 1)
-                out = (1.0 - alpha) * old + alpha * new
-                blended = True
+        out = np.array(out, dtype=np.float64)
         if self._emitted and abs(self._emitted[-1][0] - now) < self.dt / 2:
             self._emitted[-1] = (float(now), out.copy())
         elif not self._emitted or now > self._emitted[-1][0]:
             self._emitted.append((float(now), out.copy()))
-        return ExecutorStep(out, self._cur.seq, i, blended=blended)
+        c = self._plan.chunk
+        return ExecutorStep(out, c.seq, max(0, c.index(now, self.dt)), blended=blended)
 
 
 EXECUTORS = {cls.kind: cls for cls in (OpenLoopExecutor, TemporalEnsembleExecutor, AsyncExecutor)}
