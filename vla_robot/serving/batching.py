@@ -42,7 +42,7 @@ class Job:
 class _Swap:
     state: Any
     version: int
-    kind: str
+    delta: bool
     finished: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -156,11 +156,12 @@ class Batcher:
         self._jobs.put(job)
         return True
 
-    def swap(self, state: Any, version: int, kind: str = "full", timeout_s: float | None = None) -> None:
-        """Load new weights between two batches and wait until they serve (raises if refused)."""
+    def swap(self, state: Any, version: int, delta: bool = False, timeout_s: float | None = None) -> None:
+        """Load new weights (``delta``: added to the current ones) between two batches; wait until they
+        serve. Raises what ``runtime.load_weights`` raised if refused; the old version keeps serving."""
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError("the batcher is not running; start the server before pushing weights")
-        s = _Swap(state, int(version), kind)
+        s = _Swap(state, int(version), bool(delta))
         self._swaps.put(s)
         self._jobs.put(None)  # wake the worker
         if not s.finished.wait(timeout_s):
@@ -238,7 +239,10 @@ class Batcher:
                 current = int(getattr(self.runtime, "version", 0))
                 if s.version <= current:
                     raise ValueError(f"weights version {s.version} is not newer than the serving version {current}")
-                self.runtime.load_weights(s.state, s.version)
+                if s.delta:
+                    self.runtime.load_weights(s.state, s.version, delta=True)
+                else:
+                    self.runtime.load_weights(s.state, s.version)
                 if int(getattr(self.runtime, "version", s.version)) != s.version:
                     raise RuntimeError(f"runtime.load_weights did not set version {s.version}")
                 self.stats.swapped(True)

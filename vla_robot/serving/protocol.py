@@ -101,7 +101,7 @@ def pack(header: dict, *, copy_threshold: int = 0) -> list:
 
     def default(obj: Any):
         if isinstance(obj, np.ndarray):
-            a = np.ascontiguousarray(obj)
+            a = obj if obj.flags.c_contiguous else obj.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
             dtype = _wire_dtype(a)
             frames.append(a if a.nbytes >= copy_threshold else a.tobytes())
             return msgpack.ExtType(ARRAY_EXT, msgpack.packb([dtype, list(a.shape), len(frames) - 1]))
@@ -116,9 +116,9 @@ def pack(header: dict, *, copy_threshold: int = 0) -> list:
 
 
 def _buffer(frame: Any) -> memoryview:
-    if isinstance(frame, (bytes, bytearray, memoryview)):
-        return memoryview(frame)
-    return frame.buffer  # zmq.Frame
+    """The bytes of a frame (``zmq.Frame``, bytes, or anything with the buffer protocol) as a flat view."""
+    mv = frame.buffer if hasattr(frame, "buffer") and hasattr(frame, "bytes") else memoryview(frame)
+    return mv if mv.ndim == 1 and mv.format == "B" else mv.cast("B")
 
 
 def unpack(frames: list, *, max_bytes: int | None = None) -> dict:

@@ -350,9 +350,9 @@ class PolicyServer:
                 continue
             reply, update = receiver.handle(msg)
             if update is not None:
-                state, version = update
+                state, version, delta = update
                 try:
-                    self.batcher.swap(state, version, timeout_s=600.0)
+                    self.batcher.swap(state, version, delta=delta, timeout_s=600.0)
                     log.info("now serving weights version %d", version)
                 except Exception as e:  # noqa: BLE001 - refused; the old version keeps serving
                     reply = protocol.error_reply("bad_request", f"weights version {version} refused, version "

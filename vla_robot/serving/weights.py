@@ -3,14 +3,14 @@
 ::
 
     pub = WeightPublisher("tcp://127.0.0.1:5556")
-    pub.push(model.state_dict(), version=7)            # full weights, or
-    pub.push(lora_delta, version=8)                    # whatever runtime.load_weights accepts
+    pub.push(runtime.state_dict(), version=7)          # all weights, or a subset of them
+    pub.push(update, version=8, delta=True)            # tensors added to the serving ones
 
 A push is one transfer: ``begin`` (version, tensor count, total bytes), ``part`` messages of at most
 ``part_bytes`` each (tensors as raw buffers with a SHA-256 of their bytes), then ``commit``. The
 server stages the parts, checks counts, sizes, digests and that float tensors are finite, and only
-then hands the whole update to the batcher, which calls ``runtime.load_weights(state, version)``
-between two batches. A transfer that stops half-way, a wrong digest, a stale version or weights the
+then hands the whole update to the batcher, which calls
+``runtime.load_weights(state, version, delta=...)`` between two batches. A transfer that stops half-way, a wrong digest, a stale version or weights the
 runtime refuses all leave the serving version as it was; the publisher gets an error that says why.
 
 Tensors travel as numpy buffers; ``bfloat16`` (which numpy lacks) travels as its 16-bit pattern with
@@ -46,7 +46,7 @@ def _to_numpy(name: str, t: Any) -> tuple[np.ndarray, str | None]:
             return t.view(torch.int16).numpy(), "bfloat16"
         return t.numpy(), None
     if isinstance(t, np.ndarray):
-        return np.ascontiguousarray(t), None
+        return (t if t.flags.c_contiguous else t.copy(order="C")), None
     raise ValueError(f"weight '{name}' is a {type(t).__name__}; expected a torch tensor or numpy array")
 
 
@@ -84,8 +84,12 @@ class WeightPublisher:
         self._sock.connect(address)
         self._ids = itertools.count(1)
 
-    def push(self, state_dict_or_delta: Mapping[str, Any], version: int) -> dict:
+    def push(self, state_dict_or_delta: Mapping[str, Any], version: int, delta: bool = False) -> dict:
         """Send ``state_dict_or_delta`` as policy ``version``; return once it serves.
+
+        A state dict may hold all tensors or a subset; with ``delta=True`` the tensors are added to
+        the serving ones (``runtime.load_weights(..., delta=True)``). ``version`` must be newer than
+        the serving one.
 
         Returns ``{"version", "bytes", "tensors", "seconds"}``. Raises :class:`PolicyServerError`
         when the server refuses the update (the old version keeps serving) and
@@ -111,7 +115,8 @@ class WeightPublisher:
             size += item[1].nbytes
         total = sum(a.nbytes for _, a, _ in tensors)
         transfer = uuid.uuid4().hex
-        self._call({"type": "begin", "transfer": transfer, "version": version, "n_tensors": len(tensors),
+        self._call({"type": "begin", "transfer": transfer, "version": version, "delta": bool(delta),
+                    "n_tensors": len(tensors),
                     "n_parts": len(parts), "total_bytes": total})
         for seq, part in enumerate(parts):
             self._call({
@@ -154,7 +159,7 @@ class WeightPublisher:
 class WeightReceiver:
     """Server side: stages one transfer at a time and returns the finished update on ``commit``.
 
-    ``handle(header)`` returns ``(reply, update)``; ``update`` is ``None`` or ``(state, version)``
+    ``handle(header)`` returns ``(reply, update)``; ``update`` is ``None`` or ``(state, version, delta)``
     with torch tensors, ready for ``runtime.load_weights``.
     """
 
@@ -190,11 +195,14 @@ class WeightReceiver:
             ints = ("version", "n_tensors", "n_parts", "total_bytes")
             if any(isinstance(msg[k], bool) or not isinstance(msg[k], int) or msg[k] < 0 for k in ints):
                 fail(f"'begin' fields {ints} must be non-negative integers")
+            if not isinstance(msg.get("delta", False), bool):
+                fail(f"'begin' field 'delta' must be true or false, got {msg.get('delta')!r}")
             if msg["total_bytes"] > self.max_total_bytes:
                 fail(f"update of {msg['total_bytes']} bytes is over this server's limit of {self.max_total_bytes}")
             if msg["n_parts"] < 1 or msg["n_tensors"] < 1:
                 fail("an update needs at least one part and one tensor")
-            self._t = {"id": msg["transfer"], "version": msg["version"], "n_tensors": msg["n_tensors"],
+            self._t = {"id": msg["transfer"], "version": msg["version"], "delta": msg.get("delta", False),
+                       "n_tensors": msg["n_tensors"],
                        "n_parts": msg["n_parts"], "total_bytes": msg["total_bytes"], "next": 0,
                        "tensors": {}, "bytes": 0, "touched": time.monotonic()}
             return {"v": protocol.PROTOCOL_VERSION, "type": "ack", "id": rid}, None
@@ -236,7 +244,7 @@ class WeightReceiver:
             fail(f"incomplete update: {t['next']}/{t['n_parts']} parts, {len(t['tensors'])}/{t['n_tensors']} tensors, "
                  f"{t['bytes']}/{t['total_bytes']} bytes")
         state = {name: _to_torch(a, tag) for name, (a, tag) in t["tensors"].items()}
-        return {"v": protocol.PROTOCOL_VERSION, "type": "swapped", "id": rid, "version": t["version"]}, (state, t["version"])
+        return {"v": protocol.PROTOCOL_VERSION, "type": "swapped", "id": rid, "version": t["version"]}, (state, t["version"], t["delta"])
 
 
 def _to_torch(a: np.ndarray, tag: str | None):

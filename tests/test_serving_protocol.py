@@ -1,0 +1,143 @@
+"""The wire format on its own: array frames, request checking, and the light client import."""
+import subprocess
+import sys
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from vla_robot.serving import protocol
+from vla_robot.serving.protocol import ProtocolError
+
+META = {"cameras": ["front", "wrist"], "proprio_dim": 6, "action_dim": 6, "chunk_size": 8}
+
+
+def obs(**changes):
+    o = {
+        "images": {"front": np.zeros((56, 56, 3), np.uint8), "wrist": np.full((48, 64, 3), 7, np.uint8)},
+        "state": np.arange(6, dtype=np.float32),
+        "instruction": "pick up the cube",
+    }
+    o.update(changes)
+    return o
+
+
+def roundtrip(header):
+    frames = protocol.pack(header)
+    return protocol.unpack([bytes(memoryview(f).cast("B")) for f in frames])
+
+
+dtypes = st.sampled_from(["u1", "i1", "<u2", "<i2", "<i4", "<u4", "<i8", "<f2", "<f4", "<f8", "?"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays=st.lists(hnp.arrays(dtypes, hnp.array_shapes(min_dims=0, max_dims=4, max_side=5)), max_size=4),
+       text=st.text(max_size=20), number=st.integers(-(2**62), 2**62))
+def test_arrays_and_values_survive_the_round_trip(arrays, text, number):
+    header = {"arrays": arrays, "nested": {"t": text, "n": number, "a": arrays[:1]}}
+    out = roundtrip(header)
+    assert len(out["arrays"]) == len(arrays)
+    for a, b in zip(arrays, out["arrays"]):
+        assert b.dtype == a.dtype and b.shape == a.shape
+        np.testing.assert_array_equal(a, b)
+    assert out["nested"]["t"] == text and out["nested"]["n"] == number
+
+
+def test_arrays_travel_as_raw_frames_not_inside_the_header():
+    img = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    frames = protocol.pack({"img": img, "s": np.zeros(8, np.float32)})
+    assert len(frames) == 3 and len(frames[0]) < 100
+    assert memoryview(frames[1]).nbytes == img.nbytes
+    out = protocol.unpack(frames)
+    assert np.shares_memory(out["img"], frames[1]) or np.array_equal(out["img"], img)
+
+
+def test_non_contiguous_and_refused_dtypes():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4).T
+    np.testing.assert_array_equal(roundtrip({"a": a})["a"], a)
+    with pytest.raises(ValueError, match="cannot be sent"):
+        protocol.pack({"a": np.array([object()], dtype=object)})
+    with pytest.raises(ValueError, match="big-endian"):
+        protocol.pack({"a": np.zeros(3, ">f4")})
+    with pytest.raises(TypeError, match="cannot encode set"):
+        protocol.pack({"a": {1, 2}})
+
+
+@pytest.mark.parametrize(
+    "frames, match",
+    [
+        ([], "empty message"),
+        ([b"\xc1garbage"], "not valid msgpack"),
+        ([msgpack.packb([1, 2])], "must be a msgpack map"),
+        ([msgpack.packb({"a": msgpack.ExtType(7, b"x")})], "unknown msgpack extension"),
+        ([msgpack.packb({"a": msgpack.ExtType(1, b"\x93")})], "array descriptor"),
+        ([msgpack.packb({"a": msgpack.ExtType(1, msgpack.packb(["|O", [1], 1]))}), b"12345678"], "dtype '\\|O' is not allowed"),
+        ([msgpack.packb({"a": msgpack.ExtType(1, msgpack.packb(["<f4", [-1], 1]))}), b""], "non-negative"),
+        ([msgpack.packb({"a": msgpack.ExtType(1, msgpack.packb(["<f4", [3], 2]))}), b"x" * 12], "frame index 2"),
+        ([msgpack.packb({"a": msgpack.ExtType(1, msgpack.packb(["<f4", [3], 1]))}), b"x" * 11], "has 11 bytes"),
+        ([msgpack.packb({"a": 1}), b"stray"], "disagree"),
+        ([msgpack.packb({1: 1})], "not valid msgpack"),
+    ],
+)
+def test_malformed_messages_name_the_problem(frames, match):
+    with pytest.raises(ProtocolError, match=match) as e:
+        protocol.unpack(frames)
+    assert e.value.code == "bad_message"
+
+
+def test_size_limit():
+    frames = protocol.pack({"a": np.zeros(1000, np.uint8)})
+    with pytest.raises(ProtocolError, match="at most 500") as e:
+        protocol.unpack(frames, max_bytes=500)
+    assert e.value.code == "too_large"
+
+
+def test_a_good_act_request_is_normalised():
+    req = protocol.parse_request(roundtrip(protocol.request("act", 5, obs(state=np.arange(6.0)), {"mode": "sample", "temperature": 2})), META)
+    assert req.type == "act" and req.id == 5
+    assert list(req.obs["images"]) == ["front", "wrist"]
+    assert req.obs["state"].dtype == np.float32
+    assert req.options.mode == "sample" and req.options.temperature == 2.0 and not req.options.return_tokens
+    # requests whose options match can share a forward pass; greedy ignores the temperature
+    assert protocol.ActOptions("greedy", 1.0).key() == protocol.ActOptions("greedy", 2.0).key()
+    assert protocol.ActOptions("sample", 1.0).key() != protocol.ActOptions("sample", 2.0).key()
+
+
+@pytest.mark.parametrize(
+    "header, code, match",
+    [
+        ({"type": "ping", "id": 1}, "bad_request", "protocol version"),
+        ({"v": 2, "type": "ping", "id": 1}, "unsupported_version", "speaks protocol 2"),
+        ({"v": 1, "type": "ping", "id": -3}, "bad_request", "'id'"),
+        ({"v": 1, "type": "dance", "id": 1}, "bad_request", "expected one of metadata, ping, act"),
+        ({"v": 1, "type": "ping", "id": 1, "extra": 0}, "bad_request", "unknown field"),
+        ({"v": 1, "type": "act", "id": 1}, "bad_request", "needs 'obs'"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(state=np.array([np.nan] * 6))}, "bad_request", "non-finite entries at \\[0"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(state=np.zeros(5))}, "bad_request", "proprio_dim=6"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(state=[1.0] * 6)}, "bad_request", "1-D float array"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(images={"front": np.zeros((8, 8, 3), np.uint8)})}, "bad_request", "missing \\['wrist'\\]"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(images={"front": np.zeros((8, 8, 3), np.uint8), "wrist": np.zeros((8, 8), np.uint8)})}, "bad_request", "image 'wrist' is uint8 \\[8, 8\\]"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(images={"front": np.zeros((8, 8, 3), np.float32), "wrist": np.zeros((8, 8, 3), np.uint8)})}, "bad_request", "expected uint8 HxWx3"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(instruction=3)}, "bad_request", "'instruction' is a int"),
+        ({"v": 1, "type": "act", "id": 1, "obs": {**obs(), "depth": 1}}, "bad_request", "unknown observation field"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(), "options": {"mode": "beam"}}, "bad_request", "'greedy' or 'sample'"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(), "options": {"temperature": 0}}, "bad_request", "temperature"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(), "options": {"seed": 0}}, "bad_request", "unknown option"),
+    ],
+)
+def test_each_bad_request_gets_its_own_error(header, code, match):
+    with pytest.raises(ProtocolError, match=match) as e:
+        protocol.parse_request(header, META)
+    assert e.value.code == code
+
+
+def test_client_module_stays_light():
+    code = (
+        "import sys; import vla_robot.serving.client, vla_robot.serving; "
+        "print(sorted(m for m in ('torch', 'fastapi', 'rclpy', 'vla_robot.serving.server', 'vla_robot.policy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
