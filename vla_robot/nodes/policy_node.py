@@ -67,7 +67,7 @@ class PolicyNode(common.ConfiguredNode):
             options["temperature"] = cfg.temperature
         ctrl_client = _LockstepClient(self.client, cfg.control.request_timeout_s) if cfg.lockstep else self.client
         self.controller = ChunkController(
-            cfg.control, self.spec.joint_limits(), ctrl_client, request_options=options, clock=self._clock
+            cfg.control, self.spec.joint_limits(), ctrl_client, request_options=options, clock=self._control_clock
         )
         self._lock = threading.Lock()  # guards the latest inputs
         self._tick_lock = threading.Lock()  # one tick at a time; a trigger during a tick is dropped
@@ -122,7 +122,7 @@ class PolicyNode(common.ConfiguredNode):
         )
 
     # --- clock ----------------------------------------------------------------------------------
-    def _clock(self) -> float:
+    def _control_clock(self) -> float:
         return self._sim_now if self.config.lockstep else time.time()
 
     # --- inputs ---------------------------------------------------------------------------------
@@ -175,6 +175,7 @@ class PolicyNode(common.ConfiguredNode):
                 self._active = True
                 self._needs_reset = True
                 self._faulted = False
+                self._version = None  # announce the version again in this episode
                 self._instruction = ev.get("instruction") or self.config.instruction
                 self._last_ticked_stamp = self._q[1] if self._q else -1.0
             elif ev["type"] in ("end", "reset", "done"):
@@ -187,7 +188,7 @@ class PolicyNode(common.ConfiguredNode):
             self.controller.estop("e-stop topic")
             self.get_logger().error("E-STOP: holding the arm until the e-stop is cleared")
         elif self.controller.watchdog.estopped:
-            self.controller.reset_estop(self._clock())
+            self.controller.reset_estop(self._control_clock())
             self.get_logger().warning("e-stop cleared")
 
     # --- the tick -------------------------------------------------------------------------------

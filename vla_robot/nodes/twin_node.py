@@ -14,8 +14,8 @@ views on ``twin/cameras/<cam>/image_raw`` and the per-joint divergence (commande
 """
 from __future__ import annotations
 
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -35,11 +35,14 @@ class TwinNode(common.ConfiguredNode):
         cfg: TwinNodeConfig = self.config
         from vla_robot.twin.env import make_env
 
-        self.env = make_env(task=cfg.task, robot=cfg.robot, seed=cfg.seed, image_size=tuple(cfg.image_size),
-                            cameras=tuple(cfg.cameras), control_hz=cfg.control_hz, randomization=cfg.randomization)
+        # MuJoCo's EGL context belongs to the thread that made it: one thread owns the env.
+        self._env_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin_env")
+        self.env = self._env_thread.submit(
+            make_env, task=cfg.task, robot=cfg.robot, seed=cfg.seed, image_size=tuple(cfg.image_size),
+            cameras=tuple(cfg.cameras), control_hz=cfg.control_hz, randomization=cfg.randomization,
+        ).result()
         self.names = list(self.env.robot.joint_names)
         self.dt = 1.0 / cfg.control_hz
-        self._env_lock = threading.Lock()
         self._t0 = time.time()
         self.steps_total = 0
         self._target: np.ndarray | None = None
@@ -60,9 +63,8 @@ class TwinNode(common.ConfiguredNode):
             self.create_subscription(String, common.EPISODE_EVENTS, self._on_episode_event, common.EVENT_QOS,
                                      callback_group=group)
             self.create_timer(min(cfg.hold_timeout_s, 0.1), self._on_hold_timer, callback_group=group)
-            with self._env_lock:
-                self.env.reset(seed=cfg.seed)
-                self._target = self.env.joint_positions()
+            self._run(self.env.reset, seed=cfg.seed)
+            self._target = self._run(self.env.joint_positions)
             self._publish_camera_info()
             self._publish_observation()
         else:
@@ -71,8 +73,7 @@ class TwinNode(common.ConfiguredNode):
                                      callback_group=group)
             self.create_subscription(JointTrajectory, common.ARM_COMMAND, self._on_command_mirror,
                                      common.COMMAND_QOS, callback_group=group)
-            with self._env_lock:
-                self.env.reset(seed=cfg.seed)
+            self._run(self.env.reset, seed=cfg.seed)
             self._publish_camera_info()
         self.diagnostics = common.Diagnostics(self)
         self.mon_cmd = self.diagnostics.monitor("commands", max(1.0, 10 * self.dt))
@@ -110,9 +111,8 @@ class TwinNode(common.ConfiguredNode):
             wait = self._last_step_wall + self.dt / f - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-        with self._env_lock:
-            self.env.step(self._target)
-            self.steps_total += 1
+        self._run(self.env.step, self._target)
+        self.steps_total += 1
         self._last_step_wall = time.monotonic()
         self._publish_observation()
 
@@ -126,13 +126,15 @@ class TwinNode(common.ConfiguredNode):
             return
         start = ev.get("start")
         try:
-            with self._env_lock:
+            def reset():
                 self.env.reset(seed=ev.get("seed"), start=start)
-                self._target = self.env.joint_positions()
-                self.steps_total += 1  # the reset takes one tick of sim time, so stamps stay increasing
-                info = {"type": "reset_done", "episode": ev.get("episode"), "instruction": self.env.instruction,
-                        "start_condition": self.env.start_condition, "max_steps": self.env.max_steps,
-                        "task": self.config.task}
+                return self.env.joint_positions(), {
+                    "type": "reset_done", "episode": ev.get("episode"), "instruction": self.env.instruction,
+                    "start_condition": self.env.start_condition, "max_steps": self.env.max_steps,
+                    "task": self.config.task}
+
+            self._target, info = self._run(reset)
+            self.steps_total += 1  # the reset takes one tick of sim time, so stamps stay increasing
         except (ValueError, TypeError) as e:
             self.get_logger().error(f"reset failed: {e}")
             return
@@ -142,11 +144,9 @@ class TwinNode(common.ConfiguredNode):
         self._publish_observation()
 
     def _publish_observation(self) -> None:
-        with self._env_lock:
-            obs = self.env.observation()
-            success = bool(self.env.success())
-            stamp = self.sim_time()
-            dq = self.env.joint_velocities()
+        obs, success, dq = self._run(lambda: (self.env.observation(), bool(self.env.success()),
+                                              self.env.joint_velocities()))
+        stamp = self.sim_time()
         for cam, img in obs["images"].items():
             if cam in self.image_pubs:
                 self.image_pubs[cam].publish(convert.image_to_msg(img, stamp, frame_id=f"{cam}_optical"))
@@ -156,8 +156,7 @@ class TwinNode(common.ConfiguredNode):
     def _publish_camera_info(self) -> None:
         h, w = self.config.image_size
         for cam, pub in self.info_pubs.items():
-            with self._env_lock:
-                k = self.env.camera_matrix(cam)
+            k = self._run(self.env.camera_matrix, cam)
             pub.publish(convert.camera_info_msg(w, h, time.time(), frame_id=f"{cam}_optical", k=k))
 
     # --- mirror mode ----------------------------------------------------------------------------
@@ -173,9 +172,11 @@ class TwinNode(common.ConfiguredNode):
         except ValueError as e:
             self.get_logger().warning(f"mirror: dropping a bad joint state: {e}", throttle_duration_sec=5.0)
             return
-        with self._env_lock:
+        def mirror():
             self.env.set_joint_state(q, dq)
-            images = self.env.render()
+            return self.env.render()
+
+        images = self._run(mirror)
         self.steps_total += 1
         for cam, img in images.items():
             if cam in self.image_pubs:
@@ -185,9 +186,15 @@ class TwinNode(common.ConfiguredNode):
             div.data = (self._target - q).tolist()
             self.div_pub.publish(div)
 
+    def _run(self, fn, *args, **kwargs):
+        """Run ``fn`` on the env's own thread and return its result."""
+        return self._env_thread.submit(fn, *args, **kwargs).result()
+
     def close(self) -> None:
-        with self._env_lock:
-            self.env.close()
+        try:
+            self._run(self.env.close)
+        finally:
+            self._env_thread.shutdown(wait=True)
 
 
 NODE_CLASS = TwinNode
