@@ -44,7 +44,7 @@ def test_chunks_are_checked():
     with pytest.raises(ValueError, match=r"shape \[H, D\]"):
         ex.add_chunk(np.zeros((0, 3)), 0.0, 0.0)
     ex.add_chunk(np.zeros((4, 3)), 0.0, 0.0)
-    with pytest.raises(ValueError, match="3 action dims, earlier chunks had|has 2 action dims"):
+    with pytest.raises(ValueError, match="has 2 action dims, expected 3"):
         ex.add_chunk(np.zeros((4, 2)), 0.1, 0.1)
     with pytest.raises(ValueError, match="obs_time must be a finite time"):
         ex.add_chunk(np.zeros((4, 3)), float("nan"), 0.1)
@@ -159,8 +159,9 @@ def test_async_blending_bounds_the_jump_at_chunk_seams(schedule, blend):
     outs, arrivals, base = _run_async(chunks, blend, h)
     assert set(range(max(outs) + 1)) == set(outs)  # it never starved
     step = max(np.abs(base((k + 1) * DT) - base(k * DT)).max() for k in range(max(outs) + 1))
-    # switching outright may jump by step + 2g; the blend moves only 1/(blend+1) of the seam per tick
-    bound = step + (2 * g + step) / (blend + 1) + 1e-9
+    # Switching outright may jump by the whole seam (up to 2g + step). Blending moves 1/(blend+1) of
+    # a seam per tick; with back-to-back arrivals two seams can be fading at once.
+    bound = step + 2 * (2 * g + step) / (blend + 1) + 1e-9
     for k in range(1, max(outs) + 1):
         jump = np.abs(outs[k] - outs[k - 1]).max()
         assert jump <= bound, (k, k in arrivals, jump, bound)

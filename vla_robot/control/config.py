@@ -38,6 +38,10 @@ class ExecutorConfig:
     # async: ticks over which the seam between the old plan and a newly arrived chunk fades out
     # (0 = switch at once).
     blend_steps: int = 4
+    # async: at most this many requests in flight (the server batches them). A chunk that arrives
+    # after latency L is useful for H - L ticks, so latencies near the horizon H need about
+    # L / (H - L) requests in flight; with 1, it starves whenever L > H / 2.
+    max_in_flight: int = 4
 
     def validate(self) -> None:
         if self.open_loop_steps < 0:
@@ -48,6 +52,8 @@ class ExecutorConfig:
             raise ValueError(f"request_threshold must be >= 0 actions, got {self.request_threshold}")
         if self.blend_steps < 0:
             raise ValueError(f"blend_steps must be >= 0 ticks, got {self.blend_steps}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1 request, got {self.max_in_flight}")
 
 
 @dataclass
@@ -96,7 +102,7 @@ class WatchdogConfig:
 
     # Hold when the newest observation is older than this (seconds, monotonic clock).
     max_observation_age_s: float = 0.5
-    # Hold when no new chunk arrived for this long while the policy drives (seconds).
+    # Hold when a request has waited this long without any new chunk arriving (seconds).
     max_chunk_gap_s: float = 1.5
     # What to hold: the last safe command, or safe_action (a joint vector, robot units).
     hold: Literal["last", "safe_action"] = "last"

@@ -4,7 +4,8 @@ Per tick: take the newest observation stamp; collect a chunk that has arrived; a
 one when the executor wants it (with a blocking ``client.act`` or a non-blocking
 ``client.submit``/``client.poll``); take the executor's action for ``now``; let the watchdog veto
 it; pass whatever is sent — policy action, hold, teleop command — through the safety filter; and
-return the command with the reason for it. At most one request is in flight.
+return the command with the reason for it. At most ``executor.max_in_flight`` requests are in
+flight (one for open_loop and temporal_ensemble).
 """
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ class ChunkController:
         self.request_options = dict(request_options or {})
         self.clock = clock
         self.executor = make_executor(config)
+        self.executor.action_dim = limits.n  # a chunk for another arm is a bad reply, not a crash
         self.safety = SafetyFilter(limits, config.safety, fk=fk)
         self.watchdog = Watchdog(config.watchdog)
         wd = config.watchdog
@@ -117,7 +119,7 @@ class ChunkController:
             raise ValueError(f"watchdog.safe_action {wd.safe_action} lies outside the joint limits")
         self.stats = ControllerStats()
         self._replies: OrderedDict[int, dict] = OrderedDict()
-        self._pending: Optional[_Pending] = None
+        self._pending: list[_Pending] = []
         self._mode = "idle"
         self._held = False
         self._had_chunk = False
@@ -128,7 +130,7 @@ class ChunkController:
         self.safety.reset(measured_q)
         self.executor.reset()
         self.watchdog.start(now)
-        self._pending = None  # a late reply to an old request is ignored
+        self._pending = []  # a late reply to an old request is ignored
         self._replies.clear()
         self._mode = "policy"
         self._held = False
@@ -145,7 +147,7 @@ class ChunkController:
     def _resume(self, now: float) -> None:
         self.executor.reset()
         self._replies.clear()
-        self._pending = None
+        self._pending = []
         self._had_chunk = False
         self.watchdog.start(now)
         self.safety.start_ramp()
@@ -176,7 +178,8 @@ class ChunkController:
             self._resume(now)
         received = self._collect(now)
         requested = False
-        if self._pending is None and not self.watchdog.estopped and self.executor.needs_chunk(now):
+        pending = [p.obs_time for p in self._pending]
+        if not self.watchdog.estopped and self.executor.needs_chunk(now, pending):
             fresh = obs_stamp is not None and now - obs_stamp <= self.config.watchdog.max_observation_age_s
             if fresh:
                 requested = True
@@ -191,17 +194,23 @@ class ChunkController:
             reason = why or step.reason
             if ok and self._had_chunk and step.action is None:
                 self.stats.starved += 1
-            target = self.safe_action if (not ok and self.safe_action is not None) else self.safety.last
+            use_safe = not ok and self.safe_action is not None and self.config.watchdog.hold == "safe_action"
+            target = self.safe_action if use_safe else self.safety.last
             cmd, source = self.safety.filter(target, self.dt), "hold"
-            if not ok:
+            if not ok and not self._held:  # entering a watchdog hold: the plan is void
                 self._held = True
+                self.executor.reset()
+                self._had_chunk = False
+            hold_kind = self.watchdog.last_kind if not ok else step.reason
         else:
             if self._held:  # back from a watchdog hold: ramp from where the arm stands
                 self.safety.start_ramp()
                 self._held = False
             cmd, source, reason = self.safety.filter(step.action, self.dt), "policy", ""
-        if source != "policy":
-            self.stats.holds[reason.split(":")[0].split(" (")[0]] += 1
+        if source == "hold":
+            self.stats.holds[hold_kind] += 1
+        elif source == "estop":
+            self.stats.holds["estop"] += 1
         self.stats.sources[source] += 1
         return TickResult(
             now=now,
@@ -220,46 +229,49 @@ class ChunkController:
     def _teleop_tick(self, now: float, teleop) -> TickResult:
         if self._mode != "teleop":
             self._mode = "teleop"
-            self._pending = None
+            self._pending = []
         raw = as_vector(teleop, self.limits.n, "teleop command")
         if self.watchdog.estopped:
             cmd, source, reason = self.safety.freeze(), "estop", f"e-stop latched: {self.watchdog.estop_reason}"
-            self.stats.holds["e-stop latched"] += 1
+            self.stats.holds["estop"] += 1
         else:
             cmd, source, reason = self.safety.filter(raw, self.dt), "teleop", ""
         self.stats.sources[source] += 1
         return TickResult(now=now, command=cmd, source=source, reason=reason, clamps=self.safety.last_clamps, raw=raw)
 
     def _collect(self, now: float) -> Optional[dict]:
-        p = self._pending
-        if p is None:
-            return None
-        try:
-            reply = self.client.poll(p.request_id)
-        except Exception as e:  # noqa: BLE001 - the loop must keep holding safely, and report
-            self._pending = None
-            self.stats.errors += 1
-            self.stats.last_error = f"{type(e).__name__}: {e}"
-            return None
-        if reply is None:
-            if now - p.sent > self.config.request_timeout_s:
-                self._pending = None
-                self.stats.timeouts += 1
-                self.stats.last_error = f"no reply within request_timeout_s={self.config.request_timeout_s} s"
-            return None
-        self._pending = None
-        return self._accept(reply, p.obs_time, now)
+        """Poll every request in flight; returns the last reply that arrived (if any)."""
+        got = None
+        for p in list(self._pending):
+            try:
+                reply = self.client.poll(p.request_id)
+            except Exception as e:  # noqa: BLE001 - the loop must keep holding safely, and report
+                self._pending.remove(p)
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(e).__name__}: {e}"
+                continue
+            if reply is None:
+                if now - p.sent > self.config.request_timeout_s:
+                    self._pending.remove(p)
+                    self.stats.timeouts += 1
+                    self.stats.last_error = f"no reply within request_timeout_s={self.config.request_timeout_s} s"
+                continue
+            self._pending.remove(p)
+            got = self._accept(reply, p.obs_time, now) or got
+        return got
 
     def _request(self, now: float, obs_stamp: float, get_observation) -> tuple[float, Optional[dict]]:
         self.stats.requests += 1
         try:
             observation = get_observation()
             if self.blocking:
+                self.watchdog.requested(now)
                 reply = self.client.act(observation, **self.request_options)
                 now = max(now, self.clock())  # the command goes out after the answer
                 return now, self._accept(reply, obs_stamp, now)
             rid = self.client.submit(observation, **self.request_options)
-            self._pending = _Pending(rid, obs_stamp, now)
+            self._pending.append(_Pending(rid, obs_stamp, now))
+            self.watchdog.requested(now)
         except Exception as e:  # noqa: BLE001
             self.stats.errors += 1
             self.stats.last_error = f"{type(e).__name__}: {e}"

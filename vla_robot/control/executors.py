@@ -21,7 +21,7 @@ import math
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -85,9 +85,10 @@ class ChunkExecutor(ABC):
         self.reset()
 
     def reset(self) -> None:
-        """Forget every chunk (new episode, or after a hold)."""
-        self._seq = 0
-        self.stats = ExecutorStats()
+        """Forget every chunk (new episode, or after a hold). Stats and the latency estimate stay."""
+        self._seq = getattr(self, "_seq", 0)
+        if not hasattr(self, "stats"):
+            self.stats = ExecutorStats()
 
     def _check(self, chunk, obs_time: float, now: float) -> np.ndarray:
         try:
@@ -99,16 +100,21 @@ class ChunkExecutor(ABC):
         if self.action_dim is None:
             self.action_dim = arr.shape[1]
         elif arr.shape[1] != self.action_dim:
-            raise ValueError(f"chunk has {arr.shape[1]} action dims, earlier chunks had {self.action_dim}")
+            raise ValueError(f"chunk has {arr.shape[1]} action dims, expected {self.action_dim} (one per joint)")
         for name, t in (("obs_time", obs_time), ("now", now)):
             if not (isinstance(t, (int, float, np.floating)) and math.isfinite(t)):
                 raise ValueError(f"{name} must be a finite time in seconds, got {t!r}")
         self._seq += 1
         return arr
 
+    @property
+    def max_in_flight(self) -> int:
+        """How many requests the caller may keep in flight for this executor."""
+        return 1
+
     @abstractmethod
-    def needs_chunk(self, now: float) -> bool:
-        """Whether a new chunk should be requested now (the caller keeps at most one in flight)."""
+    def needs_chunk(self, now: float, pending: Sequence[float] = ()) -> bool:
+        """Whether to request a new chunk now; ``pending``: observation times of requests in flight."""
 
     @abstractmethod
     def add_chunk(self, chunk, obs_time: float, now: float) -> int:
@@ -143,7 +149,9 @@ class OpenLoopExecutor(ChunkExecutor):
             return 0
         return max(0, self._k(self._cur) - 1 - self._cur.index(now, self.dt))
 
-    def needs_chunk(self, now: float) -> bool:
+    def needs_chunk(self, now: float, pending: Sequence[float] = ()) -> bool:
+        if pending:
+            return False
         return self._cur is None or self._cur.index(now, self.dt) >= self._k(self._cur)
 
     def add_chunk(self, chunk, obs_time: float, now: float) -> int:
@@ -176,8 +184,10 @@ class TemporalEnsembleExecutor(ChunkExecutor):
     def actions_left(self, now: float) -> int:
         return max((c.horizon - 1 - c.index(now, self.dt) for c in self._chunks), default=0)
 
-    def needs_chunk(self, now: float) -> bool:
+    def needs_chunk(self, now: float, pending: Sequence[float] = ()) -> bool:
         # ACT queries every tick: whenever the newest chunk was computed before this tick began
+        if pending:
+            return False
         return not self._chunks or now - self._chunks[-1].t0 >= self.dt / 2
 
     def add_chunk(self, chunk, obs_time: float, now: float) -> int:
@@ -246,8 +256,20 @@ class AsyncExecutor(ChunkExecutor):
         c = self._plan.chunk
         return max(0, c.horizon - 1 - c.index(now, self.dt))
 
-    def needs_chunk(self, now: float) -> bool:
-        return self._plan is None or self.actions_left(now) <= self.threshold()
+    @property
+    def max_in_flight(self) -> int:
+        return self.config.max_in_flight
+
+    def needs_chunk(self, now: float, pending: Sequence[float] = ()) -> bool:
+        if len(pending) >= self.config.max_in_flight:
+            return False
+        if self._plan is None:
+            return not pending  # the horizon is unknown until the first chunk arrives
+        # the plan will be covered up to the end of the newest chunk, arrived or expected
+        c = self._plan.chunk
+        end = max([c.t0] + [float(t) for t in pending]) + (c.horizon - 1) * self.dt
+        left = int(math.floor((end - now) / self.dt + 0.5 + 1e-9))
+        return left <= self.threshold()
 
     def add_chunk(self, chunk, obs_time: float, now: float) -> int:
         arr = self._check(chunk, obs_time, now)

@@ -99,11 +99,14 @@ class PathPolicy:
 class SimServer:
     """A policy server with latency on a :class:`SimClock`: ``submit``/``poll`` and ``act``.
 
-    ``policy(observation) -> actions [H, D]``. Requests are answered in order, one at a time
-    (a request waits for the previous one to finish). ``stalled`` makes it stop answering.
+    ``policy(observation) -> actions [H, D]``. Concurrent requests are served side by side, as the
+    batching server does (``serial=True``: one at a time, each waiting for the previous one).
+    ``stalled`` makes it stop answering.
     """
 
-    def __init__(self, clock: SimClock, policy: Callable[[dict], np.ndarray], latency: Latency, seed: int = 0) -> None:
+    def __init__(
+        self, clock: SimClock, policy: Callable[[dict], np.ndarray], latency: Latency, seed: int = 0, serial: bool = False
+    ) -> None:
         self.clock = clock
         self.policy = policy
         self.latency = latency
@@ -112,11 +115,12 @@ class SimServer:
         self._ids = itertools.count(1)
         self._jobs: dict[int, tuple[float, dict]] = {}
         self._busy_until = -math.inf
+        self.serial = serial
         self.latencies: list[float] = []
 
     def submit(self, observation: dict, **options) -> int:
         rid = next(self._ids)
-        start = max(self.clock(), self._busy_until)
+        start = max(self.clock(), self._busy_until) if self.serial else self.clock()
         ready = start + self.latency.sample(self.rng)
         self._busy_until = ready
         self.latencies.append(ready - self.clock())
@@ -128,7 +132,7 @@ class SimServer:
         if request_id not in self._jobs:
             raise KeyError(f"unknown request id {request_id}")
         ready, reply = self._jobs[request_id]
-        if self.stalled or self.clock() < ready:
+        if self.stalled or self.clock() < ready - 1e-9:  # (tolerant of float tick arithmetic)
             return None
         del self._jobs[request_id]
         return reply

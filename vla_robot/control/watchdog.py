@@ -1,7 +1,9 @@
 """Watchdog: decide each tick whether the policy may drive, and latch an e-stop.
 
-Holds (``ok == False``) while the newest observation is older than ``max_observation_age_s``, or no
-new chunk arrived for ``max_chunk_gap_s`` since the policy started driving or since the last chunk.
+Holds (``ok == False``) while the newest observation is older than ``max_observation_age_s``, or a
+request has gone ``max_chunk_gap_s`` without any new chunk arriving (the server hangs). The chunk
+timer runs only while the controller waits for a chunk, so a long chunk executing undisturbed
+never trips it.
 The e-stop latch holds until :meth:`reset_estop` is called explicitly; nothing else clears it.
 All times are seconds on the caller's monotonic clock.
 """
@@ -25,14 +27,16 @@ class Watchdog:
         self.config = config = config or WatchdogConfig()
         config.validate()
         self.holds: Counter = Counter()  # reason kind -> ticks held
+        self.last_kind = ""  # kind of the latest check's hold ("" when ok)
         self._estop: Optional[str] = None
         self._last_obs: Optional[float] = None
         self.start(None)
 
     def start(self, now: Optional[float]) -> None:
-        """The policy starts (or resumes) driving at ``now``: the chunk timer starts from here."""
+        """The policy starts (or resumes) driving at ``now``: it waits for a chunk from here."""
         self._started = None if now is None else _finite("now", now)
         self._last_chunk: Optional[float] = None
+        self._waiting_since: Optional[float] = self._started
 
     def observe(self, stamp: float) -> None:
         """A new observation, captured at ``stamp``, is available."""
@@ -40,8 +44,15 @@ class Watchdog:
         if self._last_obs is None or stamp > self._last_obs:
             self._last_obs = stamp
 
+    def requested(self, now: float) -> None:
+        """A chunk was requested at ``now``; the chunk timer runs from the first unanswered request."""
+        now = _finite("now", now)
+        if self._waiting_since is None:
+            self._waiting_since = now
+
     def chunk_received(self, now: float) -> None:
         self._last_chunk = _finite("now", now)
+        self._waiting_since = None
 
     # --- e-stop latch ------------------------------------------------------------------------
     def estop(self, reason: str = "e-stop requested") -> None:
@@ -65,6 +76,7 @@ class Watchdog:
         """``(True, "")`` when the policy may drive at ``now``; else ``(False, why)``."""
         now = _finite("now", now)
         ok, kind, why = self._check(now)
+        self.last_kind = kind
         if not ok:
             self.holds[kind] += 1
         return ok, why
@@ -83,9 +95,8 @@ class Watchdog:
             age = now - self._last_obs
             if age > cfg.max_observation_age_s:
                 return False, "stale_observation", f"observation is {age:.3f} s old (limit {cfg.max_observation_age_s} s)"
-        since = self._last_chunk if self._last_chunk is not None else self._started
-        gap = now - since
-        if gap > cfg.max_chunk_gap_s:
-            what = "last chunk" if self._last_chunk is not None else "start"
+        if self._waiting_since is not None and now - self._waiting_since > cfg.max_chunk_gap_s:
+            gap = now - self._waiting_since
+            what = "the request" if self._last_chunk is not None else "start"
             return False, "no_chunk", f"no new chunk for {gap:.3f} s since {what} (limit {cfg.max_chunk_gap_s} s)"
         return True, "", ""
