@@ -58,6 +58,33 @@ def save_board(cfg: BoardConfig, path: str | os.PathLike) -> Path:
     return path
 
 
+_OFFSET: np.ndarray | None = None
+
+
+def _detector_offset() -> np.ndarray:
+    """The constant shift of ``CharucoDetector`` corners in this OpenCV build, measured once.
+
+    OpenCV < 4.13 returns ChArUco corners shifted by +0.5 px in x and y (opencv#25539; fixed by
+    opencv PR #28380, which removed a stray +0.5 after ``cornerSubPix``). A half-pixel error in every
+    corner is a 0.05 deg camera rotation at 600 px focal length, so it is measured on a rendered
+    board (where the true corners are known exactly) and removed; rounded to 0 or 0.5 so that a
+    fixed build gets no correction.
+    """
+    global _OFFSET
+    if _OFFSET is None:
+        cfg = BoardConfig(squares_x=5, squares_y=5, square_length=0.04, marker_length=0.03, dictionary="4X4_50")
+        board = cv2.aruco.CharucoBoard((5, 5), 0.04, 0.03, cv2.aruco.getPredefinedDictionary(cv2.aruco.DICT_4X4_50))
+        ppm, margin = 1000.0, 20
+        img = cv2.GaussianBlur(board.generateImage((200 + 2 * margin, 200 + 2 * margin), marginSize=margin, borderBits=1), (0, 0), 0.8)
+        corners, ids, _, _ = cv2.aruco.CharucoDetector(board).detectBoard(img)
+        if ids is None or len(ids) < 4:  # pragma: no cover - the detector itself is broken
+            raise RuntimeError(f"OpenCV {cv2.__version__}: CharucoDetector finds no corners on a generated board ({cfg})")
+        obj = np.asarray(board.getChessboardCorners())[np.asarray(ids).ravel(), :2]
+        shift = (np.asarray(corners).reshape(-1, 2) - (obj * ppm + margin - 0.5)).mean(axis=0)
+        _OFFSET = np.round(shift * 2) / 2
+    return _OFFSET
+
+
 class Board:
     """A ChArUco board and its detector."""
 
@@ -101,7 +128,8 @@ class Board:
         if ch_ids is None or len(ch_ids) == 0:
             return Detection(np.zeros(0, int), np.zeros((0, 3)), np.zeros((0, 2)), markers)
         ids = np.asarray(ch_ids).reshape(-1).astype(int)
-        return Detection(ids, self.corners[ids].copy(), np.asarray(ch_corners, np.float64).reshape(-1, 2), markers)
+        pts = np.asarray(ch_corners, np.float64).reshape(-1, 2) - _detector_offset()
+        return Detection(ids, self.corners[ids].copy(), pts, markers)
 
     # --- printing -------------------------------------------------------------------------------
     def image(self, pixels_per_metre: float = 300 / 0.0254, margin_m: float = 0.01) -> np.ndarray:

@@ -170,6 +170,7 @@ class HandEyeResult:
     view_errors_px: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     n_points: int = 0                           # corners in the refinement
+    method_deviation: dict[str, tuple[float, float]] = field(default_factory=dict)  # (deg, mm) from the refined T
 
     @property
     def parent_frame(self) -> str:
@@ -183,7 +184,8 @@ class HandEyeResult:
         for name, T in self.methods.items():
             rv = Rotation.from_matrix(T[:3, :3]).as_rotvec(degrees=True)
             lines.append(f"  {name:<10s} t [mm] {np.array2string(T[:3, 3] * 1000, precision=2)}  rotvec [deg] "
-                         f"{np.array2string(rv, precision=3)}  reprojection RMS {self.method_rms_px[name]:.3f} px")
+                         f"{np.array2string(rv, precision=3)}  reprojection RMS {self.method_rms_px[name]:.3f} px  "
+                         f"off refined by {self.method_deviation[name][0]:.3f} deg, {self.method_deviation[name][1]:.2f} mm")
         lines.append(f"  agreement: methods differ by up to {self.spread['rotation_deg']:.3f} deg and {self.spread['translation_mm']:.2f} mm")
         for r in (self.landing, self.baseline):
             lines.append(
@@ -278,12 +280,6 @@ def calibrate_hand_eye(
         "translation_mm": max((pose_error(a, b)[1] for a, b in pairs), default=0.0),
     }
     warnings = []
-    if spread["rotation_deg"] > cfg.disagreement_deg or spread["translation_mm"] > cfg.disagreement_mm:
-        warnings.append(
-            f"the OpenCV methods disagree by {spread['rotation_deg']:.2f} deg / {spread['translation_mm']:.1f} mm: "
-            "check the arm's forward kinematics, the time sync of poses and images, and add more varied poses"
-        )
-
     A0 = methods[cfg.initial_method]
     B0 = board_for(A0)
     x0_rot, x0_vec = [A0[:3, :3], B0[:3, :3]], np.r_[A0[:3, 3], B0[:3, 3]]
@@ -296,10 +292,18 @@ def calibrate_hand_eye(
         warnings.append(f"landing ended at a higher cost ({landing.cost:.6g}) than the baseline ({baseline.cost:.6g}); using the baseline")
     T = make_T(best.rotations[0], best.vector[:3])
     T_board = make_T(best.rotations[1], best.vector[3:6])
+    deviation = {name: pose_error(A, T) for name, A in methods.items()}
+    off = [f"{m} ({d[0]:.2f} deg, {d[1]:.1f} mm)" for m, d in deviation.items()
+           if d[0] > cfg.disagreement_deg or d[1] > cfg.disagreement_mm]
+    if off:
+        warnings.append(
+            f"OpenCV methods far from the refined result: {', '.join(off)}; if most methods are off, check the arm's "
+            "forward kinematics, the time sync of poses and images, and add more varied poses"
+        )
     res = HandEyeResult(
         mode=mode, T=T, T_board=T_board, methods=methods, method_rms_px=method_rms, spread=spread,
         landing=landing, baseline=baseline, initial_rms_px=float(np.sqrt(r0 @ r0 / n)),
         rms_px=float(np.sqrt(2 * best.cost / n)), chosen=best.method, views=used, rejected=rejected,
-        motion=motion, view_errors_px=errs, warnings=warnings, n_points=n,
+        motion=motion, view_errors_px=errs, warnings=warnings, n_points=n, method_deviation=deviation,
     )
     return res

@@ -62,6 +62,7 @@ class SyntheticRig:
         noise_px: float = 1.0,
         seed: int = 0,
         texture_ppm: float = 2500.0,
+        offsamples: int = 0,
     ) -> None:
         import mujoco
 
@@ -116,9 +117,9 @@ class SyntheticRig:
         )
         W, H = camera.width, camera.height
         xml = f"""<mujoco model="calibration_rig">
-  <compiler autolimits="true"/>
+  <compiler autolimits="true" balanceinertia="true"/>
   <option gravity="0 0 0"/>
-  <visual><global offwidth="{max(W, 640)}" offheight="{max(H, 480)}"/><quality shadowsize="0" offsamples="0"/>
+  <visual><global offwidth="{max(W, 640)}" offheight="{max(H, 480)}"/><quality shadowsize="0" offsamples="{offsamples}"/>
     <headlight ambient="0.55 0.55 0.55" diffuse="0.45 0.45 0.45" specular="0 0 0"/></visual>
   <asset>
     <texture name="board" type="2d" file="board.png"/>
