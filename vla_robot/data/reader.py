@@ -40,18 +40,19 @@ def _snapshot(root: Path) -> store.Commit | None:
 
 
 def read_journal(root: str | Path) -> list[EpisodeRecord]:
-    """The committed episodes' journal entries, in episode order."""
+    """The committed episodes' journal entries, in episode order ([] for an adopted foreign dataset)."""
     root = Path(root)
-    c = _snapshot(root)
-    path = (c.path / store.JOURNAL) if c is not None else root / "meta" / store.JOURNAL
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        if c is not None:  # replaced between listing and reading: retry once with the newer one
-            c = _snapshot(root)
-            text = (c.path / store.JOURNAL).read_text() if c else ""
-        else:
-            text = ""
+    text = ""
+    for _ in range(3):  # the writer may drop an old commit between listing and reading: take the newest again
+        c = _snapshot(root)
+        path = (c.path / store.JOURNAL) if c is not None else root / "meta" / store.JOURNAL
+        try:
+            text = path.read_text()
+            break
+        except FileNotFoundError:
+            if c is None or not c.path.exists():
+                continue
+            break  # a commit without a journal: adopted dataset
     recs = [EpisodeRecord.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]
     if c is not None:
         recs = [r for r in recs if r.episode_index < c.episodes]

@@ -287,7 +287,10 @@ class Recorder:
         )
 
     def _check_schema(self, info: dict) -> None:
-        have = Schema.from_features(info["features"])
+        try:
+            have = Schema.from_features(info["features"])
+        except ValueError as e:
+            raise ValueError(f"{self.root} was recorded with a different schema ({e}); record into another --root") from None
         if have != self.schema:
             raise ValueError(
                 f"{self.root} was recorded with a different schema: dataset has {have}, this recorder "
