@@ -400,3 +400,20 @@ def test_oft_7b_layout_on_meta_device():
     assert head["model.mlp_resnet_blocks.1.ffn.1.weight"] == (4096, 4096)
     proprio = {k: tuple(v.shape) for k, v in model.proprio_projector.state_dict().items()}
     assert proprio == {"fc1.weight": (4096, 8), "fc1.bias": (4096,), "fc2.weight": (4096, 4096), "fc2.bias": (4096,)}
+
+
+def test_cli_inspect(tmp_path, capsys, rt):
+    from vla_robot.cli import main
+
+    assert main(["policy", "inspect", "--preset", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "Llama 2 layers, hidden 64, vocab 32064" in out and "8 steps x 6 action dims" in out
+    assert "front, wrist" in out and "so101_twin" in out and "actions (8, 6)" in out
+    save_checkpoint(rt, tmp_path / "ck")
+    assert main(["policy", "inspect", str(tmp_path / "ck"), "--no-forward"]) == 0
+    assert "discrete tokens" in capsys.readouterr().out
+    assert main(["policy", "inspect", "--preset", "oft-7b", "--no-forward"]) == 0
+    assert "7.71 B total" in capsys.readouterr().out
+    assert main(["policy", "inspect", "--preset", "nope"]) == 1
+    assert "unknown policy preset 'nope'" in capsys.readouterr().err
+    assert main(["policy", "inspect"]) == 2

@@ -1,0 +1,84 @@
+"""`vla-robot policy inspect DIR | --preset NAME`: describe a policy and run one forward pass."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def policy_args(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="policy_command", metavar="ACTION")
+    p = sub.add_parser("inspect", help="print the architecture, sizes, cameras and statistics; run one forward pass")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint directory (OFT layout)")
+    p.add_argument("--preset", help="a preset in models/policy (tiny, oft-7b) instead of a checkpoint")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--norm-key", default="")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-forward", action="store_true", help="only describe (a preset is then built on the meta device, no memory)")
+
+
+def _count(module) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def _fmt(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
+
+
+def policy(args: argparse.Namespace) -> int:
+    if getattr(args, "policy_command", None) != "inspect":
+        print("usage: vla-robot policy inspect DIR | --preset NAME", file=sys.stderr)
+        return 2
+    if bool(args.checkpoint) == bool(args.preset):
+        print("vla-robot policy inspect: give a checkpoint directory or --preset NAME (one of them)", file=sys.stderr)
+        return 2
+    import numpy as np
+
+    from vla_robot.policy.checkpoint import read_model_config
+    from vla_robot.policy.runtime import build_model, load_policy, load_preset
+
+    try:
+        if args.no_forward:
+            cfg = read_model_config(args.checkpoint) if args.checkpoint else load_preset(args.preset)
+            model, runtime = build_model(cfg, device="meta"), None
+        else:
+            t0 = time.perf_counter()
+            runtime = load_policy(preset=args.preset, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
+                                  seed=args.seed, norm_key=args.norm_key)
+            load_s = time.perf_counter() - t0
+            model, cfg = runtime.model, runtime.cfg
+    except (ValueError, FileNotFoundError) as e:
+        print(f"vla-robot policy inspect: {e}", file=sys.stderr)
+        return 1
+    vb = model.vision_backbone
+    print(f"policy        {cfg.name} ({'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'preset, random weights'})")
+    print(f"vision        {cfg.vision.timm_model_ids[0]} ({_fmt(_count(vb.featurizer))}, {len(vb.featurizer.blocks)} blocks, dim {vb.featurizer.embed_dim})")
+    print(f"              + {cfg.vision.timm_model_ids[1]} ({_fmt(_count(vb.fused_featurizer))}, {len(vb.fused_featurizer.blocks)} blocks, dim {vb.fused_featurizer.embed_dim})")
+    print(f"              {cfg.vision.image_size} px, {vb.num_patches} patches/image, features of the second-to-last block")
+    print(f"projector     fused 3-layer MLP {vb.embed_dim} -> {4 * vb.embed_dim} -> {cfg.llm.hidden_size} -> {cfg.llm.hidden_size} ({_fmt(_count(model.projector))})")
+    print(f"llm           Llama {cfg.llm.num_hidden_layers} layers, hidden {cfg.llm.hidden_size}, vocab {cfg.llm.vocab_size} ({_fmt(_count(model.language_model))})")
+    print(f"proprio       {'dim ' + str(cfg.proprio_dim) + ' (' + _fmt(_count(model.proprio_projector)) + ')' if cfg.proprio_dim else 'none'}")
+    head = f"L1 regression MLP-ResNet ({_fmt(_count(model.action_head))})" if cfg.head == "l1" else "discrete tokens, 256 bins (ids 31744..31999)"
+    print(f"head          {head}")
+    print(f"parameters    {_fmt(_count(model))} total")
+    print(f"chunk         {cfg.chunk_size} steps x {cfg.action_dim} action dims = {cfg.num_action_tokens} parallel slots")
+    print(f"cameras       {', '.join(cfg.cameras)} (in this order)")
+    print(f"sequence      {model.num_prefix_tokens} prefix tokens (BOS + patches{' + proprio' if cfg.proprio_dim else ''}) + prompt + {cfg.num_action_tokens} slots + EOS, bidirectional")
+    if runtime is None:
+        return 0
+    stats = runtime.processor.norm_stats or {}
+    print(f"norm stats    keys: {', '.join(stats) or 'none'}; using '{runtime.processor.norm_key}' ({cfg.normalization})")
+    rng = np.random.default_rng(0)
+    obs = {
+        "images": {c: rng.integers(0, 256, (cfg.vision.image_size, cfg.vision.image_size, 3), dtype=np.uint8) for c in cfg.cameras},
+        "state": np.zeros(cfg.proprio_dim, np.float32),
+        "instruction": "pick up the cube",
+    }
+    runtime.predict([obs])  # warm-up
+    t0 = time.perf_counter()
+    out = runtime.predict([obs], return_tokens=True)[0]
+    dt = time.perf_counter() - t0
+    print(f"forward       one dummy observation on {args.device}/{args.dtype}: actions {out['actions'].shape}, {dt * 1e3:.1f} ms (load {load_s:.1f} s)")
+    print(f"first action  {np.array2string(out['actions'][0], precision=3)}")
+    return 0
