@@ -33,6 +33,7 @@ class ExecutorConfig:
     ensemble_decay: float = 0.01
     # async: ask for the next chunk when at most this many actions of the current one are left.
     # With adaptive_threshold the executor raises it to the measured latency (in ticks) + 1.
+    # Until the first chunk arrives it asks again every request_threshold ticks.
     request_threshold: int = 4
     adaptive_threshold: bool = True
     # async: ticks over which the seam between the old plan and a newly arrived chunk fades out

@@ -264,7 +264,15 @@ class AsyncExecutor(ChunkExecutor):
         if len(pending) >= self.config.max_in_flight:
             return False
         if self._plan is None:
-            return not pending  # the horizon is unknown until the first chunk arrives
+            # horizon and latency are unknown until the first chunk arrives: keep asking every
+            # request_threshold ticks, so a slow server's chunks still tile the start
+            spacing = max(1, self.config.request_threshold)
+            return not pending or now - max(pending) >= (spacing - 0.5) * self.dt
+        if pending and self.stats.latencies:
+            # spread the in-flight budget over the latency instead of spending it in a burst
+            spacing = math.ceil(max(self.stats.latencies) / self.dt / self.config.max_in_flight - 1e-6)
+            if now - max(pending) < (spacing - 0.5) * self.dt:
+                return False
         # the plan will be covered up to the end of the newest chunk, arrived or expected
         c = self._plan.chunk
         end = max([c.t0] + [float(t) for t in pending]) + (c.horizon - 1) * self.dt
