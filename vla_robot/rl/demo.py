@@ -63,7 +63,7 @@ def collect_demos(env, seeds: Sequence[int], progress=None) -> list[dict]:
     """Scripted-expert episodes: [{"seed", "start", "observations", "actions", "success"}]."""
     demos = []
     for seed in seeds:
-        obs = env.reset(seed=int(seed))
+        obs = env.reset(start=int(seed))
         observations, actions = [], []
         for _ in range(env.max_steps):
             a = np.asarray(env.expert_action(), dtype=np.float32)
@@ -91,15 +91,17 @@ def demo_chunks(demos: Sequence[dict], chunk: int, every: int = 1) -> tuple[list
     return obs, np.stack(acts)
 
 
-def demo_episodes(demos: Sequence[dict], runtime, task: str) -> list[Episode]:
-    """Demonstrations as learner episodes (for the hybrid SFT loss), chunked as the policy acts."""
+def demo_episodes(demos: Sequence[dict], runtime) -> dict[str, list[Episode]]:
+    """Demonstrations as learner episodes by task (for the hybrid SFT loss), chunked as the policy acts."""
     h, d = runtime.metadata["chunk_size"], runtime.metadata["action_dim"]
-    out = []
+    out: dict[str, list[Episode]] = {}
     for dm in demos:
+        task = dm["observations"][0]["instruction"]
         obs, acts = demo_chunks([dm], h, every=h)
         toks = runtime.processor.actions_to_tokens(acts)
         steps = [Step(o, t, np.zeros(len(t), np.float32), executed_mask(h, h, d)) for o, t in zip(obs, toks)]
-        out.append(Episode(task=task, start=dm["start"], steps=steps, label=1, version=0, length=len(dm["actions"])))
+        out.setdefault(task, []).append(Episode(task=task, start=dm["start"], steps=steps, label=1, version=0,
+                                                length=len(dm["actions"])))
     return out
 
 
@@ -166,7 +168,6 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     grpo = preset(cfg.preset, group_size=cfg.group_size, temperature=cfg.temperature, lr=cfg.lr,
                   batch_groups=cfg.groups_per_round, mode=cfg.mode, mini_batch_size=cfg.mini_batch_size)
     envs = [make_env(cfg.task, seed=cfg.seed + i, image_size=(cfg.image_size, cfg.image_size)) for i in range(cfg.group_size)]
-    task = envs[0].instruction
     runtime = load_policy(preset="tiny", seed=cfg.seed)
     timings = {}
 
@@ -196,7 +197,7 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     log(f"before RL: {rate(before)['successes']}/{len(before)} ({cfg.eval_mode})")
 
     # 4. GRPO rounds
-    learner = Learner(runtime, grpo, demos={task: demo_episodes(demos, runtime, task)}, seed=cfg.seed)
+    learner = Learner(runtime, grpo, demos=demo_episodes(demos, runtime), seed=cfg.seed)
     rounds = []
     train_seed = cfg.seed * 10_000 + cfg.demos  # fresh start states, never the demonstrations' ones
     t_rl = time.perf_counter()
@@ -209,7 +210,7 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
         episodes = []
         for _ in tqdm(range(cfg.groups_per_round), desc=f"round {r + 1}/{cfg.rounds} rollouts", unit="group",
                       disable=not cfg.progress):
-            group = rollout_group(envs, policy, train_seed, mode="sample", temperature=cfg.temperature, task=task)
+            group = rollout_group(envs, policy, train_seed, mode="sample", temperature=cfg.temperature)
             train_seed += 1
             for e in group:
                 learner.add(e)

@@ -61,24 +61,19 @@ def executed_mask(n_executed: int, chunk_size: int, action_dim: int) -> np.ndarr
     return mask.reshape(-1)
 
 
-def rollout_group(envs: Sequence, policy: PolicyFn, seed: int, **kwargs) -> list[Episode]:
-    """A GRPO group: every env from the start state of ``seed``; labels from env.success()."""
-    episodes = rollout(envs, policy, [seed] * len(envs), **kwargs)
-    starts = {e.start for e in episodes}
-    if len(starts) != 1:
-        raise ValueError(f"rollout_group: envs reset with seed {seed} gave different start conditions {starts}; "
-                         "a GRPO group needs one start state")
-    return episodes
+def rollout_group(envs: Sequence, policy: PolicyFn, start: int, **kwargs) -> list[Episode]:
+    """A GRPO group: every env from start state ``start``; labels from env.success()."""
+    return rollout(envs, policy, [start] * len(envs), **kwargs)
 
 
 def rollout(
-    envs: Sequence, policy: PolicyFn, seeds: Sequence[int], *, mode: str = "sample", temperature: float = 1.6,
+    envs: Sequence, policy: PolicyFn, starts: Sequence[int], *, mode: str = "sample", temperature: float = 1.6,
     task: str = "", keep_steps: bool = True,
 ) -> list[Episode]:
-    """Env i from the start state of ``seeds[i]`` until success or ``max_steps``, one batched policy call per chunk."""
-    if len(seeds) != len(envs):
-        raise ValueError(f"rollout: one seed per env expected, got {len(seeds)} seeds for {len(envs)} envs")
-    obs = [policy_observation(env.reset(seed=int(s)), env.instruction) for env, s in zip(envs, seeds)]
+    """Env i from start state ``starts[i]`` until success or ``max_steps``, one batched policy call per chunk."""
+    if len(starts) != len(envs):
+        raise ValueError(f"rollout: one start state per env expected, got {len(starts)} for {len(envs)} envs")
+    obs = [policy_observation(env.reset(start=int(s)), env.instruction) for env, s in zip(envs, starts)]
     starts = [env.start_condition for env in envs]
     n = len(envs)
     steps: list[list[Step]] = [[] for _ in range(n)]
