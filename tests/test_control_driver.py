@@ -80,6 +80,10 @@ def test_async_never_starves_while_latency_is_below_the_horizon(horizon, frac, b
     after = res[got[0]:]
     assert all(r.source == "policy" for r in after), [(r.now, r.reason) for r in after if r.source != "policy"][:3]
     assert rig.ctl.stats.starved == 0 and rig.ctl.executor.stats.stale_chunks == 0
+    # every reply is handed out once, with the stamp of its observation
+    handed = [(reply["request_id"], stamp) for r in res for reply, stamp in r.arrivals]
+    assert len(handed) == len({rid for rid, _ in handed}) == rig.ctl.stats.replies
+    assert all(r.received is r.arrivals[-1][0] for r in res if r.arrivals)
 
 
 def test_one_request_in_flight_starves_only_above_half_the_horizon():

@@ -38,7 +38,10 @@ class TickResult:
     index: Optional[int] = None  # index of the action within that chunk
     blended: bool = False  # the action mixes several chunks
     requested: bool = False  # a chunk was requested this tick
-    received: Optional[dict] = None  # the reply that arrived this tick, if any
+    received: Optional[dict] = None  # the (last) reply that arrived this tick, if any
+    # every reply that arrived this tick (several requests may be in flight), with the stamp of
+    # the observation it was computed from, oldest request first
+    arrivals: tuple = ()
 
 
 @dataclass
@@ -121,6 +124,7 @@ class ChunkController:
         self._replies: OrderedDict[int, dict] = OrderedDict()
         self._pending: list[_Pending] = []
         self._mode = "idle"
+        self._arrivals: list = []
         self._held = False
         self._had_chunk = False
 
@@ -176,6 +180,7 @@ class ChunkController:
         if self._mode == "teleop":
             self._mode = "policy"
             self._resume(now)
+        self._arrivals: list = []
         received = self._collect(now)
         requested = False
         pending = [p.obs_time for p in self._pending]
@@ -224,6 +229,7 @@ class ChunkController:
             blended=step.blended and source == "policy",
             requested=requested,
             received=received,
+            arrivals=tuple(self._arrivals),
         )
 
     def _teleop_tick(self, now: float, teleop) -> TickResult:
@@ -290,6 +296,7 @@ class ChunkController:
             self.stats.last_error = f"bad chunk: {e}"
             return None
         self.stats.replies += 1
+        self._arrivals.append((reply, obs_time))
         self.watchdog.chunk_received(now)
         self._had_chunk = True
         self._replies[seq] = reply
