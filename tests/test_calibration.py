@@ -376,11 +376,21 @@ def test_realsense_without_device_says_so():
 
 
 # --- CLI ---------------------------------------------------------------------------------------
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "vla_robot.cli", "calibrate", *args], capture_output=True, text=True, cwd=ROOT)
+class _Run:
+    def __init__(self, code, out, err):
+        self.returncode, self.stdout, self.stderr = code, out, err
 
 
-def test_cli_board_and_error_paths(tmp_path):
+def test_cli_board_and_error_paths(tmp_path, capsys, monkeypatch):
+    from vla_robot.cli import main
+
+    monkeypatch.chdir(ROOT)
+
+    def _cli(*args):
+        code = main(["calibrate", *args])
+        captured = capsys.readouterr()
+        return _Run(code, captured.out, captured.err)
+
     r = _cli("board", "--board", "calibration/boards/charuco_5x7_30mm.yaml", "--out", str(tmp_path / "b.png"), str(tmp_path / "b.pdf"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "b.png").stat().st_size > 1000 and (tmp_path / "b.pdf").read_bytes()[:4] == b"%PDF"
@@ -397,3 +407,7 @@ def test_cli_board_and_error_paths(tmp_path):
     assert r.returncode == 1 and "views.yaml" in r.stderr and "calibrate capture" in r.stderr
     r = _cli()
     assert r.returncode == 2 and "intrinsics, handeye, capture, board, realsense" in r.stderr
+    # the installed entry point reaches the same code
+    r = subprocess.run([sys.executable, "-m", "vla_robot.cli", "calibrate", "board", "--board", "calibration/boards/charuco_5x7_30mm.yaml",
+                        "--out", str(tmp_path / "b.svg")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "use .png or .pdf" in r.stderr

@@ -144,6 +144,31 @@ def opencv_hand_eye(
     return out
 
 
+def reprojection_residual(T_base_gripper: Sequence[np.ndarray], detections: Sequence[Detection], camera: CameraModel, mode: Mode):
+    """The joint reprojection residual ``r(Xs=[R_A, R_B], v=[t_A, t_B])`` (pixels, undistorted) and ``M_i``.
+
+    A corner ``p`` of view ``i`` is predicted at ``K * R_A^T (M_i (R_B p + t_B) - t_A)``; ``R_A^T`` rather
+    than ``R_A^-1`` makes the cost defined (and smooth) for any 3x3 matrix, as the landing iterates need.
+    """
+    if mode not in ("eye_in_hand", "eye_to_hand"):
+        raise ValueError(f"mode must be 'eye_in_hand' or 'eye_to_hand', got {mode!r}")
+    obj = np.concatenate([d.object_points for d in detections])
+    img = np.concatenate([undistort_points(d.image_points, camera) for d in detections])
+    idx = np.concatenate([np.full(d.count, i) for i, d in enumerate(detections)])
+    Ms = np.array([invert(Tg) if mode == "eye_in_hand" else np.asarray(Tg, float) for Tg in T_base_gripper])
+    M_R, M_t = Ms[idx, :3, :3], Ms[idx, :3, 3]
+    K = camera.K
+
+    def residual(Xs, v):
+        RA, RB = Xs
+        pb = obj @ RB.T + v[3:6]
+        pm = np.einsum("nij,nj->ni", M_R, pb) + M_t
+        pc = (pm - v[0:3]) @ RA  # row-wise R_A^T (p - t_A)
+        return (_project(K, pc) - img).ravel()
+
+    return residual, Ms
+
+
 def _average_pose(Ts: Sequence[np.ndarray]) -> np.ndarray:
     M = np.mean([T[:3, :3] for T in Ts], axis=0)
     U, _, Vt = np.linalg.svd(M)
@@ -220,7 +245,7 @@ def calibrate_hand_eye(
         raise ValueError(f"{len(T_base_gripper)} gripper poses but {len(detections)} board views; give one pose per view")
     names = list(names) if names is not None else [f"view_{i:03d}" for i in range(len(detections))]
     rejected: dict[str, str] = {}
-    used, G, T_cb, errs = [], [], [], {}
+    used, used_dets, G, T_cb, errs = [], [], [], [], {}
     for name, Tg, det in zip(names, T_base_gripper, detections):
         Tg = np.asarray(Tg, float)
         if Tg.shape != (4, 4) or not np.all(np.isfinite(Tg)) or abs(np.linalg.det(Tg[:3, :3]) - 1) > 1e-3:
@@ -235,6 +260,7 @@ def calibrate_hand_eye(
             rejected[name] = f"board pose fits badly ({err:.2f} px > {cfg.max_view_error_px} px): wrong intrinsics or a bad detection"
             continue
         used.append(name)
+        used_dets.append(det)
         G.append(Tg)
         T_cb.append(T)
         errs[name] = err
@@ -249,26 +275,12 @@ def calibrate_hand_eye(
     if cfg.initial_method not in methods:
         raise CalibrationError(f"OpenCV {cfg.initial_method} gave no solution; the poses are probably degenerate")
 
-    # the refinement problem: corners, their (undistorted) pixels, and M_i per view
-    dets = {n: d for n, d in zip(names, detections)}
-    obj = np.concatenate([dets[n].object_points for n in used])
-    img = np.concatenate([undistort_points(dets[n].image_points, camera) for n in used])
-    idx = np.concatenate([np.full(dets[n].count, i) for i, n in enumerate(used)])
-    Ms = np.array([invert(Tg) if mode == "eye_in_hand" else Tg for Tg in G])
-    M_R, M_t = Ms[idx, :3, :3], Ms[idx, :3, 3]
-    K = camera.K
-
-    def residual(Xs, v):
-        RA, RB = Xs
-        pb = obj @ RB.T + v[3:6]
-        pm = np.einsum("nij,nj->ni", M_R, pb) + M_t
-        pc = (pm - v[0:3]) @ RA  # R_A^T (p - t_A) row-wise; R_A^T, not inv(R_A): defined off the manifold too
-        return (_project(K, pc) - img).ravel()
+    residual, Ms = reprojection_residual(G, used_dets, camera, mode)
+    n = sum(d.count for d in used_dets)
 
     def board_for(A):
         return _average_pose([invert(Ms[i]) @ A @ T_cb[i] for i in range(len(used))])
 
-    n = len(obj)
     method_rms = {}
     for name, A in methods.items():
         B = board_for(A)
