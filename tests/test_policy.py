@@ -417,3 +417,41 @@ def test_cli_inspect(tmp_path, capsys, rt):
     assert main(["policy", "inspect", "--preset", "nope"]) == 1
     assert "unknown policy preset 'nope'" in capsys.readouterr().err
     assert main(["policy", "inspect"]) == 2
+
+
+def test_image_preprocessing_follows_oft():
+    from vla_robot.policy.image import center_crop, lanczos3_resize, preprocess_image
+
+    const = np.full((120, 90, 3), 77, np.uint8)
+    assert (lanczos3_resize(const, 56) == 77).all()  # weights are normalised
+    ramp = np.tile(np.linspace(0, 255, 200)[None, :, None], (100, 1, 3)).round().astype(np.uint8)
+    small = lanczos3_resize(ramp, 50).astype(int)
+    assert (np.diff(small[25, 3:-3, 0]) >= 0).all()  # a ramp stays a ramp (antialiased, no ringing inside)
+    assert abs(small[25, 25, 0] - 255 * (25.5 * 4 - 0.5) / 199) <= 2  # and is sampled at pixel centres
+    same = np.random.default_rng(0).integers(0, 256, (56, 56, 3), dtype=np.uint8)
+    assert np.array_equal(lanczos3_resize(same, 56), same)
+    framed = np.zeros((100, 100, 3), np.uint8)
+    framed[:2], framed[-2:], framed[:, :2], framed[:, -2:] = 255, 255, 255, 255  # a frame in the outer 2.6%
+    cropped = center_crop(framed)
+    assert cropped.shape == framed.shape and cropped.max() == 0  # the 90%-area crop removes it
+    out = preprocess_image(np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8), 56)
+    assert out.shape == (56, 56, 3) and out.dtype == np.uint8
+    with pytest.raises(ValueError, match="must be uint8 HxWx3"):
+        preprocess_image(np.zeros((10, 10, 3), np.float32), 56)
+
+
+def test_bfloat16_runtime_and_published_config_without_our_block(tmp_path, rt):
+    bf = load_policy(preset="tiny", seed=0, dtype="bfloat16")
+    out = bf.predict(make_obs(n=2), return_tokens=True)
+    assert out[0]["actions"].dtype == np.float32 and np.isfinite(out[0]["logprobs"]).all()
+    # a config.json as OFT writes it (no "vla_robot" block): dimensions from text_config, the rest from
+    # the oft-7b preset plus overrides, the head from which component files exist
+    d = save_checkpoint(rt, tmp_path / "ck")
+    cfg = json.loads((d / "config.json").read_text())
+    ours = cfg.pop("vla_robot")
+    (d / "config.json").write_text(json.dumps(cfg))
+    back = load_policy(checkpoint=d, overrides={k: ours[k] for k in ("vision", "chunk_size", "action_dim", "cameras", "normalization")})
+    assert back.metadata["head"] == "discrete" and back.metadata["proprio_dim"] == 6
+    assert back.cfg.llm.hidden_size == 64 and back.cfg.llm.num_hidden_layers == 2
+    a, b = rt.predict(make_obs(), return_tokens=True)[0], back.predict(make_obs(), return_tokens=True)[0]
+    assert np.array_equal(a["tokens"], b["tokens"])

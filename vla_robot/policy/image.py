@@ -57,9 +57,9 @@ def lanczos3_resize(image: np.ndarray, size: int) -> np.ndarray:
     if (h, w) == (size, size):
         return image
     wy, wx = _weights(h, size), _weights(w, size)
-    x = image.astype(np.float32)
-    out = np.einsum("oh,hwc->owc", wy, x)
-    out = np.einsum("pw,owc->opc", wx, out)
+    x = image.astype(np.float32).reshape(h, w * 3)
+    rows = (wy @ x).reshape(size, w, 3).transpose(1, 0, 2).reshape(w, size * 3)  # resample rows
+    out = (wx @ rows).reshape(size, size, 3).transpose(1, 0, 2)  # then columns
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 

@@ -206,7 +206,9 @@ def _llama_config(cfg: PolicyModelConfig):
     from transformers import LlamaConfig
 
     c = cfg.llm
+    extra = {} if c.rope_theta == 10000.0 else {"rope_theta": c.rope_theta}  # transformers 5 moved RoPE settings
     return LlamaConfig(
+        **extra,
         vocab_size=c.vocab_size,
         hidden_size=c.hidden_size,
         intermediate_size=c.intermediate_size,
@@ -215,7 +217,6 @@ def _llama_config(cfg: PolicyModelConfig):
         num_key_value_heads=c.num_key_value_heads,
         max_position_embeddings=c.max_position_embeddings,
         rms_norm_eps=c.rms_norm_eps,
-        rope_theta=c.rope_theta,
         initializer_range=c.initializer_range,
         pad_token_id=32000,
         bos_token_id=1,
@@ -334,7 +335,9 @@ class OFTModel(nn.Module):
             bins = logits.argmax(-1)
         elif mode == "sample":
             probs = logp.exp().reshape(-1, N_ACTION_BINS)
-            bins = torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:2])
+            if generator is not None and generator.device != probs.device:
+                probs = probs.to(generator.device)  # e.g. a CPU generator with a CUDA model
+            bins = torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:2]).to(logits.device)
         else:
             raise ValueError(f"mode must be 'greedy' or 'sample', got {mode!r}")
         return bins + ACTION_TOKEN_MIN, torch.gather(logp, -1, bins[..., None])[..., 0]
