@@ -109,6 +109,7 @@ class RLFinetuneConfig:
     time_budget_s: float = 840.0        # stop starting RL rounds so that the whole run ends within this
     rl_budget_fraction: float = 0.8
     threads: int = 2
+    served: bool = True                 # roll out through PolicyServer/PolicyClient over ZMQ, hot-swapping versions
     progress: bool = True
 
     def validate(self) -> None:

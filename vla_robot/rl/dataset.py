@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_robot.data import schema as S
-from vla_robot.rl.episodes import Episode, Step
+from vla_robot.rl.episodes import Episode, Step, demo_episodes
 
 _LABELS = {"success": 1, "failure": 0, "unlabelled": None}
 
@@ -54,3 +54,19 @@ def follow_dataset(root: str | Path, action_dim: int, since: int = 0, follow: bo
     for rec in iter_episodes(root, since, labelled_only=True, with_frames=True, follow=follow, poll_s=poll_s,
                              timeout=timeout):
         yield to_learner_episode(rec, action_dim)
+
+
+def read_demonstrations(root: str | Path, runtime) -> dict[str, list[Episode]]:
+    """Teleop demonstrations of a recorded dataset, tokenised for the hybrid SFT loss, by task."""
+    from vla_robot.data import iter_episodes
+
+    demos = []
+    for rec in iter_episodes(root, with_frames=True):
+        frames = rec.frames
+        images = rec.images()
+        n = len(frames[S.ACTION])
+        observations = [{"images": {c: v[f] for c, v in images.items()}, "state": frames[S.STATE][f].astype(np.float32),
+                         "instruction": rec.record.task} for f in range(n)]
+        demos.append({"start": rec.record.start_condition, "observations": observations,
+                      "actions": frames[S.ACTION].astype(np.float32), "success": rec.record.label != "failure"})
+    return demo_episodes([d for d in demos if d["success"]], runtime)

@@ -22,27 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vla_robot.data.report import wilson_interval
 from vla_robot.rl.config import RLFinetuneConfig, preset
-from vla_robot.rl.episodes import Episode, Step, executed_mask, policy_observation, rollout, rollout_group
+from vla_robot.rl.episodes import Episode, demo_chunks, demo_episodes, policy_observation, rollout, rollout_group
 from vla_robot.rl.learner import Learner
 
 EVAL_SEED_OFFSET = 1_000_000  # held-out start states: seeds from here on; training seeds below
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a success rate k/n (95 % by default)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def rate(episodes: Sequence[Episode]) -> dict:
     k, n = sum(e.label == 1 for e in episodes), len(episodes)
-    lo, hi = wilson(k, n)
+    lo, hi = wilson_interval(k, n)
     return {"success": k / n if n else float("nan"), "successes": k, "episodes": n, "ci95": [lo, hi]}
 
 
@@ -54,6 +44,23 @@ def local_policy(runtime, seed: int = 0):
         with torch.no_grad():
             out = runtime.predict(observations, mode=mode, temperature=temperature, return_tokens=True, generator=gen)
         return [dict(r, version=runtime.version) for r in out]
+
+    return act
+
+
+def served_policy(client, poll_s: float = 0.001):
+    """The same call over ZMQ: one request per observation, batched by the server."""
+
+    def act(observations: list[dict], mode: str, temperature: float) -> list[dict]:
+        ids = [client.submit(o, mode=mode, temperature=temperature, return_tokens=True) for o in observations]
+        out: list = [None] * len(ids)
+        while True:
+            for i, rid in enumerate(ids):
+                if out[i] is None:
+                    out[i] = client.poll(rid)
+            if all(r is not None for r in out):
+                return out
+            time.sleep(poll_s)
 
     return act
 
@@ -77,32 +84,6 @@ def collect_demos(env, seeds: Sequence[int], progress=None) -> list[dict]:
         if progress is not None:
             progress.update(1)
     return demos
-
-
-def demo_chunks(demos: Sequence[dict], chunk: int, every: int = 1) -> tuple[list[dict], np.ndarray]:
-    """(observation, the next ``chunk`` expert actions, the last one repeated past the end) pairs."""
-    obs, acts = [], []
-    for d in demos:
-        a = d["actions"]
-        for t in range(0, len(a), every):
-            idx = np.minimum(np.arange(t, t + chunk), len(a) - 1)
-            obs.append(d["observations"][t])
-            acts.append(a[idx])
-    return obs, np.stack(acts)
-
-
-def demo_episodes(demos: Sequence[dict], runtime) -> dict[str, list[Episode]]:
-    """Demonstrations as learner episodes by task (for the hybrid SFT loss), chunked as the policy acts."""
-    h, d = runtime.metadata["chunk_size"], runtime.metadata["action_dim"]
-    out: dict[str, list[Episode]] = {}
-    for dm in demos:
-        task = dm["observations"][0]["instruction"]
-        obs, acts = demo_chunks([dm], h, every=h)
-        toks = runtime.processor.actions_to_tokens(acts)
-        steps = [Step(o, t, np.zeros(len(t), np.float32), executed_mask(h, h, d)) for o, t in zip(obs, toks)]
-        out.setdefault(task, []).append(Episode(task=task, start=dm["start"], steps=steps, label=1, version=0,
-                                                length=len(dm["actions"])))
-    return out
 
 
 # ---- 2. SFT warm-up ---------------------------------------------------------------------------
@@ -186,7 +167,22 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     log(f"SFT: {len(demos)} demonstrations, loss {sft_losses[0]:.3f} -> {np.mean(sft_losses[-20:]):.3f} "
         f"in {timings['sft_s']:.0f} s")
 
-    policy = (policy_factory or local_policy)(runtime)
+    server = client = publisher = None
+    publish = None
+    if cfg.served:  # the policy as the robot sees it: a server on loopback, versions hot-swapped by the learner
+        from vla_robot.policy import save_checkpoint
+        from vla_robot.serving import PolicyClient, PolicyServer, WeightPublisher
+
+        save_checkpoint(runtime, out / "sft_checkpoint")
+        server = PolicyServer(load_policy(checkpoint=str(out / "sft_checkpoint")), bind="tcp://127.0.0.1:*",
+                              weights_bind="tcp://127.0.0.1:*", max_batch=cfg.group_size).start()
+        client = PolicyClient(server.address, timeout_s=120)
+        publisher = WeightPublisher(server.weights_address)
+        policy = served_policy(client)
+        publish = lambda sd, v: publisher.push(sd, v)  # noqa: E731
+        log(f"policy served at {server.address}, weights at {server.weights_address}")
+    else:
+        policy = (policy_factory or local_policy)(runtime)
     eval_seeds = [EVAL_SEED_OFFSET + cfg.seed * 10_000 + i for i in range(cfg.eval_episodes)]
 
     # 3. before
@@ -197,7 +193,7 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     log(f"before RL: {rate(before)['successes']}/{len(before)} ({cfg.eval_mode})")
 
     # 4. GRPO rounds
-    learner = Learner(runtime, grpo, demos=demo_episodes(demos, runtime), seed=cfg.seed)
+    learner = Learner(runtime, grpo, demos=demo_episodes(demos, runtime), seed=cfg.seed, publish=publish)
     rounds = []
     train_seed = cfg.seed * 10_000 + cfg.demos  # fresh start states, never the demonstrations' ones
     t_rl = time.perf_counter()
@@ -233,6 +229,11 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     with tqdm(total=len(eval_seeds), desc="eval after RL", unit="ep", disable=not cfg.progress) as bar:
         after = evaluate(envs, policy, eval_seeds, cfg.eval_mode, cfg.temperature, bar)
     timings["eval_after_s"] = time.perf_counter() - t0
+    versions_served = sorted({e.version for e in after})
+    if server is not None:
+        publisher.close()
+        client.close()
+        server.stop()
     learner.save(out)
     timings["total_s"] = time.perf_counter() - t_start
 
@@ -242,7 +243,8 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
         "success_before_ci95": rb["ci95"], "success_after_ci95": ra["ci95"],
         "improvement_points": 100 * (ra["success"] - rb["success"]),
         "eval_episodes": len(after), "eval_mode": cfg.eval_mode, "eval_seeds": [eval_seeds[0], eval_seeds[-1]],
-        "rounds": rounds, "policy_version": learner.version, "demonstrations": len(demos),
+        "rounds": rounds, "policy_version": learner.version, "versions_in_eval_after": versions_served,
+        "served": cfg.served, "demonstrations": len(demos),
         "sft_loss": {"first": sft_losses[0], "last20": float(np.mean(sft_losses[-20:]))},
         "timings_s": timings, "config": asdict(cfg), "grpo": asdict(grpo),
         "checkpoint": str(out / "checkpoint"),

@@ -109,3 +109,29 @@ def policy_observation(env_obs: dict, instruction: str) -> dict:
     """The policy's view of a twin observation (images, state, instruction)."""
     return {"images": env_obs["images"], "state": np.asarray(env_obs["state"], dtype=np.float32),
             "instruction": instruction}
+
+
+def demo_chunks(demos: Sequence[dict], chunk: int, every: int = 1) -> tuple[list[dict], np.ndarray]:
+    """(observation, the next ``chunk`` expert actions, the last one repeated past the end) pairs."""
+    obs, acts = [], []
+    for d in demos:
+        a = d["actions"]
+        for t in range(0, len(a), every):
+            idx = np.minimum(np.arange(t, t + chunk), len(a) - 1)
+            obs.append(d["observations"][t])
+            acts.append(a[idx])
+    return obs, np.stack(acts)
+
+
+def demo_episodes(demos: Sequence[dict], runtime) -> dict[str, list[Episode]]:
+    """Demonstrations as learner episodes by task (for the hybrid SFT loss), chunked as the policy acts."""
+    h, d = runtime.metadata["chunk_size"], runtime.metadata["action_dim"]
+    out: dict[str, list[Episode]] = {}
+    for dm in demos:
+        task = dm["observations"][0]["instruction"]
+        obs, acts = demo_chunks([dm], h, every=h)
+        toks = runtime.processor.actions_to_tokens(acts)
+        steps = [Step(o, t, np.zeros(len(t), np.float32), executed_mask(h, h, d)) for o, t in zip(obs, toks)]
+        out.setdefault(task, []).append(Episode(task=task, start=dm["start"], steps=steps, label=1, version=0,
+                                                length=len(dm["actions"])))
+    return out
