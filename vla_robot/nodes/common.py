@@ -32,6 +32,13 @@ STATE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=Re
 COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
 #: episode events, labels, faults: reliable and deep enough that none is lost in a burst
 EVENT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
+#: episode events: as EVENT_QOS, and a node that joins late still gets the recent history
+EPISODE_EVENT_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=100,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
 #: latched state (e-stop, episode active, camera_info): late joiners get the last value
 LATCHED_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,

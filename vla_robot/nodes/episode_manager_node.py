@@ -31,7 +31,7 @@ class EpisodeManagerNode(common.ConfiguredNode):
         super().__init__(node_name, **kwargs)
         cfg: EpisodeManagerNodeConfig = self.config
         cb = ReentrantCallbackGroup()
-        self._events_pub = self.create_publisher(String, common.EPISODE_EVENTS, common.EVENT_QOS)
+        self._events_pub = self.create_publisher(String, common.EPISODE_EVENTS, common.EPISODE_EVENT_QOS)
         self._result_hooks = [on_result] if on_result else []
         self.core = EpisodeManager(cfg, self._publish_event, scheduler=scheduler, on_result=self._on_result)
         self.create_subscription(JointState, common.JOINT_STATES, self._on_joint_state, common.STATE_QOS,

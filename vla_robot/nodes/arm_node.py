@@ -1,0 +1,124 @@
+"""arm_node: a vla_robot.drivers Arm (lerobot robots such as SO-101, or the twin) on the ROS graph.
+
+Publishes ``joint_states`` at ``state_hz`` (reliable, the device's stamps in ROS time) and takes
+``arm/command`` (trajectory_msgs/JointTrajectory: its first point is the target; the same message a
+ros2_control joint trajectory controller takes). Between episodes (the episode manager's ``reset``
+event, reset_source operator) it brings the arm home slowly, so a person can reset the scene.
+For ros2_control arms no arm_node runs: commands go to the controller directly (see bringup).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
+
+from vla_robot.config import ConfigError
+from vla_robot.drivers.base import DriverError, make_arm
+from vla_robot.nodes import common, convert
+from vla_robot.nodes.config import ArmNodeConfig
+from vla_robot.twin.robots import robot_spec
+
+
+class ArmNode(common.ConfiguredNode):
+    config_class = ArmNodeConfig
+
+    def __init__(self, node_name: str = "arm_node", **kwargs):
+        super().__init__(node_name, **kwargs)
+        cfg: ArmNodeConfig = self.config
+        self.spec = robot_spec(cfg.robot)
+        try:
+            self.arm = make_arm(cfg.backend, cfg.options)
+        except ConfigError as e:
+            raise ConfigError(f"options: {e}") from None
+        self.arm.connect()
+        self.names = list(self.arm.joint_names) or list(self.spec.joint_names)
+        if self.names != list(self.spec.joint_names):
+            self.arm.close()
+            raise ConfigError(f"the {cfg.backend} arm's joints {self.names} differ from robot '{cfg.robot}': "
+                              f"{list(self.spec.joint_names)}")
+        self._lock = threading.Lock()
+        self._offset = common.wall_offset()
+        self._last_cmd_time = None
+        self._homing: list[np.ndarray] = []
+        self.commands = 0
+        group = MutuallyExclusiveCallbackGroup()  # one caller of the device at a time
+        self.js_pub = self.create_publisher(JointState, common.JOINT_STATES, common.STATE_QOS)
+        self.create_subscription(JointTrajectory, common.ARM_COMMAND, self._on_command, common.COMMAND_QOS,
+                                 callback_group=group)
+        self.create_subscription(String, common.EPISODE_EVENTS, self._on_episode_event, common.EVENT_QOS,
+                                 callback_group=group)
+        self.create_timer(1.0 / cfg.state_hz, self._on_timer, callback_group=group)
+        self.diagnostics = common.Diagnostics(self)
+        self.mon_cmd = self.diagnostics.monitor("commands", max(cfg.command_timeout_s, 0.5))
+        self.diagnostics.extra = lambda: (common.OK, "ok", {"commands": self.commands, "backend": cfg.backend})
+        self.get_logger().info(f"arm: {cfg.backend} ({cfg.robot}), joints {self.names}, state at {cfg.state_hz:g} Hz")
+
+    def _on_timer(self) -> None:
+        try:
+            q, dq, stamp = self.arm.read()
+        except DriverError as e:
+            self.get_logger().error(f"arm read failed: {e}", throttle_duration_sec=2.0)
+            return
+        self.js_pub.publish(convert.joint_state_to_msg(self.names, q, stamp + self._offset, velocity=dq))
+        if self._homing:
+            self._send(self._homing.pop(0))
+
+    def _on_command(self, msg: JointTrajectory) -> None:
+        try:
+            q, _, source = convert.msg_to_command(msg, self.names)
+        except ValueError as e:
+            self.get_logger().warning(f"dropping a bad arm command: {e}", throttle_duration_sec=5.0)
+            return
+        self._homing = []  # a commander took over
+        self.mon_cmd.tick()
+        self._send(q)
+
+    def _send(self, q) -> None:
+        try:
+            self.arm.command(q)
+            self.commands += 1
+        except (DriverError, ValueError) as e:
+            self.get_logger().error(f"arm command refused: {e}", throttle_duration_sec=2.0)
+
+    def _on_episode_event(self, msg: String) -> None:
+        try:
+            ev = convert.msg_to_event(msg)
+        except ValueError:
+            return
+        if ev["type"] != "reset":
+            return
+        try:
+            q, _, _ = self.arm.read()
+        except DriverError as e:
+            self.get_logger().error(f"cannot home the arm: {e}")
+            return
+        # a straight joint-space path home at a quarter of the velocity limit
+        home = self.spec.home
+        dist = np.abs(home - q) / (0.25 * self.spec.max_velocity)
+        n = max(1, int(np.ceil(dist.max() * self.config.state_hz)))
+        self._homing = [q + (home - q) * (i + 1) / n for i in range(n)]
+        self.get_logger().info(f"homing the arm over {n / self.config.state_hz:.1f} s")
+
+    def close(self) -> None:
+        try:
+            self.arm.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+NODE_CLASS = ArmNode
+
+
+def main(args=None) -> None:
+    from vla_robot.nodes.runner import run_single_node
+
+    run_single_node(ArmNode, args)
+
+
+if __name__ == "__main__":
+    main()
