@@ -204,6 +204,12 @@ def test_sft_loss_learns_demonstration_tokens():
     assert loss.item() < 0.5 * first
     pred = rt.predict(obs, return_tokens=True)[0]["tokens"]
     assert (pred == tokens[0].numpy()).mean() > 0.5
+    with torch.no_grad():  # the 256-bin variant is the same cross-entropy restricted to the action ids
+        bins_loss = rt.model.sft_loss(batch, tokens, vocab="bins")
+        np.testing.assert_allclose(bins_loss.item(), -rt.model.token_logprobs(batch, tokens, 1.0).mean().item(), rtol=1e-5)
+        assert bins_loss.item() <= rt.model.sft_loss(batch, tokens).item() + 1e-6
+    with pytest.raises(ValueError, match="vocab must be"):
+        rt.model.sft_loss(batch, tokens, vocab="some")
 
 
 def test_l1_head_predicts_and_trains():
@@ -455,3 +461,22 @@ def test_bfloat16_runtime_and_published_config_without_our_block(tmp_path, rt):
     assert back.cfg.llm.hidden_size == 64 and back.cfg.llm.num_hidden_layers == 2
     a, b = rt.predict(make_obs(), return_tokens=True)[0], back.predict(make_obs(), return_tokens=True)[0]
     assert np.array_equal(a["tokens"], b["tokens"])
+
+
+def test_checkpoint_own_tokenizer_files_are_used(tmp_path, rt):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", "In:", "What", "action", "should", "the", "robot", "take", "to", "pick", "up", "cube?", "Out:"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    d = save_checkpoint(rt, tmp_path / "ck")
+    (d / "vla_tokenizer.json").unlink()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(d)
+    back = load_policy(checkpoint=d)
+    from vla_robot.policy.tokenizer import HFTokenizer, prompt_ids
+
+    assert isinstance(back.processor.tokenizer, HFTokenizer)
+    ids = prompt_ids(back.processor.tokenizer, "Pick up cube")
+    assert ids[0] == 1 and ids[-1] == 29871 and ids[1] == words.index("In:")
+    assert back.predict(make_obs())[0]["actions"].shape == (8, 6)

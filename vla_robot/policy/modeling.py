@@ -353,12 +353,20 @@ class OFTModel(nn.Module):
         logp = torch.log_softmax(self.action_logits(batch).float() / temperature, -1)
         return -(logp.exp() * logp).sum(-1)
 
-    def sft_loss(self, batch: PolicyBatch, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """OFT's discrete training loss: cross-entropy over the full vocabulary at the action slots."""
+    def sft_loss(self, batch: PolicyBatch, tokens: torch.Tensor, reduction: str = "mean", vocab: str = "full") -> torch.Tensor:
+        """OFT's discrete training loss: cross-entropy at the action slots over the full vocabulary
+        (``vocab="full"``, as OFT trains) or over the 256 action ids only (``vocab="bins"``: what
+        sampling uses; much cheaper for small models whose vocabulary dominates the cost)."""
         self._need_discrete()
         bins = self._bins(tokens, len(batch))
-        logits = self.language_model.lm_head(self.action_hidden_states(batch)).float()
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), (bins + ACTION_TOKEN_MIN).reshape(-1), reduction=reduction)
+        hidden = self.action_hidden_states(batch)
+        if vocab == "full":
+            logits, target = self.language_model.lm_head(hidden).float(), bins + ACTION_TOKEN_MIN
+        elif vocab == "bins":
+            logits, target = self.bin_logits(hidden).float(), bins
+        else:
+            raise ValueError(f"vocab must be 'full' or 'bins', got {vocab!r}")
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction=reduction)
 
     # --- L1 head --------------------------------------------------------------------------------
     def l1_actions(self, batch: PolicyBatch) -> torch.Tensor:
