@@ -230,3 +230,50 @@ def test_calibrated_camera_projects_like_opencv(tmp_path):
         assert len(xs) > 20, colour
         assert abs(xs.mean() - uv[0]) < 1.0 and abs(ys.mean() - uv[1]) < 1.0, (colour, xs.mean(), ys.mean(), uv)
     env.close()
+
+
+# --- pick and place ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pick():
+    env = make_env(task="pick_place", seed=0, image_size=(48, 48))
+    yield env
+    env.close()
+
+
+@pytest.mark.slow
+def test_pick_place_expert_solves_random_starts(pick):
+    wins = sum(_run_episode(pick, lambda e: e.expert_action(), start=s) for s in range(3000, 3050))
+    assert wins >= 48, f"expert solved {wins}/50 pick-and-place starts"
+
+
+def test_pick_place_success_is_not_fooled_by_a_random_policy(pick):
+    rng = np.random.default_rng(3)
+
+    def random_policy(env):
+        return env.last_command() + rng.uniform(-1, 1, env.robot.n_joints) * env.max_joint_step() * 3
+
+    wins = sum(_run_episode(pick, random_policy, start=s) for s in range(4000, 4020))
+    assert wins == 0
+
+
+def test_pick_place_success_needs_the_named_cube_on_the_plate_and_released(pick):
+    pick.reset(start=8)
+    assert pick.instruction == f"put the {pick.start.target} cube on the plate"
+    assert not pick.success()
+    plate = pick.start.objects["plate"]
+    other = next(c for c in pick.task.colours if c != pick.start.target)
+    h = pick.task.geo.cube_half
+
+    def put(colour, xy):
+        a = pick.task.cube_qadr[colour]
+        pick.data.qpos[a:a + 7] = [xy[0], xy[1], h + 0.004, 1, 0, 0, 0]
+        for _ in range(10):
+            pick.advance(pick.last_command())
+
+    put(other, plate[:2])
+    assert not pick.success(), "the other cube on the plate is no success"
+    put(other, [0.0, -0.3])
+    put(pick.start.target, plate[:2] + pick.task.geo.plate_half + 0.01)
+    assert not pick.success(), "next to the plate is no success"
+    put(pick.start.target, plate[:2])
+    assert pick.success()

@@ -78,6 +78,7 @@ class TwinEnv:
         arm_names = [self.robot.joint_names[i] for i in self.robot.arm_joints]
         axis, sign = _APPROACH[config.robot]
         self.kinematics = Kinematics(self.model, "tcp", arm_names, approach_axis=axis, approach_sign=sign)
+        self.pinch_kinematics = Kinematics(self.model, "pinch", arm_names, approach_axis=axis, approach_sign=sign)
         self.episode_s = config.episode_s or self.task.default_episode_s
         self.max_steps = int(round(self.episode_s * config.control_hz))
         self._renderer: mujoco.Renderer | None = None
@@ -185,12 +186,13 @@ class TwinEnv:
         """Largest joint change per control step the velocity limits allow (with 10 % margin)."""
         return 0.9 * self.robot.max_velocity * self.control_dt
 
-    def solve_ik(self, target_pos, q_arm_init, approach=(0.0, 0.0, -1.0)) -> np.ndarray:
-        """Arm joints that put the tcp at ``target_pos``, approaching from above when the arm can.
+    def solve_ik(self, target_pos, q_arm_init, approach=(0.0, 0.0, -1.0), site: str = "tcp") -> np.ndarray:
+        """Arm joints that put ``site`` ('tcp' or 'pinch') at ``target_pos``, from above when the arm can.
 
         Tries a straight-down approach first, then tilts it away from the base until the position
-        is reached; the wrist roll stays where it is.
+        is reached; the SO-101 wrist roll stays where ``q_arm_init`` has it.
         """
+        kin = self.pinch_kinematics if site == "pinch" else self.kinematics
         p = np.asarray(target_pos, dtype=np.float64)
         q0 = np.asarray(q_arm_init, dtype=np.float64)[: len(self.robot.arm_joints)]
         radial = np.array([p[0], p[1], 0.0]) / max(np.linalg.norm(p[:2]), 1e-6)
@@ -199,7 +201,7 @@ class TwinEnv:
         fixed = (len(q0) - 1,) if self.robot.name == "so101" else ()
         for tilt in np.radians([0, 15, 30, 45, 60]):
             want = down * np.cos(tilt) + radial * np.sin(tilt)
-            res = self.kinematics.ik(p, q0, approach=want, axis_weight=0.3, fixed=fixed)
+            res = kin.ik(p, q0, approach=want, axis_weight=0.3, fixed=fixed)
             if best is None or res.pos_error < best.pos_error - 1e-4:
                 best = res
             if res.ok:

@@ -152,11 +152,22 @@ def robot_mjspec(robot: str, reduced: bool = True):
 
 
 def _adapt_so101(spec) -> None:
+    import mujoco
+
     frame = spec.site("gripperframe")
     body = frame.parent
     # between the fingertips, a little above their ends
-    tcp = body.add_site(name="tcp", pos=list(np.asarray(frame.pos) + [0.0, 0.0, 0.012]), quat=list(frame.quat))
+    tcp_pos = np.asarray(frame.pos) + [0.0, 0.0, 0.012]
+    tcp = body.add_site(name="tcp", pos=list(tcp_pos), quat=list(frame.quat))
     tcp.group = 4
+    # "pinch": the centre of a ~3 cm object held between the jaws. In the tcp frame the approach
+    # axis is +x (the finger pads end 14 mm further out) and the jaws close along z, the static
+    # pad sitting at z = 0: so half an object width along z, 6 mm short of the pad ends along x.
+    R = np.zeros(9)
+    mujoco.mju_quat2Mat(R, np.asarray(frame.quat, dtype=np.float64))
+    R = R.reshape(3, 3)
+    pinch = body.add_site(name="pinch", pos=list(tcp_pos + R @ [0.008, 0.0, 0.015]), quat=list(frame.quat))
+    pinch.group = 4
 
 
 def _adapt_panda(spec) -> None:

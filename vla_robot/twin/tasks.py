@@ -13,6 +13,7 @@ the same id gives the same scene: this is what GRPO groups rollouts by.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import mujoco
@@ -38,13 +39,14 @@ class TaskGeometry:
     plate_half: float
     start_jitter: float  # uniform jitter of the arm joints around home at the start (rad)
     hover: float  # expert approach height above the object's top (m)
+    pick_cube_half: float  # pick_place cubes: small enough to fit under the gripper's body
 
 
 GEOMETRY = {
     "so101": TaskGeometry(cube_half=0.015, radius=(0.15, 0.25), angle=(-0.8, 0.8), min_separation=0.065,
-                          plate_half=0.035, start_jitter=0.08, hover=0.06),
+                          plate_half=0.035, start_jitter=0.08, hover=0.06, pick_cube_half=0.011),
     "panda": TaskGeometry(cube_half=0.02, radius=(0.40, 0.62), angle=(-0.45, 0.45), min_separation=0.10,
-                          plate_half=0.06, start_jitter=0.08, hover=0.10),
+                          plate_half=0.06, start_jitter=0.08, hover=0.10, pick_cube_half=0.02),
 }
 
 
@@ -188,6 +190,7 @@ class PickPlaceTask(_Task):
     def __init__(self, robot):
         super().__init__(robot)
         self.colours = ["red", "blue"]
+        self.geo = dataclasses.replace(self.geo, cube_half=self.geo.pick_cube_half)
 
     def build(self, spec):
         h = self.geo.cube_half
@@ -211,7 +214,10 @@ class PickPlaceTask(_Task):
 
     def sample(self, start_id):
         rng = np.random.default_rng(start_id)
-        xy = _place(rng, self.geo, len(self.colours) + 1, self.geo.min_separation + self.geo.plate_half)
+        # a little inside the reach workspace: grasps need the gripper close to vertical
+        lo, hi = self.geo.radius
+        geo = dataclasses.replace(self.geo, radius=(lo, hi - 0.1 * (hi - lo)))
+        xy = _place(rng, geo, len(self.colours) + 1, self.geo.min_separation + self.geo.plate_half)
         yaw = rng.uniform(-np.pi / 4, np.pi / 4, size=len(self.colours))
         target = self.colours[int(rng.integers(len(self.colours)))]
         objects = {c: np.array([xy[i, 0], xy[i, 1], self.geo.cube_half, yaw[i]]) for i, c in enumerate(self.colours)}
@@ -241,8 +247,101 @@ class PickPlaceTask(_Task):
         released = np.linalg.norm(env.tcp_pos() - c) > self.geo.cube_half + 0.02
         return bool(on_plate and still and released)
 
+    # --- scripted expert: hover, descend, close, lift, carry, lower, open, retreat ----------------
+    def _grasp_roll(self, env, q_arm: np.ndarray, yaw: float) -> float:
+        """The wrist roll that lines the jaws' closing direction up with a face of the cube."""
+        roll_i = len(q_arm) - 1
+        lo, hi = env.kinematics.lower[roll_i], env.kinematics.upper[roll_i]
+        best, best_cost = q_arm[roll_i], np.inf
+        for roll in np.linspace(-np.pi / 2, np.pi / 2, 73):
+            if not lo <= roll <= hi:
+                continue
+            q = q_arm.copy()
+            q[roll_i] = roll
+            closing = self._closing_dir(env, q)
+            mismatch = (np.arctan2(closing[1], closing[0]) - yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4
+            cost = abs(mismatch) + 0.01 * abs(roll)
+            if cost < best_cost:
+                best, best_cost = roll, cost
+        return float(best)
+
+    @staticmethod
+    def _closing_dir(env, q_arm) -> np.ndarray:
+        """World direction in which the (SO-101) moving jaw opens, for arm joints ``q_arm``."""
+        kin = env.pinch_kinematics
+        kin.fk(q_arm)
+        return kin.data.site_xmat[kin.site_id].reshape(3, 3)[:, 2].copy()
+
+    def _line(self, env, a, b, q_init, n: int) -> list[np.ndarray]:
+        """IK waypoints on the straight segment a -> b (the pinch point moves in a line)."""
+        out, q = [], q_init
+        for t in np.linspace(0, 1, n + 1)[1:]:
+            q = env.solve_ik(a + t * (b - a), q, site="pinch")
+            out.append(q)
+        return out
+
+    def plan(self, env) -> list[tuple[str, np.ndarray, float]]:
+        """The expert's waypoints: (phase, arm joints, gripper), each reached in turn."""
+        start = env.start
+        cube = start.objects[start.target]
+        plate = start.objects["plate"]
+        h = self.geo.cube_half
+        up = np.array([0.0, 0.0, self.geo.hover])
+        grasp = np.array([cube[0], cube[1], h * 0.9])
+        q = start.q_arm[: len(self.robot.arm_joints)].copy()
+        g_open, g_closed = self.robot.gripper_open, self.robot.gripper_closed
+        clear = np.zeros(3)
+        if self.robot.name == "so101":
+            q = env.solve_ik(grasp + up, q, site="pinch")
+            q[-1] = self._grasp_roll(env, q, cube[3])  # roll the wrist to the cube's faces, then solve
+            g_open = 0.75  # about 7 cm between the pads: room around a 3 cm cube, clear of the others
+            # the pinch site sits 15 mm from the static pad: bring that pad down ~5 mm off the cube's
+            # face; the closing jaw then pushes the cube onto it
+            clear = max(0.0, h + 0.005 - 0.015) * self._closing_dir(env, env.solve_ik(grasp + up, q, site="pinch"))
+        hover = env.solve_ik(grasp + up + clear, q, site="pinch")
+        descend = self._line(env, grasp + up + clear, grasp + clear, hover, 4)
+        lift = self._line(env, grasp, grasp + up, descend[-1], 2)
+        place = np.array([plate[0], plate[1], 0.004 + h + 0.006])
+        carry = env.solve_ik(place + up, lift[-1], site="pinch")
+        lower = self._line(env, place + up, place, carry, 3)
+        retreat = self._line(env, place, place + 1.5 * up, lower[-1], 2)
+        steps = [("hover", hover, g_open)]
+        steps += [("descend", w, g_open) for w in descend]
+        steps += [("close", descend[-1], g_closed)]
+        steps += [("lift", w, g_closed) for w in lift]
+        steps += [("carry", carry, g_closed)]
+        steps += [("lower", w, g_closed) for w in lower]
+        steps += [("release", lower[-1], g_open)]
+        steps += [("retreat", w, g_open) for w in retreat]
+        return [(name, self.robot.clip(np.r_[w, g])[: len(w)], g) for name, w, g in steps]
+
+    def expert_phase(self, env) -> str:
+        plan = env.episode_cache("plan", lambda: self.plan(env))
+        state = env.episode_cache("expert", lambda: {"i": 0, "wait": 0})
+        return plan[min(state["i"], len(plan) - 1)][0]
+
     def expert(self, env):
-        raise NotImplementedError("pick_place expert lands in a later commit")
+        plan = env.episode_cache("plan", lambda: self.plan(env))
+        state = env.episode_cache("expert", lambda: {"i": 0, "wait": 0})
+        arm, gi = self.robot.arm_joints, self.robot.gripper_index
+        cmd = env.last_command()
+        while True:
+            name, q_goal, g_goal = plan[state["i"]]
+            goal = cmd.copy()
+            goal[arm] = q_goal
+            goal[gi] = g_goal
+            if state["i"] == len(plan) - 1 or np.max(np.abs(goal - cmd)) > 1e-6:
+                break  # still on the way to this waypoint (or at the last one)
+            if name in ("close", "release"):
+                state["wait"] += 1
+                if state["wait"] < 8:  # let the jaws close/open (about 0.25 s at 30 Hz)
+                    break
+            elif np.max(np.abs(env.joint_positions()[arm] - q_goal)) > 0.03:
+                break  # commanded, but the arm has not caught up yet
+            state["i"] += 1
+            state["wait"] = 0
+        slow = 0.5 if name in ("lift", "carry", "lower") else 1.0  # gentle while holding the cube
+        return _step_towards(cmd, goal, slow * env.max_joint_step())
 
 
 TASK_CLASSES = {"reach": ReachTask, "pick_place": PickPlaceTask}
