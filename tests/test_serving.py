@@ -486,3 +486,48 @@ def test_oft_http_endpoint_answers_an_oft_client_unchanged(runtime):
         r = post(good)
         assert r.status_code == 200 and r.headers["X-Policy-Version"] == str(runtime.version)
         assert requests.get(s.http_url + "/metadata", timeout=10).json()["cameras"] == ["front", "wrist"]
+
+
+def test_serve_command_checks_its_arguments(capsys, tmp_path):
+    from vla_robot.cli import main
+
+    assert main(["serve", "--preset", "tiny", "--max-batch", "0"]) == 2
+    assert "max_batch must be >= 1" in capsys.readouterr().err
+    assert main(["serve", "--preset", "tiny", "--bind", "localhost:5555"]) == 2
+    assert "must be a ZMQ endpoint" in capsys.readouterr().err
+    assert main(["serve"]) == 2
+    assert "--preset NAME" in capsys.readouterr().err
+    cfg = tmp_path / "server.yaml"
+    cfg.write_text("policy_server:\n  ros__parameters:\n    max_batch: 4\n    max_wait: 3\n")
+    assert main(["serve", "--preset", "tiny", "--config", str(cfg)]) == 2
+    assert "unknown key 'max_wait'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_serve_command_serves_until_interrupted(tmp_path):
+    import signal
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    cfg = tmp_path / "server.yaml"
+    cfg.write_text("policy_server:\n  ros__parameters:\n    max_batch: 2\n    weights_bind: ''\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vla_robot.cli", "serve", "--preset", "tiny", "--config", str(cfg),
+         "--bind", f"tcp://127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert f"tcp://127.0.0.1:{port}" in line and "weights on" not in line, (line, proc.stderr.read()[-2000:] if not line else "")
+        with PolicyClient(f"tcp://127.0.0.1:{port}", timeout_s=30) as c:
+            meta = c.metadata()
+            assert meta["model"] == "tiny" and meta["max_batch"] == 2
+            assert c.act(make_obs(meta, 60))["actions"].shape == (meta["chunk_size"], meta["action_dim"])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -45,7 +45,10 @@ def _object_hook(dct: dict) -> Any:
 
 
 def _loads(text: str | bytes) -> Any:
-    return json.loads(text, object_hook=_object_hook)
+    # an explicit decoder: correct even where json_numpy.patch() has replaced json.loads
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode("utf-8")
+    return json.JSONDecoder(object_hook=_object_hook).decode(text)
 
 
 def oft_to_observation(payload: dict, metadata: dict) -> dict:
@@ -131,7 +134,7 @@ def make_app(server) -> FastAPI:
         actions = [np.asarray(a, dtype=np.float32) for a in res["actions"]]
         text = json_numpy.dumps(actions)
         if double:
-            text = json.dumps(text)
+            text = json.JSONEncoder().encode(text)
         return Response(text, media_type="application/json", headers={"X-Policy-Version": str(res["version"])})
 
     @app.get("/metadata")
