@@ -63,12 +63,26 @@ class MujocoKinematics:
     """
 
     def __init__(self, mjcf: str | os.PathLike, frame: str, joint_names: Sequence[str] | None = None) -> None:
+        """``mjcf``: a robot MJCF path, or ``twin:<robot>`` for the twin's model of that robot (the
+        frame names of extrinsics files, e.g. ``gripper``, map to its bodies as the twin maps them)."""
         import mujoco
 
-        path = Path(mjcf)
-        if not path.is_file():
-            raise CalibrationError(f"{path}: robot model (MJCF) not found")
-        self.model = mujoco.MjModel.from_xml_path(str(path))
+        text = str(mjcf)
+        if text.startswith("twin:"):
+            from vla_robot.twin.models import robot_mjspec
+            from vla_robot.twin.scene import SCENE_LAYOUT
+
+            robot = text.split(":", 1)[1]
+            if robot not in SCENE_LAYOUT:
+                raise CalibrationError(f"{text}: the twin has no robot {robot!r}; known: {', '.join(SCENE_LAYOUT)}")
+            frame = SCENE_LAYOUT[robot].get("frames", {}).get(frame, frame)
+            self.model = robot_mjspec(robot).compile()
+            path = Path(text)
+        else:
+            path = Path(mjcf)
+            if not path.is_file():
+                raise CalibrationError(f"{path}: robot model (MJCF) not found (or use twin:<robot>, e.g. twin:so101)")
+            self.model = mujoco.MjModel.from_xml_path(str(path))
         self.data = mujoco.MjData(self.model)
         self._site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, frame)
         self._body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, frame)

@@ -42,7 +42,7 @@ def calibrate_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--camera", required=True, help="camera_info YAML of the camera")
     p.add_argument("--board", required=True, help="board definition YAML")
     p.add_argument("--out", required=True, help="extrinsics YAML to write")
-    p.add_argument("--fk-model", help="robot MJCF for forward kinematics (when views.yaml has no gripper poses)")
+    p.add_argument("--fk-model", help="robot MJCF (or twin:so101, twin:panda) for forward kinematics (when views.yaml has no gripper poses)")
     p.add_argument("--ee-frame", default="gripper", help="end-effector body or site in --fk-model")
     p.add_argument("--camera-frame", default=None, help="child frame name (default: <camera_name>_optical)")
     p.add_argument("--parent-frame", default=None, help="parent frame name (default: gripper / base by mode)")
@@ -51,9 +51,12 @@ def calibrate_args(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("capture", help="drive the arm through poses and record board views with joint states")
     p.add_argument("--out", required=True, help="capture folder to write (views.yaml + images)")
     p.add_argument("--arm", default="sim", help="'sim' (the built-in MuJoCo rig) or an arm driver name (vla_robot.drivers)")
-    p.add_argument("--camera", default=None, help="camera driver name (with a driver arm)")
+    p.add_argument("--camera", default=None, help="camera driver name (with a driver arm), e.g. twin, realsense, opencv")
+    p.add_argument("--arm-option", action="append", default=[], metavar="KEY=VALUE", help="arm driver config (YAML values)")
+    p.add_argument("--camera-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="camera driver config, e.g. camera=wrist for the twin")
     p.add_argument("--poses", help="YAML list of joint vectors to visit (required with a driver arm)")
-    p.add_argument("--fk-model", help="robot MJCF for forward kinematics of the recorded joints")
+    p.add_argument("--fk-model", help="robot MJCF (or twin:so101, twin:panda) for forward kinematics of the recorded joints")
     p.add_argument("--ee-frame", default="gripper", help="end-effector body or site in --fk-model")
     p.add_argument("--board", help="board YAML: report views where the board is not found")
     p.add_argument("--sim-mode", default="eye_in_hand", choices=["eye_in_hand", "eye_to_hand"], help="rig set-up for --arm sim")
@@ -264,12 +267,18 @@ def _capture(args) -> int:
         return 0
     if not args.poses:
         raise CalibrationError("--poses is required with a driver arm: a YAML list of joint vectors to visit")
-    arm, cam = _drivers(args.arm, args.camera)
+    arm, cam = _drivers(args)
     fk = MujocoKinematics(args.fk_model, args.ee_frame) if args.fk_model else None
     if fk is None:
         print("note: no --fk-model; views.yaml gets joints only; give --fk-model to 'calibrate handeye' later")
-    capture_views(arm, cam, _read_poses(args.poses), args.out, fk=fk, settle_s=args.settle, board=board,
-                  joint_names=getattr(arm, "joint_names", None))
+    try:
+        capture_views(arm, cam, _read_poses(args.poses), args.out, fk=fk, settle_s=args.settle, board=board,
+                      joint_names=getattr(arm, "joint_names", None))
+    finally:
+        for device in (cam, arm):
+            close = getattr(device, "close", None)
+            if callable(close):
+                close()
     print(f"wrote {args.out}")
     return 0
 
@@ -291,21 +300,26 @@ def _read_poses(path):
     return [np.asarray(q, float) for q in doc]
 
 
-def _drivers(arm_name: str, camera_name: str | None):
-    """Arm and camera backends by name from ``vla_robot.drivers`` (issue 6/7 registers them)."""
+def _drivers(args):
+    """Arm and camera backends by name from the driver registry (``vla_robot.drivers.make_arm/make_camera``)."""
     from vla_robot.calibration.intrinsics import CalibrationError
+    from vla_robot.config import parse_override
+    from vla_robot.drivers import make_arm, make_camera
 
+    if not args.camera:
+        raise CalibrationError("--camera NAME is required with a driver arm (e.g. --arm twin --camera twin --camera-option camera=wrist)")
+    arm_cfg = dict(parse_override(o) for o in args.arm_option)
+    cam_cfg = dict(parse_override(o) for o in args.camera_option)
     try:
-        import vla_robot.drivers as drivers
-    except ImportError:
-        raise CalibrationError("driver backends (vla_robot.drivers) are not available in this version; use --arm sim") from None
-    make_arm = getattr(drivers, "make_arm", None)
-    make_camera = getattr(drivers, "make_camera", None)
-    if make_arm is None or make_camera is None:
-        raise CalibrationError("vla_robot.drivers provides no make_arm/make_camera; use --arm sim")
-    if not camera_name:
-        raise CalibrationError("--camera NAME is required with a driver arm")
-    return make_arm(arm_name), make_camera(camera_name)
+        arm = make_arm(args.arm, arm_cfg)
+    except ValueError as e:  # unknown backend or bad config (ConfigError is a ValueError)
+        raise CalibrationError(f"--arm {args.arm}: {e}") from None
+    try:
+        cam = make_camera(args.camera, cam_cfg)
+    except ValueError as e:
+        arm.close()
+        raise CalibrationError(f"--camera {args.camera}: {e}") from None
+    return arm, cam
 
 
 def _board(args) -> int:
