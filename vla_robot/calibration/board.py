@@ -144,9 +144,12 @@ class Board:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         img = self.image(dpi / 0.0254, margin_m)
-        from PIL import Image
+        import matplotlib
 
-        Image.fromarray(img).save(path, dpi=(dpi, dpi))
+        matplotlib.use("Agg")
+        import matplotlib.image
+
+        matplotlib.image.imsave(path, img, cmap="gray", vmin=0, vmax=255, dpi=dpi, format="png")
         return path
 
     def write_pdf(self, path: str | os.PathLike, dpi: float = 300, margin_m: float = 0.01) -> Path:

@@ -17,7 +17,6 @@ real devices.
 """
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -85,10 +84,9 @@ class SyntheticRig:
         # board texture: same margin on each side; texcoord (0,0) is the PNG's top-left corner
         margin = 0.01
         img = board.image(texture_ppm, margin)
-        from PIL import Image
+        import cv2
 
-        buf = io.BytesIO()
-        Image.fromarray(img).convert("RGB").save(buf, format="PNG")
+        ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
         mw = img.shape[1] / texture_ppm - margin  # far edge incl. rounding of the generated image
         mh = img.shape[0] / texture_ppm - margin
         board_geom = (
@@ -138,7 +136,7 @@ class SyntheticRig:
   </worldbody>
 </mujoco>"""
         self.xml = xml
-        self.model = mujoco.MjModel.from_xml_string(xml, {"board.png": buf.getvalue()})
+        self.model = mujoco.MjModel.from_xml_string(xml, {"board.png": png.tobytes()})
         self.data = mujoco.MjData(self.model)
         self._gripper = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "gripper")
         self._renderer = None
