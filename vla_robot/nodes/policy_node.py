@@ -297,7 +297,7 @@ class PolicyNode(common.ConfiguredNode):
         return level, msg, values
 
     def destroy_node(self):
-        if self._own_client:
+        if getattr(self, "_own_client", False):
             self.client.close()
         return super().destroy_node()
 

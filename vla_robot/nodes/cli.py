@@ -1,0 +1,114 @@
+"""`vla-robot launch GRAPH`: run a bringup graph in this process (the nodes ros2 launch would start).
+
+    vla-robot launch rl_finetune --sim --serve tiny --episodes 4
+    vla-robot launch evaluate --policy-server tcp://gpu-box:5555 --set episode_manager_node.max_duration_s=20
+
+``--set node.key=value`` overrides one parameter of one node (value in YAML syntax, dotted keys for
+nested configs: ``policy_node.control.safety.velocity_scale=0.3``). Without ``--episodes`` the graph
+runs until Ctrl-C; with it, the command runs that many episodes, prints a summary and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def launch_args(parser: argparse.ArgumentParser) -> None:
+    from vla_robot.bringup import ARM_DRIVERS, GRAPHS
+
+    parser.add_argument("graph", choices=GRAPHS, help="which node graph to run")
+    parser.add_argument("--sim", action="store_true", help="the MuJoCo twin is the arm, the cameras and the success check")
+    parser.add_argument("--robot", default="so101", choices=("so101", "panda"))
+    parser.add_argument("--arm-driver", default="lerobot", choices=ARM_DRIVERS)
+    parser.add_argument("--policy-server", default="", help="ZMQ address of a running policy server")
+    parser.add_argument("--serve", default=None, metavar="PRESET_OR_DIR",
+                        help="also start a policy server in this process (a preset such as 'tiny', or a checkpoint folder)")
+    parser.add_argument("--task", default="", help="task name (sim: the twin's task)")
+    parser.add_argument("--config", default=None, help="parameter file to use instead of config/<graph>.yaml")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.KEY=VALUE",
+                        help="override one node parameter (repeatable)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="NODE", help="leave a node out (repeatable)")
+    parser.add_argument("--episodes", type=int, default=0, help="run this many episodes, then exit (0: run until Ctrl-C)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="give up on --episodes after this many seconds")
+    parser.add_argument("--results", default=None, help="write the episode results as JSON here")
+
+
+def parse_sets(sets: list[str]) -> dict[str, dict]:
+    """``["node.key=value", ...]`` -> ``{node: {key: value}}`` (values parsed as YAML)."""
+    from vla_robot.config import ConfigError, parse_override
+
+    out: dict[str, dict] = {}
+    for text in sets:
+        key, value = parse_override(text)
+        node, _, param = key.partition(".")
+        if not node or not param:
+            raise ConfigError(f"--set '{text}' must name a node and a parameter: NODE.KEY=VALUE "
+                              "(e.g. episode_manager_node.max_duration_s=20)")
+        out.setdefault(node, {})[param] = value
+    return out
+
+
+def launch(args: argparse.Namespace) -> int:
+    from vla_robot.config import ConfigError
+
+    try:
+        overrides = parse_sets(args.sets)
+        if args.episodes < 0:
+            raise ConfigError(f"--episodes must be >= 0, got {args.episodes}")
+        if args.episodes:
+            overrides.setdefault("episode_manager_node", {}).setdefault("episodes", args.episodes)
+        if args.sim:
+            import torch  # noqa: F401 - only to keep the in-process server economical on shared CPUs
+
+            torch.set_num_threads(max(1, torch.get_num_threads() // 2))
+        from vla_robot.nodes.runner import GraphRunner
+
+        runner = GraphRunner(
+            args.graph, sim=args.sim, robot=args.robot, arm_driver=args.arm_driver, task=args.task,
+            config=args.config, policy_server=args.policy_server, serve_policy=args.serve,
+            overrides=overrides, exclude=tuple(args.exclude),
+        )
+        runner.start()
+    except ConfigError as e:
+        print(f"vla-robot launch: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.episodes:
+            return _run_episodes(runner, args)
+        print(f"running graph '{args.graph}' ({', '.join(runner.nodes)}); Ctrl-C to stop", flush=True)
+        while runner._spin_thread.is_alive():
+            time.sleep(0.5)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        runner.close()
+
+
+def _run_episodes(runner, args) -> int:
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.episodes, desc=f"{args.graph} episodes", unit="ep")
+    results: list = []
+    deadline = time.monotonic() + args.timeout
+    while len(results) < args.episodes and time.monotonic() < deadline:
+        got = runner.run_episodes(1, timeout_s=max(1.0, deadline - time.monotonic()))
+        if not got:
+            break
+        results.extend(got)
+        bar.update(len(got))
+        bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
+        if runner.episode_manager.core.state == "done":
+            break
+    bar.close()
+    for r in results:
+        print(f"episode {r.index}: {r.label:<10} ({r.end_reason}{', ' + r.fault if r.fault else ''}) "
+              f"{r.steps} steps, {r.duration_s:.2f} s, start {r.start_condition}, '{r.instruction}'")
+    n = len(results)
+    print(f"{sum(r.success for r in results)}/{n} successful, {sum(r.end_reason == 'fault' for r in results)} faults")
+    if args.results:
+        with open(args.results, "w") as f:
+            json.dump([r.to_dict() for r in results], f, indent=1, default=str)
+    return 0 if n == args.episodes else 1
