@@ -59,7 +59,9 @@ def autoregressive_chunk(rt, batch):
     embeds, _, first = m.build_inputs(batch)
     prefix = embeds[:, : int(first[0])]  # BOS, patches, proprio, prompt (batch 1: no padding)
     lm = m.language_model
-    out = lm(inputs_embeds=prefix, use_cache=True)
+    S = prefix.shape[1]
+    causal = torch.full((S, S), torch.finfo(prefix.dtype).min, device=prefix.device).triu(1)[None, None]
+    out = lm(inputs_embeds=prefix, attention_mask=causal, use_cache=True)
     past, logits = out.past_key_values, out.logits[:, -1]
     embed = lm.get_input_embeddings()
     tokens = []

@@ -239,6 +239,8 @@ class OFTModel(nn.Module):
         llm_dim = cfg.llm.hidden_size
         self.projector = PrismaticProjector(self.vision_backbone.embed_dim, llm_dim)
         self.language_model = LlamaForCausalLM(_llama_config(cfg))
+        for layer in self.language_model.model.layers:  # attention kernels that read the flag (sdpa, flash)
+            layer.self_attn.is_causal = False  # must not add a causal mask on top of ours
         self.proprio_projector = ProprioProjector(llm_dim, cfg.proprio_dim) if cfg.proprio_dim > 0 else None
         self.action_head = (
             L1RegressionActionHead(llm_dim, llm_dim, cfg.action_dim, cfg.chunk_size, cfg.l1_num_blocks) if cfg.head == "l1" else None
