@@ -92,6 +92,7 @@ class RLFinetuneConfig:
     task: str = "reach"
     preset: str = "tiny"                # GRPO hyper-parameters (PRESETS)
     image_size: int = 64
+    episode_s: float = 1.0              # twin episode length (the expert needs ~0.5 s)
     seed: int = 0
     demos: int = 40                     # scripted-expert episodes for the SFT warm-up
     sft_steps: int = 300

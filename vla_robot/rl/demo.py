@@ -148,7 +148,8 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     out.mkdir(parents=True, exist_ok=True)
     grpo = preset(cfg.preset, group_size=cfg.group_size, temperature=cfg.temperature, lr=cfg.lr,
                   batch_groups=cfg.groups_per_round, mode=cfg.mode, mini_batch_size=cfg.mini_batch_size)
-    envs = [make_env(cfg.task, seed=cfg.seed + i, image_size=(cfg.image_size, cfg.image_size)) for i in range(cfg.group_size)]
+    envs = [make_env(cfg.task, seed=cfg.seed + i, image_size=(cfg.image_size, cfg.image_size), episode_s=cfg.episode_s)
+            for i in range(cfg.group_size)]
     runtime = load_policy(preset="tiny", seed=cfg.seed)
     timings = {}
 

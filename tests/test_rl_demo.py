@@ -1,0 +1,45 @@
+"""`vla-robot rl-finetune --sim` end to end at toy sizes (real twin, real tiny policy, real server), and the CLI."""
+import json
+
+import pytest
+import torch
+
+from vla_robot.cli import main
+from vla_robot.policy import load_policy
+from vla_robot.rl import demo
+from vla_robot.rl.config import RLFinetuneConfig
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.slow
+def test_demo_pipeline_writes_a_report_counted_from_its_episodes(tmp_path):
+    cfg = RLFinetuneConfig(demos=2, sft_steps=3, sft_batch=4, group_size=2, groups_per_round=1, rounds=1,
+                           eval_episodes=2, episode_s=0.6, threads=1, progress=False, served=True)
+    lines = []
+    report = demo.run(cfg, tmp_path, log=lines.append)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["success_before"] == report["success_before"]
+    assert saved["eval_episodes"] == 2 and len(saved["rounds"]) == 1
+    r = saved["rounds"][0]
+    assert r["episodes"] == 2 and 0 <= r["successes"] <= 2 and r["ci95"][0] <= r["success"] <= r["ci95"][1]
+    for key in ("success_before", "success_after"):
+        assert saved[key] in (0.0, 0.5, 1.0)  # fractions of 2 episodes
+    assert (tmp_path / "rl_finetune.png").stat().st_size > 1000
+    assert saved["served"] and any("policy served at tcp://127.0.0.1:" in x for x in lines)
+    # the learner's final checkpoint loads back as a policy with its version
+    ckpt = load_policy(checkpoint=str(tmp_path / "checkpoint"))
+    assert ckpt.metadata["action_dim"] == 6
+
+
+def test_cli_rejects_bad_input(tmp_path, capsys):
+    assert main(["rl-finetune", "--out", str(tmp_path)]) == 2
+    assert "add --sim" in capsys.readouterr().err
+    assert main(["rl-finetune", "--sim", "--eval-episodes", "0", "--out", str(tmp_path)]) == 2
+    assert "eval_episodes" in capsys.readouterr().err
+    assert main(["learn", "--dataset", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["learn", "--dataset", str(tmp_path), "--set", "group_size=1"]) == 2
+    assert "group_size must be >= 2" in capsys.readouterr().err
+    assert main(["learn", "--dataset", str(tmp_path), "--set", "nonsense"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
