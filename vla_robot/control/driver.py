@@ -259,6 +259,12 @@ class ChunkController:
             if reply is None:
                 if now - p.sent > self.config.request_timeout_s:
                     self._pending.remove(p)
+                    cancel = getattr(self.client, "cancel", None)
+                    if cancel is not None:  # the client forgets it; a late reply is dropped
+                        try:
+                            cancel(p.request_id)
+                        except Exception:  # noqa: BLE001 - best effort
+                            pass
                     self.stats.timeouts += 1
                     self.stats.last_error = f"no reply within request_timeout_s={self.config.request_timeout_s} s"
                 continue
