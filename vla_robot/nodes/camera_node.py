@@ -59,14 +59,20 @@ class CameraNode(common.ConfiguredNode):
         while not self._stop.is_set():
             try:
                 img, stamp = cam.read()
-            except DriverError as e:
+            except Exception as e:  # noqa: BLE001 - a camera that fails keeps being retried, and says why
                 mon.check()
-                self.get_logger().warning(f"camera {name}: {e}", throttle_duration_sec=5.0)
+                kind = "" if isinstance(e, DriverError) else f"{type(e).__name__}: "
+                self.get_logger().warning(f"camera {name}: {kind}{e}", throttle_duration_sec=5.0)
                 self._stop.wait(0.1)
                 continue
             ros_stamp = stamp + offset
             frame = f"{name}_optical"
-            img_pub.publish(convert.image_to_msg(img, ros_stamp, frame_id=frame))
+            try:
+                msg = convert.image_to_msg(img, ros_stamp, frame_id=frame)
+            except ValueError as e:
+                self.get_logger().error(f"camera {name}: bad frame from the driver: {e}", throttle_duration_sec=5.0)
+                continue
+            img_pub.publish(msg)
             mon.tick(latency_s=max(0.0, time.monotonic() - stamp))
             self.frames[name] += 1
             if not info_sent:

@@ -150,7 +150,7 @@ def camera_info_msg(
     if len(k) != 9:
         raise ValueError(f"camera matrix k must have 9 numbers (3×3 row-major), got {len(k)}")
     msg.k = k
-    msg.d = [float(v) for v in (d or [0.0] * 5)]
+    msg.d = [float(v) for v in (np.zeros(5) if d is None else np.asarray(d, dtype=float).ravel())]
     msg.distortion_model = distortion_model
     msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     msg.p = [k[0], k[1], k[2], 0.0, k[3], k[4], k[5], 0.0, k[6], k[7], k[8], 0.0]
