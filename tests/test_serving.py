@@ -531,3 +531,17 @@ def test_serve_command_serves_until_interrupted(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_bfloat16_weights_travel_bit_exact():
+    runtime = load_policy(preset="tiny", seed=0, dtype="bfloat16")
+    state = runtime.state_dict()
+    name = next(k for k in state if k.endswith("lm_head.weight"))
+    assert state[name].dtype == torch.bfloat16
+    new = {name: (state[name].float() * -1.5).to(torch.bfloat16)}
+    with PolicyServer(runtime, bind=LOOPBACK, weights_bind=LOOPBACK) as s:
+        with WeightPublisher(s.weights_address) as pub:
+            ack = pub.push(new, 3)
+        assert ack["bytes"] == new[name].numel() * 2
+        assert runtime.version == 3
+        assert torch.equal(runtime.state_dict()[name], new[name])

@@ -34,7 +34,7 @@ dtypes = st.sampled_from(["u1", "i1", "<u2", "<i2", "<i4", "<u4", "<i8", "<f2", 
 
 
 @settings(max_examples=60, deadline=None)
-@given(arrays=st.lists(hnp.arrays(dtypes, hnp.array_shapes(min_dims=0, max_dims=4, max_side=5)), max_size=4),
+@given(arrays=st.lists(hnp.arrays(dtypes, hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)), max_size=4),
        text=st.text(max_size=20), number=st.integers(-(2**62), 2**62))
 def test_arrays_and_values_survive_the_round_trip(arrays, text, number):
     header = {"arrays": arrays, "nested": {"t": text, "n": number, "a": arrays[:1]}}

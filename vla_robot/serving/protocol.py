@@ -103,7 +103,7 @@ def pack(header: dict, *, copy_threshold: int = 0) -> list:
         if isinstance(obj, np.ndarray):
             a = obj if obj.flags.c_contiguous else obj.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
             dtype = _wire_dtype(a)
-            frames.append(a if a.nbytes >= copy_threshold else a.tobytes())
+            frames.append(a if a.nbytes >= max(copy_threshold, 1) else a.tobytes())
             return msgpack.ExtType(ARRAY_EXT, msgpack.packb([dtype, list(a.shape), len(frames) - 1]))
         if isinstance(obj, np.generic):
             return obj.item()
@@ -117,6 +117,8 @@ def pack(header: dict, *, copy_threshold: int = 0) -> list:
 
 def _buffer(frame: Any) -> memoryview:
     """The bytes of a frame (``zmq.Frame``, bytes, or anything with the buffer protocol) as a flat view."""
+    if isinstance(frame, np.ndarray):
+        return memoryview(frame.reshape(-1).view(np.uint8))
     mv = frame.buffer if hasattr(frame, "buffer") and hasattr(frame, "bytes") else memoryview(frame)
     return mv if mv.ndim == 1 and mv.format == "B" else mv.cast("B")
 

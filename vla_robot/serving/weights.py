@@ -53,7 +53,7 @@ def _to_numpy(name: str, t: Any) -> tuple[np.ndarray, str | None]:
 def _digest(arrays: list[np.ndarray]) -> str:
     h = hashlib.sha256()
     for a in arrays:
-        h.update(memoryview(a).cast("B"))
+        h.update(a.reshape(-1).view(np.uint8))
     return h.hexdigest()
 
 
