@@ -42,28 +42,22 @@ class RecorderConfig:
 
 @dataclass
 class RecorderNodeConfig:
-    """recorder_node: subscribes to the cameras, joint states and commands and records episodes.
+    """recorder_node: records the graph's episodes into a LeRobotDataset.
 
-    Topics are relative names (namespaces apply). The episode manager drives it through the
-    services ``~/start`` (task from ``task``), ``~/save_success``, ``~/save_failure``, ``~/save``
-    (unlabelled) and ``~/discard`` (std_srvs/Trigger), or the ``episode_event`` topic.
+    It listens on the standard topics of vla_robot.nodes.common (remap to change them): camera
+    images, ``joint_states``, ``arm/command`` (one frame per command while an episode runs),
+    ``policy/action``, ``policy/chunk``, ``policy/tokens`` and ``episode/event``; it publishes
+    ``recorder/events`` (saved / save_failed, JSON). Image sizes and joint names come from the
+    first messages.
     """
 
     root: str = "runs/dataset"
     repo_id: str = "local/vla_robot"
     robot_type: str = "so101"
-    task: str = ""
+    task: str = ""  # used when the episode manager gives no instruction
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
-    image_height: int = 128
-    image_width: int = 128
-    joint_names: list[str] = field(default_factory=list)  # empty: taken from the first JointState
-    token_dim: int = 0  # chunk_size * action_dim of the policy; 0 for teleop-only datasets
-    joint_states_topic: str = "joint_states"
-    command_topic: str = "arm/command"
-    policy_action_topic: str = "policy/action"
-    policy_tokens_topic: str = "policy/tokens"
-    control_source_topic: str = "control_source"
-    episode_event_topic: str = "episode/event"
+    joint_names: list[str] = field(default_factory=list)  # empty: from the first joint_states
+    token_dim: int = 0  # chunk_size * action_dim of the policy (rl); 0 stores no tokens
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
 
     def validate(self) -> None:
@@ -73,8 +67,6 @@ class RecorderNodeConfig:
             raise ValueError(f"repo_id must look like 'user/name', got {self.repo_id!r}")
         if not self.cameras:
             raise ValueError("cameras must name at least one camera")
-        if self.image_height < 8 or self.image_width < 8:
-            raise ValueError(f"image size must be at least 8x8, got {self.image_height}x{self.image_width}")
         if self.token_dim < 0:
-            raise ValueError(f"token_dim must be >= 0, got {self.token_dim}")
+            raise ValueError(f"token_dim must be >= 0 (chunk_size * action_dim), got {self.token_dim}")
         self.recorder.validate()

@@ -30,6 +30,7 @@ import os
 import shutil
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -435,7 +436,10 @@ class Recorder:
         versions = np.concatenate(buf[S.POLICY_VERSION])
         interventions, teleop_frames = S.count_interventions(control)
 
-        ds.save_episode()
+        _quiet_libraries()  # LeRobot's progress-bar guard turns `datasets` bars back on
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Converting input from bool", category=RuntimeWarning)
+            ds.save_episode()
         ds.finalize()
 
         rec = EpisodeRecord(

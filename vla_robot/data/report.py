@@ -92,15 +92,15 @@ def evaluation_report(records: Iterable[EpisodeRecord | dict], fps: float | None
     """Everything a person needs from a set of labelled episodes (see the module docstring)."""
     recs = [r if isinstance(r, EpisodeRecord) else EpisodeRecord.from_json(r) for r in records]
     by_task: dict[str, list[EpisodeRecord]] = defaultdict(list)
-    for r in recs:
-        by_task[r.task].append(r)
+    for r in recs:  # the task's name when the episode manager gave one, else the instruction
+        by_task[str(r.meta.get("task") or r.task)].append(r)
     return {
         "title": title,
         "fps": fps,
         "overall": _summary(recs, fps),
         "tasks": {t: _summary(rs, fps) for t, rs in sorted(by_task.items())},
         "episodes": [
-            {"index": r.episode_index, "task": r.task, "label": r.label, "length": r.length, "timeout": r.timeout,
+            {"index": r.episode_index, "task": str(r.meta.get("task") or r.task), "instruction": r.task, "label": r.label, "length": r.length, "timeout": r.timeout,
              "interventions": r.interventions, "start_condition": r.start_condition}
             for r in recs
         ],

@@ -1,0 +1,248 @@
+"""From a stream of robot messages to recorded episodes (the recorder node's logic, without ROS).
+
+The recorder node feeds a :class:`RecordingSession` the latest camera images, joint states, raw
+policy actions, policy chunks and their tokens, and the episode manager's events; every arm command
+(the control step, after the safety filter) becomes one frame while an episode runs:
+
+* ``policy.latency`` of a chunk = its arrival - the arrival of the joint state it was computed
+  from (both on the node's clock);
+* observation = the newest image of each camera and the newest joint state; ``stamp`` = the
+  command's stamp (the observation it was computed from), ``action_stamp`` = when it was seen;
+* ``control`` = teleop when the command's source is ``teleop``, policy otherwise;
+* chunk bookkeeping: a ``policy/chunk`` message starts chunk ``c``; policy frames after it get
+  ``chunk_id = c`` and ``chunk_step = 0, 1, ...``; the chunk's tokens/log-probs go on its first frame.
+  (The policy node publishes a chunk after the command of the tick that received it, so steps are
+  counted from the next command: the executed mask can be one action late at the seam.)
+
+Events (``episode/event`` JSON): ``start`` opens an episode (task = instruction), ``end`` stops
+taking frames, ``save`` labels and saves it (``end`` reason ``timeout`` marks a timeout),
+``discard`` drops it. The Recorder is created on the first ``start``, with the image sizes and
+joint names seen on the wire.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from .schema import CONTROL_POLICY, CONTROL_TELEOP, Schema
+
+log = logging.getLogger(__name__)
+
+COMMAND_SOURCES_RECORDED = ("policy", "teleop", "hold")
+
+
+class RecordingSession:
+    def __init__(self, make_recorder: Callable[[Schema], object], cameras: list[str], token_dim: int = 0,
+                 joint_names: list[str] | None = None, default_task: str = "",
+                 on_saved: Callable[[dict], None] | None = None):
+        if not cameras:
+            raise ValueError("cameras must name at least one camera")
+        self.make_recorder = make_recorder
+        self.cameras = list(cameras)
+        self.token_dim = int(token_dim)
+        self.joint_names = list(joint_names) if joint_names else None
+        self.default_task = default_task
+        self.on_saved = on_saved
+        self.recorder = None
+        self._lock = threading.Lock()
+        self._images: dict[str, tuple[np.ndarray, float]] = {}
+        self._q: np.ndarray | None = None
+        self._seen: collections.deque = collections.deque(maxlen=600)  # (joint-state stamp, when it arrived)
+        self._raw: np.ndarray | None = None
+        self._version = -1
+        self._chunk: tuple[int, float | None] | None = None  # (chunk id, latency)
+        self._chunk_step = 0
+        self._tokens: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._running = False
+        self._open = False
+        self._end_reason: str | None = None
+        self._episode_tag = None
+        self.frames = 0
+        self.skipped_episodes = 0
+        self.saved: list[dict] = []
+        self.finished = 0  # save requests completed (saved or failed)
+        self._creating: threading.Thread | None = None
+        self._create_error: BaseException | None = None
+        self.ready = threading.Event()  # the Recorder exists (set once; creation starts with the first full set of streams)
+
+    # --- streams ----------------------------------------------------------------------------------
+    def on_image(self, camera: str, image: np.ndarray, stamp: float) -> None:
+        if camera in self.cameras:
+            with self._lock:
+                self._images[camera] = (image, stamp)
+            self._maybe_prepare()
+
+    def on_joint_state(self, names: list[str], q: np.ndarray, stamp: float | None = None, now: float | None = None) -> None:
+        with self._lock:
+            if stamp is not None and now is not None:
+                self._seen.append((stamp, now))
+            if self.joint_names is None:
+                self.joint_names = list(names)
+            if list(names) != self.joint_names:
+                idx = [list(names).index(n) for n in self.joint_names]
+                q = np.asarray(q)[idx]
+            self._q = np.asarray(q, dtype=np.float32)
+        self._maybe_prepare()
+
+    def _maybe_prepare(self) -> None:
+        """Open the dataset in the background once every stream has been seen (opening takes seconds:
+        lerobot's import), so the first episode does not wait for it."""
+        with self._lock:
+            if self._creating is not None or self._q is None or any(c not in self._images for c in self.cameras):
+                return
+            schema = Schema({c: self._images[c][0].shape[:2] for c in self.cameras}, list(self.joint_names),
+                            list(self.joint_names), self.token_dim)
+            self._creating = threading.Thread(target=self._create, args=(schema,), daemon=True, name="recorder-open")
+        self._creating.start()
+
+    def _create(self, schema: Schema) -> None:
+        try:
+            self.recorder = self.make_recorder(schema)
+        except BaseException as e:  # noqa: BLE001 - reported at the next start
+            self._create_error = e
+            log.error("recorder: cannot open the dataset: %s", e)
+        finally:
+            self.ready.set()
+
+    def on_policy_action(self, raw: np.ndarray) -> None:
+        with self._lock:
+            self._raw = np.asarray(raw, dtype=np.float32)
+
+    def on_chunk(self, chunk_id: int, version: int, obs_stamp: float, now: float) -> None:
+        """A chunk computed from the observation stamped ``obs_stamp`` arrived at ``now``. Its latency is
+        measured on this node's clock: arrival of the chunk - arrival of that observation's joint state
+        (so it holds with sim stamps too); None when that observation was not seen."""
+        with self._lock:
+            arrived = next((t for s, t in reversed(self._seen) if abs(s - obs_stamp) < 1e-6), None)
+            latency = (now - arrived) if arrived is not None else None
+            self._chunk = (int(chunk_id), latency)
+            self._chunk_step = 0
+            self._version = int(version)
+
+    def on_tokens(self, chunk_id: int, version: int, tokens: np.ndarray, logprobs: np.ndarray) -> None:
+        if not self.token_dim:
+            return
+        if np.asarray(tokens).size != self.token_dim:
+            log.warning("recorder: chunk %d has %d tokens, the dataset expects token_dim=%d; not recorded",
+                        chunk_id, np.asarray(tokens).size, self.token_dim)
+            return
+        with self._lock:
+            self._tokens[int(chunk_id)] = (np.asarray(tokens, np.int64), np.asarray(logprobs, np.float32))
+            for old in [c for c in self._tokens if c < chunk_id - 8]:
+                del self._tokens[old]
+
+    def on_command(self, q_target: np.ndarray, stamp: float, source: str, now: float) -> bool:
+        """One control step. Returns True when it became a frame."""
+        if source not in COMMAND_SOURCES_RECORDED:
+            return False
+        with self._lock:
+            if not (self._running and self.recorder is not None):
+                return False
+            if self._q is None or any(c not in self._images for c in self.cameras):
+                return False
+            images = {c: self._images[c][0] for c in self.cameras}
+            q = self._q
+            kw: dict = dict(stamp=stamp, action_stamp=now)
+            if source == "teleop":
+                kw["control"] = CONTROL_TELEOP
+            else:
+                kw["control"] = CONTROL_POLICY
+                kw["policy_version"] = self._version
+                if self._raw is not None and source == "policy":
+                    kw["action_policy"] = self._raw
+                if self._chunk is not None and source == "policy":
+                    cid, latency = self._chunk
+                    kw["chunk_id"], kw["chunk_step"] = cid, self._chunk_step
+                    if self._chunk_step == 0:
+                        kw["latency"] = latency
+                        if cid in self._tokens:
+                            kw["tokens"], kw["logprobs"] = self._tokens.pop(cid)
+                    self._chunk_step += 1
+        try:
+            ok = self.recorder.add_frame(images, q, np.asarray(q_target, np.float32), **kw)
+        except ValueError as e:
+            log.error("recorder: frame rejected: %s", e)
+            return False
+        self.frames += int(ok)
+        return ok
+
+    # --- episode events ---------------------------------------------------------------------------
+    def on_event(self, ev: dict) -> None:
+        kind = ev.get("type")
+        if kind == "start":
+            self._start(ev)
+        elif kind == "end":
+            with self._lock:
+                self._running = False
+                self._end_reason = ev.get("reason")
+        elif kind == "save":
+            self._finish(ev, save=True)
+        elif kind == "discard":
+            self._finish(ev, save=False)
+
+    def _start(self, ev: dict) -> None:
+        if self._open:  # a start without save/discard: the old one is lost, say so
+            log.warning("recorder: episode started while the previous one was open; discarding it")
+            self.recorder.discard_episode(wait=False)
+            self._open = False
+        if self._creating is None:
+            self.skipped_episodes += 1
+            log.error("recorder: episode %s started before every camera (%s) and joint_states were seen; not recorded",
+                      ev.get("episode"), ", ".join(self.cameras))
+            return
+        if not self.ready.wait(120.0) or self.recorder is None:
+            self.skipped_episodes += 1
+            log.error("recorder: episode %s not recorded: the dataset is not open (%s)", ev.get("episode"),
+                      self._create_error or "still opening after 120 s")
+            return
+        task = ev.get("instruction") or ev.get("task") or self.default_task or "task"
+        meta = {k: ev[k] for k in ("episode", "mode", "task") if k in ev}
+        self.recorder.start_episode(task, start_condition=ev.get("start_condition"), meta=meta)
+        with self._lock:
+            self._open, self._running, self._end_reason = True, True, None
+            self._episode_tag = ev.get("episode")
+            self._chunk, self._tokens = None, {}
+
+    def _finish(self, ev: dict, save: bool) -> None:
+        with self._lock:
+            self._running = False
+            was_open, self._open = self._open, False
+        if not was_open:
+            return
+        rec = self.recorder
+        if save and rec.stats.episode_frames > 0:
+            fut = rec.save_episode(ev.get("label", "unlabelled"), timeout_reached=self._end_reason == "timeout",
+                                   meta={"label_source": ev.get("label_source"), "end_reason": self._end_reason},
+                                   wait=False)
+            fut.add_done_callback(self._saved)
+        else:
+            if save:
+                log.warning("recorder: episode %s had no frame; nothing saved", ev.get("episode"))
+            rec.discard_episode(wait=False)
+
+    def _saved(self, fut) -> None:
+        try:
+            r = fut.result()
+        except Exception as e:  # noqa: BLE001
+            log.error("recorder: saving failed: %s", e)
+            info = {"type": "save_failed", "error": str(e)}
+            self.finished += 1
+        else:
+            info = {"type": "saved", "episode_index": r.episode_index, "label": r.label, "length": r.length,
+                    "dropped_frames": r.dropped_frames, "seconds_to_durable": self.recorder.stats.last_durable_s,
+                    "wall_time": time.time()}
+            self.saved.append(info)
+            self.finished += 1
+        if self.on_saved is not None:
+            self.on_saved(info)
+
+    def close(self) -> None:
+        if self._creating is not None:
+            self._creating.join()
+        if self.recorder is not None:
+            self.recorder.close()
