@@ -131,3 +131,13 @@ def test_watchdog_rules():
         wd.observe(float("nan"))
     with pytest.raises(ValueError, match="now must be a finite time"):
         wd.check("soon")
+
+
+def test_control_imports_only_numpy():
+    import subprocess
+    import sys
+
+    code = ("import sys, vla_robot.control, vla_robot.control.sim; "
+            "print(sorted(m for m in ('torch', 'rclpy', 'zmq', 'mujoco', 'cv2', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
