@@ -411,3 +411,17 @@ def test_cli_board_and_error_paths(tmp_path, capsys, monkeypatch):
     r = subprocess.run([sys.executable, "-m", "vla_robot.cli", "calibrate", "board", "--board", "calibration/boards/charuco_5x7_30mm.yaml",
                         "--out", str(tmp_path / "b.svg")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "use .png or .pdf" in r.stderr
+
+
+def test_robot_pose_noise_is_flagged_and_closed_form_stays_close():
+    """With 0.5 mm / 0.05 deg kinematic error per pose the refinement (which trusts the poses) is flagged."""
+    from vla_robot.calibration.synthetic import default_rig, projected_views
+
+    rig = default_rig("eye_in_hand", seed=0)
+    poses, dets, cam = projected_views(rig, 15, pixel_noise=0.2, pose_noise_mm=0.5, pose_noise_deg=0.05, seed=0)
+    res = calibrate_hand_eye(poses, dets, cam, rig.board, "eye_in_hand")
+    assert any("poses disagree with the images" in w for w in res.warnings)
+    rot, mm = pose_error(res.methods["PARK"], rig.truth.T_gripper_cam)
+    assert rot < 0.2 and mm < 1.5
+    clean_poses, clean_dets, _ = projected_views(rig, 15, pixel_noise=0.2, seed=0)
+    assert not calibrate_hand_eye(clean_poses, clean_dets, cam, rig.board, "eye_in_hand").warnings

@@ -305,6 +305,14 @@ def calibrate_hand_eye(
     T = make_T(best.rotations[0], best.vector[:3])
     T_board = make_T(best.rotations[1], best.vector[3:6])
     deviation = {name: pose_error(A, T) for name, A in methods.items()}
+    rms = float(np.sqrt(2 * best.cost / n))
+    pnp = float(np.median(list(errs.values())))
+    if rms > 3 * pnp and rms > 0.5:
+        warnings.append(
+            f"the joint reprojection RMS ({rms:.2f} px) is far above the single-view PnP fits ({pnp:.2f} px): the arm's "
+            "poses disagree with the images (kinematic error, or poses and images not taken at the same moment). "
+            "The refinement trusts the poses, so here it can be worse than the closed-form methods: compare them above"
+        )
     off = [f"{m} ({d[0]:.2f} deg, {d[1]:.1f} mm)" for m, d in deviation.items()
            if d[0] > cfg.disagreement_deg or d[1] > cfg.disagreement_mm]
     if off:
@@ -315,7 +323,7 @@ def calibrate_hand_eye(
     res = HandEyeResult(
         mode=mode, T=T, T_board=T_board, methods=methods, method_rms_px=method_rms, spread=spread,
         landing=landing, baseline=baseline, initial_rms_px=float(np.sqrt(r0 @ r0 / n)),
-        rms_px=float(np.sqrt(2 * best.cost / n)), chosen=best.method, views=used, rejected=rejected,
+        rms_px=rms, chosen=best.method, views=used, rejected=rejected,
         motion=motion, view_errors_px=errs, warnings=warnings, n_points=n, method_deviation=deviation,
     )
     return res

@@ -261,3 +261,33 @@ class SimCamera:
 
     def read(self):
         return self.rig.render(), time.monotonic()
+
+
+def projected_views(rig: SyntheticRig, n: int, pixel_noise: float = 0.2, pose_noise_mm: float = 0.0,
+                    pose_noise_deg: float = 0.0, seed: int = 0, distortion=None):
+    """Hand-eye views of ``rig`` without rendering: corners projected by OpenCV (with ``distortion``,
+    a plumb_bob vector, if given) plus Gaussian pixel noise, and gripper poses with optional
+    robot-pose noise (as a real arm's kinematic error). Returns ``(T_base_gripper list, detections,
+    camera)``; the camera carries the distortion so the detections are consistent with it."""
+    import cv2
+
+    from vla_robot.calibration.board import Detection
+
+    rng = np.random.default_rng(seed)
+    camera = rig.camera if distortion is None else CameraModel(
+        K=rig.camera.K, D=np.asarray(distortion, float), width=rig.camera.width, height=rig.camera.height)
+    poses, dets = [], []
+    for q in rig.view_joints(n):
+        G = rig.fk(q)
+        T_cb = rig.T_cam_board()
+        rvec = cv2.Rodrigues(T_cb[:3, :3])[0]
+        pts = cv2.projectPoints(rig.board.corners, rvec, T_cb[:3, 3], camera.K, camera.D)[0].reshape(-1, 2)
+        inside = (pts[:, 0] >= 0) & (pts[:, 0] < camera.width) & (pts[:, 1] >= 0) & (pts[:, 1] < camera.height)
+        ids = np.flatnonzero(inside)
+        pts = pts[ids] + rng.normal(0, pixel_noise, (len(ids), 2))
+        dets.append(Detection(ids, rig.board.corners[ids].copy(), pts, len(ids)))
+        if pose_noise_mm or pose_noise_deg:
+            dR = Rotation.from_rotvec(np.radians(pose_noise_deg) * rng.normal(size=3)).as_matrix()
+            G = make_T(G[:3, :3] @ dR, G[:3, 3] + rng.normal(0, pose_noise_mm / 1000, 3))
+        poses.append(G)
+    return poses, dets, camera
