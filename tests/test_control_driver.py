@@ -330,3 +330,23 @@ def test_watchdog_hold_goes_to_the_configured_safe_action():
     res = rig.run(150)
     assert res[-1].source == "hold"
     np.testing.assert_allclose(res[-1].command, safe, atol=1e-6)
+
+
+def test_abandoned_requests_are_cancelled_in_the_client():
+    class Recording(FlakyClient):
+        def __init__(self):
+            super().__init__([])
+            self.cancelled = []
+
+        def cancel(self, request_id):
+            self.cancelled.append(request_id)
+
+    client = Recording()  # never answers
+    cfg = ControlConfig(control_hz=HZ, request_timeout_s=0.1, executor=ExecutorConfig(max_in_flight=1))
+    ctl = ChunkController(cfg, arm_limits(), client)
+    ctl.reset([0.0, 0.0, 0.5], 0.0)
+    for k in range(5):
+        ctl.tick(k * DT, k * DT, lambda: {})
+    assert client.cancelled == [1]  # timed out after 0.1 s, asked again
+    ctl.tick(5 * DT, 5 * DT, lambda: {}, teleop=[0.0, 0.0, 0.5])  # the operator takes over
+    assert client.cancelled == [1, 2]

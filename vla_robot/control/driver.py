@@ -134,7 +134,7 @@ class ChunkController:
         self.safety.reset(measured_q)
         self.executor.reset()
         self.watchdog.start(now)
-        self._pending = []  # a late reply to an old request is ignored
+        self._drop_pending()  # a late reply to an old request is ignored
         self._replies.clear()
         self._mode = "policy"
         self._held = False
@@ -151,7 +151,7 @@ class ChunkController:
     def _resume(self, now: float) -> None:
         self.executor.reset()
         self._replies.clear()
-        self._pending = []
+        self._drop_pending()
         self._had_chunk = False
         self.watchdog.start(now)
         self.safety.start_ramp()
@@ -235,7 +235,7 @@ class ChunkController:
     def _teleop_tick(self, now: float, teleop) -> TickResult:
         if self._mode != "teleop":
             self._mode = "teleop"
-            self._pending = []
+            self._drop_pending()
         raw = as_vector(teleop, self.limits.n, "teleop command")
         if self.watchdog.estopped:
             cmd, source, reason = self.safety.freeze(), "estop", f"e-stop latched: {self.watchdog.estop_reason}"
@@ -244,6 +244,17 @@ class ChunkController:
             cmd, source, reason = self.safety.filter(raw, self.dt), "teleop", ""
         self.stats.sources[source] += 1
         return TickResult(now=now, command=cmd, source=source, reason=reason, clamps=self.safety.last_clamps, raw=raw)
+
+    def _drop_pending(self, which=None) -> None:
+        """Stop waiting for requests (all by default); the client forgets them, late replies are dropped."""
+        for p in list(self._pending if which is None else which):
+            self._pending.remove(p)
+            cancel = getattr(self.client, "cancel", None)
+            if cancel is not None:
+                try:
+                    cancel(p.request_id)
+                except Exception:  # noqa: BLE001 - best effort
+                    pass
 
     def _collect(self, now: float) -> Optional[dict]:
         """Poll every request in flight; returns the last reply that arrived (if any)."""
@@ -258,13 +269,7 @@ class ChunkController:
                 continue
             if reply is None:
                 if now - p.sent > self.config.request_timeout_s:
-                    self._pending.remove(p)
-                    cancel = getattr(self.client, "cancel", None)
-                    if cancel is not None:  # the client forgets it; a late reply is dropped
-                        try:
-                            cancel(p.request_id)
-                        except Exception:  # noqa: BLE001 - best effort
-                            pass
+                    self._drop_pending([p])
                     self.stats.timeouts += 1
                     self.stats.last_error = f"no reply within request_timeout_s={self.config.request_timeout_s} s"
                 continue
