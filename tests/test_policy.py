@@ -480,3 +480,18 @@ def test_checkpoint_own_tokenizer_files_are_used(tmp_path, rt):
     ids = prompt_ids(back.processor.tokenizer, "Pick up cube")
     assert ids[0] == 1 and ids[-1] == 29871 and ids[1] == words.index("In:")
     assert back.predict(make_obs())[0]["actions"].shape == (8, 6)
+
+
+def test_policy_batch_select_and_cat_keep_rows(rt):
+    from vla_robot.policy.modeling import PolicyBatch
+
+    obs = make_obs(n=3)
+    full = rt.processor(obs)
+    parts = PolicyBatch.cat([rt.processor(obs[:1]), rt.processor(obs[1:])])
+    assert torch.equal(parts.prompt_lengths, full.prompt_lengths) and torch.equal(parts.input_ids, full.input_ids)
+    assert torch.equal(parts.pixel_values, full.pixel_values) and torch.equal(parts.proprio, full.proprio)
+    tokens = torch.tensor(np.stack([o["tokens"] for o in rt.predict(obs, return_tokens=True)]))
+    with torch.no_grad():
+        lp_all = rt.model.token_logprobs(full, tokens)
+        lp_sel = rt.model.token_logprobs(full.select([2, 0]), tokens[[2, 0]])
+    torch.testing.assert_close(lp_sel, lp_all[[2, 0]], atol=1e-4, rtol=0)

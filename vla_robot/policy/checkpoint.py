@@ -265,7 +265,7 @@ def load_checkpoint(
         raise CheckpointError(f"{d}: checkpoint directory not found")
     cfg = read_model_config(d, overrides)
     main, origin = _load_main(d)
-    model = build_model(cfg, seed=0, device=device)
+    model = build_model(cfg, seed=0, device=device, dtype=dtype if torch.device(device).type != "cpu" else None)
     check_state_dict(model.main_state_dict(), main, origin)
     parts = [main]
     if model.proprio_projector is not None:

@@ -69,17 +69,25 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def build_model(cfg: PolicyModelConfig, seed: int | None = 0, device: str | torch.device = "cpu") -> OFTModel:
-    """A randomly initialised OFT model; the same ``seed`` gives the same weights."""
+def build_model(cfg: PolicyModelConfig, seed: int | None = 0, device: str | torch.device = "cpu", dtype: str | None = None) -> OFTModel:
+    """A randomly initialised OFT model; the same ``seed`` (and ``dtype``) gives the same weights.
+
+    ``dtype``: build directly in this dtype (saves the float32 copy of a 7B model on a GPU);
+    ``None`` builds in float32."""
     dev = torch.device(device)
     if dev.type == "meta":
         with torch.device("meta"):
             return OFTModel(cfg)
     devices = [dev] if dev.type == "cuda" else []
+    old = torch.get_default_dtype()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(0 if seed is None else seed)
-        with torch.device(dev):
-            model = OFTModel(cfg)
+        try:
+            torch.set_default_dtype(_DTYPES[dtype] if dtype else torch.float32)
+            with torch.device(dev):
+                model = OFTModel(cfg)
+        finally:
+            torch.set_default_dtype(old)
     return model.eval()
 
 
@@ -225,7 +233,9 @@ def load_policy(
 
         return load_checkpoint(checkpoint, device=device, dtype=dtype, norm_key=norm_key, overrides=overrides)
     cfg = load_preset(preset or "tiny", overrides)
-    model = build_model(cfg, seed=seed, device=device)
+    # on a GPU build straight in the serving dtype (a 7B model in float32 is 31 GB); on the CPU build
+    # in float32 and cast, so a seed gives the same weights in every dtype
+    model = build_model(cfg, seed=seed, device=device, dtype=dtype if torch.device(device).type != "cpu" else None)
     from vla_robot.policy import normalization
     from vla_robot.policy.tokenizer import ByteTokenizer, load_tokenizer
 
