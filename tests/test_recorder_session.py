@@ -1,0 +1,59 @@
+"""RecordingSession (the recorder node's logic, no ROS) on a real Recorder: commands become frames,
+chunk ids/steps, tokens on a chunk's first frame, latency on the node's clock, episode events."""
+from __future__ import annotations
+
+import numpy as np
+
+from vla_robot.data.reader import load_episode, read_journal
+from vla_robot.data.recorder import Recorder
+from vla_robot.data.session import RecordingSession
+
+NAMES = ["j0", "j1"]
+
+
+def test_session_turns_messages_into_episodes(tmp_path):
+    root = tmp_path / "ds"
+    saved = []
+    s = RecordingSession(lambda schema: Recorder(root, schema), ["front"], token_dim=4, joint_names=NAMES,
+                         on_saved=saved.append)
+    img = np.zeros((16, 24, 3), np.uint8)
+    # an episode that starts before any stream was seen is refused, loudly
+    s.on_event({"type": "start", "episode": 0, "instruction": "wave"})
+    assert s.skipped_episodes == 1 and s.recorder is None
+    s.on_event({"type": "save", "episode": 0, "label": "success"})  # ignored: nothing was open
+    s.on_image("front", img, 0.0)
+    s.on_joint_state(["j1", "j0"], np.array([0.1, 0.2]), 1.0, now=100.0)  # reordered to the configured joint order
+    assert s.ready.wait(60) and s.recorder is not None
+    assert s.on_command(np.zeros(2), 1.0, "policy", 100.0) is False  # no episode running
+
+    s.on_event({"type": "start", "episode": 1, "task": "wave", "instruction": "wave hello", "start_condition": 7})
+    s.on_chunk(5, 3, obs_stamp=1.0, now=100.25)  # computed from the joint state that arrived at 100.0
+    s.on_tokens(5, 3, np.array([1, 2, 3, 4]), np.array([-1, -2, -3, -4], np.float32))
+    for k in range(3):
+        s.on_image("front", img + k, 1.0 + k)
+        s.on_joint_state(["j1", "j0"], np.array([k, 10 + k]), 1.0 + k, now=101.0 + k)
+        s.on_policy_action(np.array([0.5, 0.5]))
+        assert s.on_command(np.array([k, k]), 1.0 + k, "policy", 101.5 + k)
+    assert s.on_command(np.array([9, 9]), 4.0, "teleop", 104.5)
+    assert not s.on_command(np.array([9, 9]), 4.0, "reset", 104.6)  # resets are not demonstrations
+    s.on_event({"type": "end", "episode": 1, "reason": "timeout"})
+    assert not s.on_command(np.array([9, 9]), 5.0, "policy", 105.0)  # after the end: not recorded
+    s.on_event({"type": "save", "episode": 1, "label": "failure", "label_source": "auto"})
+    s.on_event({"type": "start", "episode": 2, "instruction": "wave hello"})
+    s.on_command(np.array([1, 1]), 6.0, "policy", 106.0)
+    s.on_event({"type": "discard", "episode": 2})
+    s.close()
+
+    assert [x["episode_index"] for x in saved] == [0] and saved[0]["length"] == 4
+    (rec,) = read_journal(root)
+    assert rec.task == "wave hello" and rec.meta["task"] == "wave" and rec.start_condition == "7"
+    assert rec.label == "failure" and rec.timeout and rec.meta["end_reason"] == "timeout"
+    assert rec.latency_s == [0.25] and rec.interventions == 1 and rec.policy_versions == [3]
+    f = load_episode(root, 0).frames
+    assert f["observation.state"][:, 0].tolist() == [10, 11, 12, 12]  # reordered to j0, j1
+    assert f["action.chunk_id"].tolist() == [5, 5, 5, -1] and f["action.chunk_step"].tolist() == [0, 1, 2, -1]
+    assert f["action.tokens"][0].tolist() == [1, 2, 3, 4] and not f["action.tokens"][1].any()
+    assert f["action.executed"][0].tolist() == [True] * 4  # steps 0 and 1 of a 2-step chunk ran under policy
+    assert f["control"].tolist() == [0, 0, 0, 1]
+    assert f["action.policy"][0].tolist() == [0.5, 0.5] and f["action.policy"][3].tolist() == [0, 0]
+    assert f["observation.stamp_ns"].tolist() == [1_000_000_000, 2_000_000_000, 3_000_000_000, 4_000_000_000]
