@@ -495,3 +495,15 @@ def test_policy_batch_select_and_cat_keep_rows(rt):
         lp_all = rt.model.token_logprobs(full, tokens)
         lp_sel = rt.model.token_logprobs(full.select([2, 0]), tokens[[2, 0]])
     torch.testing.assert_close(lp_sel, lp_all[[2, 0]], atol=1e-4, rtol=0)
+
+
+def test_numpy_only_modules_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import vla_robot.policy, vla_robot.policy.config, vla_robot.policy.normalization, "
+        "vla_robot.policy.action_tokenizer; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
