@@ -104,13 +104,17 @@ def test_async_drops_actions_whose_time_has_passed():
 
 
 def test_async_requests_early_with_a_latency_adaptive_threshold():
-    ex = executor(kind="async", request_threshold=2, adaptive_threshold=True)
+    ex = executor(kind="async", request_threshold=2, adaptive_threshold=True, latency_margin=1.4)
     ex.add_chunk(ramp_chunk(0.0, 16), obs_time=0.0, now=0.0)
     assert not ex.needs_chunk(0.0) and ex.threshold() == 2
     assert ex.needs_chunk(13 * DT)  # 2 actions left
     ex.add_chunk(ramp_chunk(0.0, 16), obs_time=1.0, now=1.0 + 5 * DT)  # 5 ticks of latency seen
-    assert ex.threshold() == 6
-    assert ex.needs_chunk(1.0 + 9 * DT) and not ex.needs_chunk(1.0 + 8 * DT)
+    assert ex.threshold() == 8  # ceil(1.4 * 5) + 1
+    assert ex.needs_chunk(1.0 + 7 * DT) and not ex.needs_chunk(1.0 + 6 * DT)
+    # a request just sent: the plan counts as covered to the end of its chunk, and requests are spread
+    assert not ex.needs_chunk(1.0 + 7 * DT, pending=[1.0 + 7 * DT])
+    with pytest.raises(ValueError, match="latency_margin must be a number >= 1"):
+        executor(latency_margin=0.5)
 
 
 def _run_async(chunks, blend, h):

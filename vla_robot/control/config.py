@@ -32,10 +32,14 @@ class ExecutorConfig:
     # temporal_ensemble: ACT's weights w_i = exp(-m * i), i = 0 the oldest chunk covering the tick.
     ensemble_decay: float = 0.01
     # async: ask for the next chunk when at most this many actions of the current one are left.
-    # With adaptive_threshold the executor raises it to the measured latency (in ticks) + 1.
+    # With adaptive_threshold the executor raises it to latency_margin x the measured latency
+    # (in ticks) + 1.
     # Until the first chunk arrives it asks again every request_threshold ticks.
     request_threshold: int = 4
     adaptive_threshold: bool = True
+    # adaptive: plan for latencies up to this multiple of the largest of the last 16 seen (jitter
+    # beyond what was seen so far would otherwise starve the arm for a tick or two)
+    latency_margin: float = 1.5
     # async: ticks over which the seam between the old plan and a newly arrived chunk fades out
     # (0 = switch at once).
     blend_steps: int = 4
@@ -49,6 +53,8 @@ class ExecutorConfig:
             raise ValueError(f"open_loop_steps must be >= 0 (0 = whole chunk), got {self.open_loop_steps}")
         if not (math.isfinite(self.ensemble_decay) and self.ensemble_decay >= 0):
             raise ValueError(f"ensemble_decay must be a finite number >= 0, got {self.ensemble_decay}")
+        if not (math.isfinite(self.latency_margin) and self.latency_margin >= 1.0):
+            raise ValueError(f"latency_margin must be a number >= 1 (a multiple of the latency seen), got {self.latency_margin}")
         if self.request_threshold < 0:
             raise ValueError(f"request_threshold must be >= 0 actions, got {self.request_threshold}")
         if self.blend_steps < 0:

@@ -7,10 +7,12 @@ All three keep one interface (:class:`ChunkExecutor`) and are picked by ``Execut
 - ``temporal_ensemble`` — ACT's: every chunk covering a tick votes with weight ``exp(-m·i)``
   (i = 0 the oldest); asks for a chunk whenever a new tick has begun.
 - ``async`` — asks for the next chunk while the current one still runs (when at most
-  ``request_threshold`` actions are left, raised to the measured latency when adaptive), drops the
-  actions of a new chunk whose time has passed (action i of a chunk is meant for
-  ``obs_time + i·dt``), and fades the seam (old plan − new chunk at arrival) out over
-  ``blend_steps`` ticks while already following the new chunk. A chunk that arrives entirely in the past is discarded: the arm holds rather than jumps.
+  ``request_threshold`` actions are left, raised to the measured latency with a margin when
+  adaptive; several requests in flight when the latency needs it), drops the actions of a new
+  chunk whose time has passed (action i of a chunk is meant for ``obs_time + i·dt``), and fades
+  the seam (old plan − new chunk at arrival) out over ``blend_steps`` ticks while already
+  following the new chunk. A chunk that arrives entirely in the past is discarded: the arm holds
+  rather than jumps.
 
 Times are seconds on one monotonic clock; ``step(now)`` is a pure function of ``now`` and the chunks
 added so far, so calling it twice in a tick gives the same action.
@@ -247,7 +249,8 @@ class AsyncExecutor(ChunkExecutor):
         """Request the next chunk when at most this many actions are left."""
         thr = self.config.request_threshold
         if self.config.adaptive_threshold and self.stats.latencies:
-            thr = max(thr, math.ceil(max(self.stats.latencies) / self.dt - 1e-6) + 1)
+            expected = self.config.latency_margin * max(self.stats.latencies)
+            thr = max(thr, math.ceil(expected / self.dt - 1e-6) + 1)
         return thr
 
     def actions_left(self, now: float) -> int:
