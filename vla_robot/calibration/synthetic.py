@@ -47,7 +47,11 @@ class RigTruth:
 
 
 class SyntheticRig:
-    """Build and render the rig. ``noise_px``: Gaussian pixel noise (grey levels) added to renders."""
+    """Build and render the rig. ``noise_px``: Gaussian pixel noise (grey levels) added to renders.
+
+    The camera renders with ``camera``'s K (MuJoCo intrinsics) and, when ``camera.D`` is not zero,
+    its lens distortion (applied to the render with ``cv2.remap``).
+    """
 
     def __init__(
         self,
@@ -140,7 +144,23 @@ class SyntheticRig:
         self.data = mujoco.MjData(self.model)
         self._gripper = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "gripper")
         self._renderer = None
+        self._distortion_maps = self._maps(camera) if np.any(camera.D) else None
         mujoco.mj_forward(self.model, self.data)
+
+    @staticmethod
+    def _maps(camera: CameraModel):
+        """remap() tables that turn MuJoCo's ideal pinhole image into one with ``camera``'s lens distortion."""
+        import cv2
+
+        u, v = np.meshgrid(np.arange(camera.width, dtype=np.float64), np.arange(camera.height, dtype=np.float64))
+        distorted = np.stack([u.ravel(), v.ravel()], axis=1).reshape(-1, 1, 2)
+        if camera.distortion_model == "equidistant":
+            ideal = cv2.fisheye.undistortPoints(distorted, camera.K, camera.D[:4], P=camera.K)
+        else:
+            ideal = cv2.undistortPointsIter(distorted, camera.K, camera.D, None, camera.K,
+                                            (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-9))
+        ideal = ideal.reshape(camera.height, camera.width, 2).astype(np.float32)
+        return ideal[..., 0].copy(), ideal[..., 1].copy()
 
     # --- kinematics -----------------------------------------------------------------------------
     @property
@@ -190,6 +210,10 @@ class SyntheticRig:
         self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         img = self._renderer.render()
+        if self._distortion_maps is not None:  # MuJoCo renders no lens distortion: add the camera's
+            import cv2
+
+            img = cv2.remap(img, *self._distortion_maps, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         if self.noise_px > 0:
             img = np.clip(img + self.rng.normal(0, self.noise_px, img.shape), 0, 255).astype(np.uint8)
         return img
