@@ -17,6 +17,10 @@ from vla_robot.drivers.base import (
     register_camera,
 )
 
+# Backends whose module is not named after their kind, registered lazily (imported on first use).
+register_camera("opencv", "vla_robot.drivers.opencv_camera:OpenCVCamera")
+register_arm("lerobot", "vla_robot.drivers.lerobot_arm:LeRobotArm")
+
 __all__ = [
     "Arm",
     "Camera",
