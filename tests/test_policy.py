@@ -281,6 +281,8 @@ def test_save_load_round_trip_identical(tmp_path, head):
     assert sum(f.endswith(".safetensors") for f in files) > 1
     cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert cfg["architectures"] == ["OpenVLAForActionPrediction"] and cfg["text_config"]["vocab_size"] == 32064
+    pre = json.loads((tmp_path / "ck" / "preprocessor_config.json").read_text())
+    assert pre["means"][0] == pytest.approx([0.485, 0.456, 0.406]) and pre["means"][1] == pytest.approx([0.5, 0.5, 0.5])
     back = load_policy(checkpoint=tmp_path / "ck")
     assert back.metadata == rt.metadata
     a, b = rt.predict(obs, return_tokens=True), back.predict(obs, return_tokens=True)
@@ -507,3 +509,17 @@ def test_numpy_only_modules_do_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_checkpoint_preprocessor_means_are_used(tmp_path, rt):
+    d = save_checkpoint(rt, tmp_path / "ck")
+    pre = json.loads((d / "preprocessor_config.json").read_text())
+    pre["means"][1] = [0.25, 0.25, 0.25]
+    (d / "preprocessor_config.json").write_text(json.dumps(pre))
+    back = load_policy(checkpoint=d)
+    a, b = rt.processor(make_obs()).pixel_values, back.processor(make_obs()).pixel_values
+    assert torch.equal(a[:, :3], b[:, :3]) and torch.allclose(b[:, 3:6], a[:, 3:6] + 0.5, atol=1e-5)  # (x-.25)/.5
+    pre["stds"] = [[0.5, 0.5]]
+    (d / "preprocessor_config.json").write_text(json.dumps(pre))
+    with pytest.raises(CheckpointError, match="two RGB triples"):
+        load_policy(checkpoint=d)

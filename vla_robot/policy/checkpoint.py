@@ -28,6 +28,7 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_model_
 CONFIG_FILE = "config.json"
 STATS_FILE = "dataset_statistics.json"
 INDEX_FILE = "model.safetensors.index.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
 SINGLE_FILE = "model.safetensors"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 
@@ -245,7 +246,45 @@ def save_checkpoint(runtime, directory: str | os.PathLike, step: int = 0, max_sh
     cfg = dataclasses.replace(runtime.cfg, norm_key=runtime.processor.norm_key, tokenizer="", dataset_statistics="")
     (d / CONFIG_FILE).write_text(json.dumps(_oft_config(cfg, stats, torch_dtype), indent=2))
     runtime.processor.tokenizer.save(d)
+    (d / PREPROCESSOR_FILE).write_text(json.dumps(_preprocessor_config(runtime), indent=2))
     return d
+
+
+def _preprocessor_config(runtime) -> dict[str, Any]:
+    """OFT's ``PrismaticImageProcessor`` settings (per-tower normalisation, resize-naive)."""
+    S = runtime.cfg.vision.image_size
+    mean, std = runtime.processor.tower_mean_std
+    return {
+        "auto_map": {
+            "AutoImageProcessor": "processing_prismatic.PrismaticImageProcessor",
+            "AutoProcessor": "processing_prismatic.PrismaticProcessor",
+        },
+        "image_processor_type": "PrismaticImageProcessor",
+        "processor_class": "PrismaticProcessor",
+        "image_resize_strategy": "resize-naive",
+        "use_fused_vision_backbone": True,
+        "input_sizes": [[3, S, S], [3, S, S]],
+        "interpolations": ["bicubic", "bicubic"],
+        "means": [list(m) for m in mean],
+        "stds": [list(s) for s in std],
+    }
+
+
+def _read_mean_std(d: Path, default):
+    """Per-tower (mean, std) from the checkpoint's preprocessor_config.json, else ``default``."""
+    path = d / PREPROCESSOR_FILE
+    if not path.is_file():
+        return default
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+    means, stds = raw.get("means"), raw.get("stds")
+    if means is None or stds is None:
+        return default
+    if len(means) != 2 or len(stds) != 2 or any(len(x) != 3 for x in list(means) + list(stds)):
+        raise CheckpointError(f"{path}: 'means' and 'stds' must be two RGB triples (one per vision tower)")
+    return [(tuple(means[0]), tuple(stds[0])), (tuple(means[1]), tuple(stds[1]))]
 
 
 def load_checkpoint(
@@ -289,5 +328,5 @@ def load_checkpoint(
     if stats is None:
         raise CheckpointError(f"{d}: {STATS_FILE} is missing (needed to un-normalise actions)")
     tokenizer = load_tokenizer(d)
-    processor = PolicyProcessor(cfg, tokenizer, tower_mean_std(model), stats, norm_key or cfg.norm_key)
+    processor = PolicyProcessor(cfg, tokenizer, _read_mean_std(d, tower_mean_std(model)), stats, norm_key or cfg.norm_key)
     return PolicyRuntime(model, processor, device=device, dtype=dtype)

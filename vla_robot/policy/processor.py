@@ -35,6 +35,9 @@ class PolicyProcessor:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.pad_id = int(getattr(tokenizer, "pad_id", 32000))
+        if len(tower_mean_std) != 2:
+            raise ValueError("tower_mean_std needs one (mean, std) pair per vision tower (2)")
+        self.tower_mean_std = ([tuple(map(float, m)) for m, _ in tower_mean_std], [tuple(map(float, s)) for _, s in tower_mean_std])
         mean = np.concatenate([np.asarray(m, np.float32) for m, _ in tower_mean_std])
         std = np.concatenate([np.asarray(s, np.float32) for _, s in tower_mean_std])
         self._mean, self._std = mean.reshape(1, 6, 1, 1), std.reshape(1, 6, 1, 1)
