@@ -220,7 +220,7 @@ def main() -> int:
         return 0
 
     print(f"serving overhead, {args.requests} requests per path, 2 cameras 224x224x3 + 8-D state, loopback, "
-          f"{os.cpu_count()} CPU cores (shared machine: expect noise)")
+          f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} (a busy machine inflates every figure)")
     results = {}
     meta: dict = {}
     ours = start("ours", free_port())
@@ -239,7 +239,7 @@ def main() -> int:
     finally:
         stop(oft)
 
-    print(f"model: {meta.get('model')} chunk {meta.get('chunk_size')}x{meta.get('action_dim')}, "
+    print(f"load average now {os.getloadavg()[0]:.1f}; model: {meta.get('model')} chunk {meta.get('chunk_size')}x{meta.get('action_dim')}, "
           f"its own time per request {pct(results['ours'][1])}")
     names = {"ours": "(a) ours, ZMQ+msgpack      ", "oft": "(b) OFT-style, requests.post",
              "oft_session": "(b') OFT-style, keep-alive "}

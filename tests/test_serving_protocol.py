@@ -141,3 +141,49 @@ def test_client_module_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_publisher_and_client_refuse_bad_arguments_before_sending():
+    from vla_robot.serving.client import PolicyClient
+    from vla_robot.serving.weights import WeightPublisher
+
+    with WeightPublisher("tcp://127.0.0.1:9", timeout_s=0.1) as pub:  # nothing listens: nothing may be sent
+        with pytest.raises(ValueError, match="non-empty mapping"):
+            pub.push({}, 1)
+        with pytest.raises(ValueError, match="non-negative integer"):
+            pub.push({"w": np.zeros(2, np.float32)}, -1)
+        with pytest.raises(ValueError, match="'w' is a str; expected a torch tensor or numpy array"):
+            pub.push({"w": "weights"}, 1)
+    with pytest.raises(ValueError, match="part_bytes"):
+        WeightPublisher("tcp://127.0.0.1:9", part_bytes=0)
+    with PolicyClient("tcp://127.0.0.1:9", timeout_s=0.1) as c:
+        with pytest.raises(ValueError, match="observation must be a dict"):
+            c.submit([1, 2, 3])
+        assert c.pending == 0
+    with pytest.raises(ValueError, match="timeout_s must be > 0"):
+        PolicyClient("tcp://127.0.0.1:9", timeout_s=0)
+
+
+def test_server_config_names_bad_values():
+    from vla_robot.config import ConfigError, from_dict
+    from vla_robot.serving.config import ServerConfig
+
+    assert from_dict(ServerConfig, {"max_batch": 4}).max_batch == 4
+    for data, match in [
+        ({"max_batch": 0}, "max_batch must be >= 1"),
+        ({"bind": "127.0.0.1:5555"}, "bind must be a ZMQ endpoint"),
+        ({"http_port": 70000}, "http_port must be -1"),
+        ({"max_wait_ms": -1}, "max_wait_ms"),
+        ({"curve_authorized_keys": "keys/"}, "needs curve_secret_key"),
+        ({"max_batch": "8"}, "expected an integer"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            from_dict(ServerConfig, data)
+
+
+def test_loopback_detection():
+    from vla_robot.serving.server import is_loopback
+
+    assert is_loopback("tcp://127.0.0.1:5555") and is_loopback("tcp://localhost:*") and is_loopback("ipc:///tmp/x")
+    assert is_loopback("tcp://[::1]:5555")
+    assert not is_loopback("tcp://0.0.0.0:5555") and not is_loopback("tcp://*:5555") and not is_loopback("tcp://10.0.0.2:1")
