@@ -523,3 +523,18 @@ def test_checkpoint_preprocessor_means_are_used(tmp_path, rt):
     (d / "preprocessor_config.json").write_text(json.dumps(pre))
     with pytest.raises(CheckpointError, match="two RGB triples"):
         load_policy(checkpoint=d)
+
+
+def test_bad_presets_and_options_are_named():
+    from vla_robot.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key 'chunk_sise'"):
+        load_policy(preset="tiny", overrides={"chunk_sise": 4})
+    with pytest.raises(ConfigError, match="'head' is 'gauss'"):
+        load_policy(preset="tiny", overrides={"head": "gauss"})
+    with pytest.raises(ValueError, match="unknown policy preset 'huge'; known presets: oft-7b, tiny"):
+        load_policy(preset="huge")
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16"):
+        load_policy(preset="tiny", dtype="float16")
+    with pytest.raises(CheckpointError, match="checkpoint directory not found"):
+        load_policy(checkpoint="/nonexistent/ck")

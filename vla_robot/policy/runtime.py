@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 import yaml
 
-from vla_robot.config import ConfigError, from_dict
+from vla_robot.config import from_dict
 from vla_robot.policy import action_tokenizer
 from vla_robot.policy.config import PolicyModelConfig
 from vla_robot.policy.modeling import OFTModel, PolicyBatch
@@ -244,10 +243,3 @@ def load_policy(
     stats = normalization.read_statistics(base / cfg.dataset_statistics) if cfg.dataset_statistics else None
     processor = PolicyProcessor(cfg, tokenizer, tower_mean_std(model), stats, norm_key or cfg.norm_key)
     return PolicyRuntime(model, processor, device=device, dtype=dtype)
-
-
-def config_to_dict(cfg: PolicyModelConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-__all__ += ["config_to_dict", "ConfigError"]
