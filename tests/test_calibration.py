@@ -425,3 +425,19 @@ def test_robot_pose_noise_is_flagged_and_closed_form_stays_close():
     assert rot < 0.2 and mm < 1.5
     clean_poses, clean_dets, _ = projected_views(rig, 15, pixel_noise=0.2, seed=0)
     assert not calibrate_hand_eye(clean_poses, clean_dets, cam, rig.board, "eye_in_hand").warnings
+
+
+def test_a_view_with_a_wrong_arm_pose_is_rejected():
+    """One view whose joints were read while the arm still moved (2 cm, 3 deg off) is dropped, with the reason."""
+    from vla_robot.calibration.synthetic import default_rig, projected_views
+
+    rig = default_rig("eye_to_hand", seed=4)
+    poses, dets, cam = projected_views(rig, 12, pixel_noise=0.2, seed=4)
+    bad = make_T(Rotation.from_euler("z", 3, degrees=True).as_matrix(), [0.02, 0.0, 0.0])
+    poses[5] = poses[5] @ bad
+    res = calibrate_hand_eye(poses, dets, cam, rig.board, "eye_to_hand")
+    assert set(res.rejected) == {"view_005"} and "inconsistent with the other views" in res.rejected["view_005"]
+    rot, mm = pose_error(res.T, rig.truth.T_base_cam)
+    assert rot < 0.2 and mm < 1.0 and len(res.views) == 11
+    kept = calibrate_hand_eye(poses, dets, cam, rig.board, "eye_to_hand", HandEyeConfig(max_outlier_fraction=0.0))
+    assert not kept.rejected and pose_error(kept.T, rig.truth.T_base_cam)[1] > mm  # without rejection: worse

@@ -93,7 +93,10 @@ class HandEyeConfig:
     min_axis_spread: float = 0.05      # 2nd / 1st eigenvalue of the rotation-axis scatter; below: one axis only
     methods: list[str] = field(default_factory=lambda: ["TSAI", "PARK", "HORAUD", "ANDREFF", "DANIILIDIS"])
     initial_method: str = "PARK"
-    disagreement_deg: float = 1.0      # warn when the methods spread more than this...
+    outlier_factor: float = 3.0        # after the joint fit, drop a view whose RMS exceeds this x the median...
+    outlier_min_px: float = 1.0        # ...and this many pixels,
+    max_outlier_fraction: float = 0.2  # at most this fraction of the views
+    disagreement_deg: float = 1.0      # warn when a method is further than this from the refined result...
     disagreement_mm: float = 5.0       # ...or this
     # landing refinement (Ablin & Peyre 2022): X <- X - eta * (psi(X) X + lam * X (X^T X - I))
     landing_eta: float = 1.0
@@ -110,6 +113,8 @@ class HandEyeConfig:
             raise ValueError(f"initial_method: {self.initial_method!r} must be one of methods {self.methods}")
         if self.min_views < 3:
             raise ValueError(f"min_views: hand-eye needs at least 3 views (2 motions), got {self.min_views}")
+        if self.outlier_factor <= 1 or not 0 <= self.max_outlier_fraction < 0.5:
+            raise ValueError("outlier_factor must be > 1 and max_outlier_fraction in [0, 0.5)")
         if not 0 < self.landing_eta * self.landing_lambda <= 1:
             raise ValueError("landing_eta * landing_lambda must be in (0, 1] for the landing term to be stable")
 

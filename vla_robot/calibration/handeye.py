@@ -270,38 +270,27 @@ def calibrate_hand_eye(
             f"only {len(used)} usable views of {len(names)} (need {cfg.min_views}){' - ' + why if why else ''}. "
             f"Record at least {cfg.min_views} poses with the whole board in view and the wrist tilted differently in each."
         )
-    motion = check_motion(G, cfg)
-    methods = opencv_hand_eye(G, T_cb, mode, cfg.methods)
-    if cfg.initial_method not in methods:
-        raise CalibrationError(f"OpenCV {cfg.initial_method} gave no solution; the poses are probably degenerate")
-
-    residual, Ms = reprojection_residual(G, used_dets, camera, mode)
-    n = sum(d.count for d in used_dets)
-
-    def board_for(A):
-        return _average_pose([invert(Ms[i]) @ A @ T_cb[i] for i in range(len(used))])
-
-    method_rms = {}
-    for name, A in methods.items():
-        B = board_for(A)
-        r = residual([A[:3, :3], B[:3, :3]], np.r_[A[:3, 3], B[:3, 3]])
-        method_rms[name] = float(np.sqrt(r @ r / n))
-    pairs = list(itertools.combinations(methods.values(), 2))
-    spread = {
-        "rotation_deg": max((pose_error(a, b)[0] for a, b in pairs), default=0.0),
-        "translation_mm": max((pose_error(a, b)[1] for a, b in pairs), default=0.0),
-    }
-    warnings = []
-    A0 = methods[cfg.initial_method]
-    B0 = board_for(A0)
-    x0_rot, x0_vec = [A0[:3, :3], B0[:3, :3]], np.r_[A0[:3, 3], B0[:3, 3]]
-    landing = landing_least_squares(residual, x0_rot, x0_vec, eta=cfg.landing_eta, lam=cfg.landing_lambda,
-                                    max_iters=cfg.landing_max_iters, tol=cfg.landing_tol)
-    baseline = rotvec_least_squares(residual, x0_rot, x0_vec)
-    r0 = residual(x0_rot, x0_vec)
-    best = landing if landing.cost <= baseline.cost * (1 + 1e-6) + 1e-12 else baseline
-    if best is baseline:
-        warnings.append(f"landing ended at a higher cost ({landing.cost:.6g}) than the baseline ({baseline.cost:.6g}); using the baseline")
+    max_drop = int(cfg.max_outlier_fraction * len(used))
+    while True:
+        solved = _solve(G, T_cb, used_dets, camera, mode, cfg)
+        per_view = solved["per_view_rms"]
+        median = float(np.median(per_view))
+        worst = int(np.argmax(per_view))
+        if (per_view[worst] > max(cfg.outlier_factor * median, cfg.outlier_min_px) and max_drop > 0
+                and len(used) > cfg.min_views):
+            rejected[used[worst]] = (
+                f"inconsistent with the other views ({per_view[worst]:.2f} px vs median {median:.2f} px after the joint fit): "
+                "its gripper pose or image is off (arm still moving, wrong joint reading, a bad detection)"
+            )
+            for lst in (used, used_dets, G, T_cb):
+                del lst[worst]
+            errs = {k: v for k, v in errs.items() if k in used}
+            max_drop -= 1
+            continue
+        break
+    motion, methods, method_rms, spread, landing, baseline, r0, best, n = (
+        solved[k] for k in ("motion", "methods", "method_rms", "spread", "landing", "baseline", "r0", "best", "n"))
+    warnings = list(solved["warnings"])
     T = make_T(best.rotations[0], best.vector[:3])
     T_board = make_T(best.rotations[1], best.vector[3:6])
     deviation = {name: pose_error(A, T) for name, A in methods.items()}
@@ -327,3 +316,43 @@ def calibrate_hand_eye(
         motion=motion, view_errors_px=errs, warnings=warnings, n_points=n, method_deviation=deviation,
     )
     return res
+
+
+def _solve(G, T_cb, dets, camera, mode, cfg) -> dict:
+    """Closed-form methods, then the joint refinement (landing and baseline) on one set of views."""
+    motion = check_motion(G, cfg)
+    methods = opencv_hand_eye(G, T_cb, mode, cfg.methods)
+    if cfg.initial_method not in methods:
+        raise CalibrationError(f"OpenCV {cfg.initial_method} gave no solution; the poses are probably degenerate")
+    residual, Ms = reprojection_residual(G, dets, camera, mode)
+    n = sum(d.count for d in dets)
+
+    def board_for(A):
+        return _average_pose([invert(Ms[i]) @ A @ T_cb[i] for i in range(len(dets))])
+
+    method_rms = {}
+    for name, A in methods.items():
+        B = board_for(A)
+        r = residual([A[:3, :3], B[:3, :3]], np.r_[A[:3, 3], B[:3, 3]])
+        method_rms[name] = float(np.sqrt(r @ r / n))
+    pairs = list(itertools.combinations(methods.values(), 2))
+    spread = {
+        "rotation_deg": max((pose_error(a, b)[0] for a, b in pairs), default=0.0),
+        "translation_mm": max((pose_error(a, b)[1] for a, b in pairs), default=0.0),
+    }
+    A0 = methods[cfg.initial_method]
+    B0 = board_for(A0)
+    x0_rot, x0_vec = [A0[:3, :3], B0[:3, :3]], np.r_[A0[:3, 3], B0[:3, 3]]
+    landing = landing_least_squares(residual, x0_rot, x0_vec, eta=cfg.landing_eta, lam=cfg.landing_lambda,
+                                    max_iters=cfg.landing_max_iters, tol=cfg.landing_tol)
+    baseline = rotvec_least_squares(residual, x0_rot, x0_vec)
+    warnings = []
+    best = landing if landing.cost <= baseline.cost * (1 + 1e-6) + 1e-12 else baseline
+    if best is baseline:
+        warnings.append(f"landing ended at a higher cost ({landing.cost:.6g}) than the baseline ({baseline.cost:.6g}); using the baseline")
+    r = residual(best.rotations, best.vector).reshape(-1, 2)
+    bounds = np.cumsum([0] + [d.count for d in dets])
+    per_view = np.array([np.sqrt(np.mean(np.sum(r[a:b] ** 2, axis=1))) for a, b in zip(bounds[:-1], bounds[1:])])
+    return {"motion": motion, "methods": methods, "method_rms": method_rms, "spread": spread, "landing": landing,
+            "baseline": baseline, "r0": residual(x0_rot, x0_vec), "best": best, "n": n, "warnings": warnings,
+            "per_view_rms": per_view}
