@@ -305,6 +305,14 @@ def test_trajectory_of_a_chunk_is_filtered_and_ends_at_rest():
     assert np.all(pos >= lim.lower) and np.all(pos <= lim.upper)
     assert traj["points"][-1]["velocities"] == [0.0, 0.0, 0.0]
     assert rig.ctl.safety.stats.ticks == 10  # previewing changed nothing
+    # with the observation's stamp, the actions already past are left out: the next point is the
+    # action for the next tick
+    ramp = np.linspace(rig.ctl.safety.last, rig.ctl.safety.last + 0.05, 12)
+    late = rig.ctl.trajectory(ramp, obs_time=rig.k * DT - 4 * DT, now=rig.k * DT)
+    assert len(late["points"]) == 7
+    np.testing.assert_allclose(late["points"][0]["positions"], ramp[5], atol=1e-9)
+    with pytest.raises(ValueError, match="in the past"):
+        rig.ctl.trajectory(ramp, obs_time=0.0, now=100.0)
 
 
 def test_bad_setup_is_rejected_with_a_clear_message():

@@ -316,9 +316,22 @@ class ChunkController:
         return reply
 
     # --- for the node ------------------------------------------------------------------------
-    def trajectory(self, chunk, time_offset: float = 0.0) -> dict:
-        """A chunk, filtered from the current safe state without changing it, as a JointTrajectory dict."""
-        safe = self.safety.preview(chunk, self.dt)
+    def trajectory(self, chunk, time_offset: float = 0.0, obs_time: Optional[float] = None,
+                   now: Optional[float] = None) -> dict:
+        """A chunk, filtered from the current safe state without changing it, as a JointTrajectory dict.
+
+        With ``obs_time`` and ``now`` the actions whose time (``obs_time + i·dt``) has passed are
+        left out, so that time_from_start counts from ``now`` (stamp the message with ``now``).
+        """
+        arr = np.asarray(chunk, dtype=np.float64)
+        if (obs_time is None) != (now is None):
+            raise ValueError("give obs_time and now together (or neither)")
+        if obs_time is not None:
+            skip = max(0, int(np.floor((now - obs_time) / self.dt + 0.5 + 1e-9)) + 1)
+            if arr.ndim != 2 or skip >= arr.shape[0]:
+                raise ValueError(f"every action of this chunk is in the past ({skip} ticks since its observation)")
+            arr = arr[skip:]
+        safe = self.safety.preview(arr, self.dt)
         return chunk_to_trajectory(safe, self.dt, self.limits.names, start_q=self.safety.last, time_offset=time_offset)
 
     def report(self) -> dict:
