@@ -344,6 +344,12 @@ def test_checkpoint_errors_name_the_tensor(tmp_path, rt):
     with pytest.raises(CheckpointError, match="no 'proprio_projector--\\*checkpoint.pt' file"):
         load_policy(checkpoint=d)
 
+    path.unlink()
+    with pytest.raises(CheckpointError, match="no safetensors weights"):
+        load_policy(checkpoint=d)
+    (d / "lora_adapter").mkdir()
+    with pytest.raises(CheckpointError, match="only a LoRA adapter"):
+        load_policy(checkpoint=d)
     (d / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json is missing"):
         load_policy(checkpoint=d)

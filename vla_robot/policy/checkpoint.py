@@ -171,6 +171,11 @@ def _load_main(d: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             raise CheckpointError(f"{d / INDEX_FILE}: empty weight_map")
     elif (d / SINGLE_FILE).is_file():
         files = [SINGLE_FILE]
+    elif (d / "lora_adapter").is_dir():
+        raise CheckpointError(
+            f"{d}: only a LoRA adapter (lora_adapter/) and no merged weights; merge it into the base model first "
+            f"(OFT's vla-scripts/merge_lora_weights_and_save.py), which writes {SINGLE_FILE} or {INDEX_FILE}"
+        )
     else:
         raise CheckpointError(f"{d}: no safetensors weights ({SINGLE_FILE} or {INDEX_FILE} with shards)")
     state, origin = {}, {}
