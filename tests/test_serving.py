@@ -153,6 +153,25 @@ def test_batches_split_by_sampling_options(runtime):
             c.close()
 
 
+def test_client_survives_a_server_restart(runtime):
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sk.getsockname()[1]}"
+    with PolicyClient(address, timeout_s=10) as c:
+        s = PolicyServer(runtime, bind=address, weights_bind=None).start()
+        obs = make_obs(c.metadata(), 70)
+        first = c.act(obs)["actions"]
+        s.stop()
+        with pytest.raises(RuntimeError, match="cannot start again"):
+            s.start()
+        with pytest.raises(PolicyTimeout):
+            c.act(obs, timeout_s=0.3)  # nobody serves: the caller hears so in time
+        with PolicyServer(runtime, bind=address, weights_bind=None):
+            np.testing.assert_allclose(c.act(obs)["actions"], first, atol=1e-5)  # reconnected by itself
+
+
 def raw_request(sock, frames, timeout_ms=10000):
     sock.send_multipart(frames)
     assert sock.poll(timeout_ms), "the server did not answer"

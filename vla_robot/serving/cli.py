@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def serve(args: argparse.Namespace) -> int:
           + (f", OFT HTTP on {server.http_url}/act" if server.http_url else "")
           + f"; cameras {meta['cameras']}, chunk {meta['chunk_size']}x{meta['action_dim']}. Ctrl-C stops.",
           flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops as cleanly as Ctrl-C
     server.serve_forever()
     return 0
 

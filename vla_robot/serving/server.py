@@ -120,6 +120,8 @@ class PolicyServer:
         """Bind the sockets (errors raise here) and start serving in background threads."""
         if self._ctx is not None:
             raise RuntimeError("server already started")
+        if self._stop.is_set():
+            raise RuntimeError("a stopped PolicyServer cannot start again; make a new one")
         self._ctx = zmq.Context()
         try:
             if self._curve is not None:
