@@ -1,0 +1,124 @@
+"""``vla-robot twin bench``: physics steps/s, render fps per camera resolution, mirror updates/s.
+
+Every figure comes with its baseline measured in the same run on the same machine: the full
+(unreduced) meshes for rendering, real time for physics, the 1 kHz target for the mirror.
+Targets (issue 6, 2-core CPU): render >= 100 fps at 128x128 per camera, physics >= 50x real time,
+mirror >= 1 kHz.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import mujoco
+import numpy as np
+
+__all__ = ["run_bench"]
+
+
+def _rate(fn, min_time: float = 0.5, min_iters: int = 5) -> float:
+    fn()  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while n < min_iters or time.perf_counter() - t0 < min_time:
+        fn()
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def _render_fps(robot: str, size: int, reduced: bool, min_time: float) -> float:
+    from vla_robot.twin import scene as scene_mod
+    from vla_robot.twin.models import robot_mjspec
+
+    orig = scene_mod.robot_mjspec
+    scene_mod.robot_mjspec = lambda r: robot_mjspec(r, reduced=reduced)
+    try:
+        spec = scene_mod.build_scene(robot, (size, size), ("front",))
+    finally:
+        scene_mod.robot_mjspec = orig
+    from vla_robot.twin.tasks import TASK_CLASSES
+    from vla_robot.twin.robots import robot_spec
+
+    TASK_CLASSES["reach"](robot_spec(robot)).build(spec)
+    m = spec.compile()
+    d = mujoco.MjData(m)
+    d.qpos[: robot_spec(robot).n_joints] = robot_spec(robot).home[: m.nq][: robot_spec(robot).n_joints]
+    mujoco.mj_forward(m, d)
+    r = mujoco.Renderer(m, size, size)
+
+    def one():
+        r.update_scene(d, camera="front")
+        r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        r.render()
+
+    try:
+        return _rate(one, min_time)
+    finally:
+        r.close()
+
+
+def run_bench(robot: str = "so101", sizes=(64, 128, 224), quick: bool = False, out=print) -> dict:
+    """Measure and print; returns the figures as a dict."""
+    from vla_robot.twin.env import make_env
+    from vla_robot.twin.mirror import Mirror
+    from vla_robot.twin.config import TwinConfig
+    from vla_robot.twin.rollout import open_loop_rollout
+
+    t_min = 0.3 if quick else 1.0
+    res: dict = {"robot": robot}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    out(f"vla-robot twin bench: {robot}, mujoco {mujoco.__version__}, MUJOCO_GL={os.environ.get('MUJOCO_GL', '(unset)')}, "
+        f"{os.cpu_count()} CPUs, load average {load:.1f} (figures scale down with load)")
+
+    # physics
+    env = make_env(task="reach", robot=robot, image_size=(64, 64), cameras=("front",))
+    env.reset(start=0)
+    m, d = env.model, env.data
+    steps_per_s = _rate(lambda: mujoco.mj_step(m, d, nstep=100), t_min) * 100
+    res["physics_steps_per_s"] = steps_per_s
+    res["physics_x_realtime"] = steps_per_s * m.opt.timestep
+    control_rate = _rate(lambda: env.advance(env.last_command()), t_min)
+    res["control_steps_per_s"] = control_rate
+    out(f"physics  mj_step          {steps_per_s:10.0f} steps/s = {res['physics_x_realtime']:6.1f}x real time "
+        f"(target >= 50x; dt {m.opt.timestep * 1e3:.2f} ms)")
+    out(f"physics  env.advance      {control_rate:10.0f} control steps/s at {env.config.control_hz:g} Hz "
+        f"= {control_rate / env.config.control_hz:6.1f}x real time")
+    batch = np.repeat(env.joint_positions()[None, None], 16, axis=0).repeat(30, axis=1)
+    t0 = time.perf_counter()
+    open_loop_rollout(env, batch, nthread=2)
+    dt = time.perf_counter() - t0
+    res["rollout_steps_per_s"] = batch.shape[0] * batch.shape[1] * env.n_substeps / dt
+    out(f"physics  rollout 16x30    {res['rollout_steps_per_s']:10.0f} steps/s (mujoco.rollout, 2 threads)")
+    env.close()
+
+    # rendering: reduced meshes vs the full ones (the baseline), one camera
+    res["render_fps"] = {}
+    for size in sizes:
+        fast = _render_fps(robot, size, True, t_min)
+        full = _render_fps(robot, size, False, t_min) if not quick or size == 128 else float("nan")
+        res["render_fps"][size] = {"reduced": fast, "full": full}
+        out(f"render   {size:3d}x{size:<3d} front   {fast:8.1f} fps reduced meshes | {full:6.1f} fps full meshes "
+            f"({fast / full if full == full else float('nan'):4.1f}x){'  target >= 100' if size == 128 else ''}")
+
+    # a full env step with two cameras (what an RL rollout pays per step)
+    env = make_env(task="reach", robot=robot, image_size=(128, 128), cameras=("front", "wrist"))
+    env.reset(start=0)
+    res["env_step_per_s_128_2cams"] = _rate(lambda: env.step(env.last_command()), t_min)
+    out(f"env      step+2 cams 128² {res['env_step_per_s_128_2cams']:10.1f} steps/s")
+    env.close()
+
+    # mirror: measured joint state in -> exact twin pose
+    mirror = Mirror(TwinConfig(robot=robot, image_size=[64, 64], cameras=["front"]))
+    q = mirror.view.joint_positions()
+    stamp = [time.monotonic()]
+
+    def upd():
+        stamp[0] += 1e-3
+        mirror.update(q, None, stamp[0])
+
+    res["mirror_updates_per_s"] = _rate(upd, t_min)
+    res["mirror_pose_only_per_s"] = _rate(lambda: mirror.view.set_joint_state(q), t_min)
+    out(f"mirror   update (+shadow) {res['mirror_updates_per_s']:10.0f} /s   kinematic set only "
+        f"{res['mirror_pose_only_per_s']:8.0f} /s (target >= 1000)")
+    mirror.close()
+    return res
