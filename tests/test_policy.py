@@ -544,3 +544,49 @@ def test_bad_presets_and_options_are_named():
         load_policy(preset="tiny", dtype="float16")
     with pytest.raises(CheckpointError, match="checkpoint directory not found"):
         load_policy(checkpoint="/nonexistent/ck")
+
+
+def test_film_conditions_vision_on_language_and_round_trips(tmp_path, rt):
+    film = load_policy(preset="tiny", seed=0, overrides={"film": True})
+    a, b = make_obs(instruction="pick up the cube"), make_obs(instruction="open the drawer")
+    with torch.no_grad():
+        def patches(r, o):
+            batch = r.batch(o)
+            lang = r.model.average_language_embedding(batch) if r.cfg.film else None
+            return r.model.vision_backbone(batch.pixel_values, lang)
+
+        assert (patches(film, a) - patches(film, b)).abs().max() > 1e-4  # FiLM: words change what the ViTs see
+        assert torch.equal(patches(rt, a), patches(rt, b))  # control: plain OFT vision ignores the words
+    keys = film.model.state_dict()
+    assert "vision_backbone.featurizer.blocks.0.scale.weight" in keys and "vision_backbone.fused_featurizer.blocks.1.block.attn.qkv.weight" in keys
+    d = save_checkpoint(film, tmp_path / "ck", step=3)
+    assert (d / "vision_backbone--3_checkpoint.pt").is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(d / "model.safetensors"), "pt") as f:
+        main_keys = set(f.keys())
+    assert main_keys == set(rt.model.main_state_dict())  # the plain OFT layout, FiLM layers in the .pt
+    back = load_policy(checkpoint=d)
+    assert back.cfg.film
+    x, y = film.predict(a, return_tokens=True)[0], back.predict(a, return_tokens=True)[0]
+    assert np.array_equal(x["tokens"], y["tokens"]) and np.array_equal(x["logprobs"], y["logprobs"])
+    vb = d / "vision_backbone--3_checkpoint.pt"
+    sd = torch.load(vb, weights_only=True)
+    sd["vision_backbone.featurizer.blocks.0.block.attn.qkv.lora_A.default.weight"] = torch.zeros(2, 2)
+    torch.save(sd, vb)
+    with pytest.raises(CheckpointError, match="LoRA-wrapped"):
+        load_policy(checkpoint=d)
+    vb.unlink()
+    with pytest.raises(CheckpointError, match="no 'vision_backbone--\\*checkpoint.pt' file"):
+        load_policy(checkpoint=d)
+
+
+def test_oft_7b_film_layout_on_meta_device():
+    model = build_model(load_preset("oft-7b", {"film": True}), device="meta")
+    sd = model.state_dict()
+    assert tuple(sd["vision_backbone.featurizer.blocks.0.scale.weight"].shape) == (1024, 4096)
+    assert tuple(sd["vision_backbone.fused_featurizer.blocks.26.shift.weight"].shape) == (1152, 4096)
+    assert tuple(sd["vision_backbone.featurizer.blocks.0.block.ls1.scale_factor"].shape) == (1024,)
+    main = model.main_state_dict()
+    for k, shape in PUBLISHED.items():
+        assert tuple(main[k].shape) == shape, k

@@ -112,6 +112,7 @@ def read_model_config(directory: str | os.PathLike, overrides: Mapping[str, Any]
         data["tokenizer"] = data["dataset_statistics"] = ""
         has_head = _find_optional(d, "action_head") is not None
         data["head"] = "l1" if has_head else "discrete"
+        data["film"] = _find_optional(d, "vision_backbone") is not None
         proprio = _find_optional(d, "proprio_projector")
         if proprio is None:
             data["proprio_dim"] = 0
@@ -220,6 +221,7 @@ def save_checkpoint(runtime, directory: str | os.PathLike, step: int = 0, max_sh
         main = {k: v.detach().cpu().contiguous() for k, v in model.main_state_dict().items()}
         proprio = None if model.proprio_projector is None else {k: v.detach().cpu().clone() for k, v in model.proprio_projector.state_dict().items()}
         head = None if model.action_head is None else {k: v.detach().cpu().clone() for k, v in model.action_head.state_dict().items()}
+        vision = {k: v.detach().cpu().clone() for k, v in model.vision_state_dict().items()} if runtime.cfg.film else None
     for stale in list(d.glob("model*.safetensors")) + list(d.glob("*--*checkpoint.pt")) + [d / INDEX_FILE]:
         stale.unlink(missing_ok=True)
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -246,6 +248,8 @@ def save_checkpoint(runtime, directory: str | os.PathLike, step: int = 0, max_sh
         torch.save(proprio, d / f"proprio_projector--{step}_checkpoint.pt")
     if head is not None:
         torch.save(head, d / f"action_head--{step}_checkpoint.pt")
+    if vision is not None:
+        torch.save(vision, d / f"vision_backbone--{step}_checkpoint.pt")
     if stats:
         normalization.write_statistics(stats, d / STATS_FILE)
     cfg = dataclasses.replace(runtime.cfg, norm_key=runtime.processor.norm_key, tokenizer="", dataset_statistics="")
@@ -322,6 +326,15 @@ def load_checkpoint(
         sd = _load_pt(path)
         check_state_dict(model.action_head.state_dict(), sd, path.name)
         parts.append({"action_head." + k: v for k, v in sd.items()})
+    parts[0] = model.load_main_state_dict(main)
+    if cfg.film:
+        path = find_component(d, "vision_backbone")
+        sd = _load_pt(path)
+        lora = [k for k in sd if "lora_" in k or ".base_layer." in k]
+        if lora:
+            raise CheckpointError(f"{path}: tensor '{lora[0]}' belongs to a LoRA-wrapped backbone; merge the LoRA weights first")
+        check_state_dict(model.vision_state_dict(), sd, path.name)
+        parts.append(sd)
     full = {k: v for p in parts for k, v in p.items()}
     model.load_state_dict(full, strict=True)
     stats = None

@@ -82,6 +82,7 @@ class PolicyModelConfig:
     tokenizer: str = ""  # "" = the checkpoint's own files; else a file next to the preset
     dataset_statistics: str = ""  # a dataset_statistics.json next to the preset (optional)
     l1_num_blocks: int = 2
+    film: bool = False  # OFT+: FiLM language conditioning in every ViT block (ALOHA recipe)
 
     def validate(self) -> None:
         if self.chunk_size < 1 or self.action_dim < 1:

@@ -16,6 +16,7 @@ hidden state *before* each action slot predicts it (causal-LM shift), as OFT rea
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -105,10 +106,30 @@ def _create_tower(model_id: str, image_size: int, overrides: dict) -> nn.Module:
     return tower
 
 
-class FusedVisionBackbone(nn.Module):
-    """Two timm ViTs on the same image; patch features of the second-to-last block, concatenated."""
+class FiLMedBlock(nn.Module):
+    """OFT+'s FiLM around one ViT block: after attention, ``x = x·(1 + γ) + β`` with γ, β linear in
+    the average language embedding (the same for every patch). Parameter names as OFT's
+    ``FiLMedVisionTransformerBlock`` (``block.*``, ``scale``, ``shift``)."""
 
-    def __init__(self, timm_model_ids: list[str], image_size: int, overrides: list[dict]):
+    def __init__(self, block: nn.Module, vision_dim: int, llm_dim: int):
+        super().__init__()
+        self.block = block
+        self.scale = nn.Linear(llm_dim, vision_dim)
+        self.shift = nn.Linear(llm_dim, vision_dim)
+
+    def forward(self, x: torch.Tensor, language: torch.Tensor) -> torch.Tensor:
+        b = self.block
+        gamma, beta = self.scale(language)[:, None], self.shift(language)[:, None]
+        x = x + b.drop_path1(b.ls1(b.attn(b.norm1(x))))
+        x = x * (1 + gamma) + beta
+        return x + b.drop_path2(b.ls2(b.mlp(b.norm2(x))))
+
+
+class FusedVisionBackbone(nn.Module):
+    """Two timm ViTs on the same image; patch features of the second-to-last block, concatenated.
+    With ``film_llm_dim`` every block is FiLM-conditioned on the average language embedding."""
+
+    def __init__(self, timm_model_ids: list[str], image_size: int, overrides: list[dict], film_llm_dim: int = 0):
         super().__init__()
         self.featurizer = _create_tower(timm_model_ids[0], image_size, overrides[0])
         self.fused_featurizer = _create_tower(timm_model_ids[1], image_size, overrides[1])
@@ -116,21 +137,32 @@ class FusedVisionBackbone(nn.Module):
         self.num_patches = self.featurizer.patch_embed.num_patches
         if self.fused_featurizer.patch_embed.num_patches != self.num_patches:
             raise ValueError("both vision towers must give the same number of patches")
+        self.film = film_llm_dim > 0
+        if self.film:
+            for tower in (self.featurizer, self.fused_featurizer):
+                tower.blocks = nn.Sequential(*[FiLMedBlock(b, tower.num_features, film_llm_dim) for b in tower.blocks])
 
-    @staticmethod
-    def _features(tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _features(self, tower: nn.Module, x: torch.Tensor, language: torch.Tensor | None) -> torch.Tensor:
         index = len(tower.blocks) - 2
-        return tower.forward_intermediates(x, indices=[index], intermediates_only=True, norm=False, output_fmt="NLC", stop_early=True)[0]
+        if not self.film:
+            return tower.forward_intermediates(x, indices=[index], intermediates_only=True, norm=False, output_fmt="NLC", stop_early=True)[0]
+        if language is None:
+            raise ValueError("this vision backbone is FiLM-conditioned: it needs the average language embedding")
+        x = tower.norm_pre(tower.patch_drop(tower._pos_embed(tower.patch_embed(x))))
+        for block in list(tower.blocks)[: index + 1]:
+            x = block(x, language)
+        return x[:, tower.num_prefix_tokens:]
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[B, 6·N, S, S]`` → ``[B, N·num_patches, embed_dim]`` (image-major, as OFT)."""
+    def forward(self, pixel_values: torch.Tensor, language: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, 6·N, S, S]`` (+ ``[B, llm_dim]`` for FiLM) → ``[B, N·num_patches, embed_dim]`` (image-major, as OFT)."""
         B, C, H, W = pixel_values.shape
         if C % 6:
             raise ValueError(f"pixel_values must have 6 channels per image (3 per tower), got {C}")
         n = C // 6
         x = pixel_values.reshape(B * n, 6, H, W)
-        a = self._features(self.featurizer, x[:, :3])
-        b = self._features(self.fused_featurizer, x[:, 3:])
+        lang = None if language is None else language.repeat_interleave(n, dim=0)
+        a = self._features(self.featurizer, x[:, :3], lang)
+        b = self._features(self.fused_featurizer, x[:, 3:], lang)
         patches = torch.cat([a, b], dim=2)  # [B·N, P, Ca+Cb]
         return patches.reshape(B, n * patches.shape[1], patches.shape[2])
 
@@ -235,8 +267,8 @@ class OFTModel(nn.Module):
 
         self.cfg = cfg
         v = cfg.vision
-        self.vision_backbone = FusedVisionBackbone(v.timm_model_ids, v.image_size, v.timm_overrides)
         llm_dim = cfg.llm.hidden_size
+        self.vision_backbone = FusedVisionBackbone(v.timm_model_ids, v.image_size, v.timm_overrides, llm_dim if cfg.film else 0)
         self.projector = PrismaticProjector(self.vision_backbone.embed_dim, llm_dim)
         self.language_model = LlamaForCausalLM(_llama_config(cfg))
         for layer in self.language_model.model.layers:  # attention kernels that read the flag (sdpa, flash)
@@ -273,8 +305,9 @@ class OFTModel(nn.Module):
         dtype = embed.weight.dtype
         B = len(batch)
         device = batch.input_ids.device
-        patches = self.projector(self.vision_backbone(batch.pixel_values.to(dtype)))  # [B, N·P, D]
         ids = batch.input_ids
+        language = self.average_language_embedding(batch) if self.cfg.film else None
+        patches = self.projector(self.vision_backbone(batch.pixel_values.to(dtype), language))  # [B, N·P, D]
         prefix = [embed(ids[:, :1]), patches]
         if self.proprio_projector is not None:
             if batch.proprio is None:
@@ -298,6 +331,15 @@ class OFTModel(nn.Module):
         mask = mask.masked_fill(~key_valid[:, None, None, :], torch.finfo(dtype).min).expand(B, 1, S, S)
         first_action = K + text_len
         return seq, mask, first_action
+
+    def average_language_embedding(self, batch: PolicyBatch) -> torch.Tensor:
+        """FiLM's input: the mean embedding of the non-action tokens (prompt incl. BOS and 29871, and
+        ``</s>``), padding excluded, ``[B, llm_dim]``."""
+        embed = self.language_model.get_input_embeddings()
+        ids = batch.input_ids
+        valid = (torch.arange(ids.shape[1], device=ids.device)[None, :] < batch.prompt_lengths[:, None]).unsqueeze(-1)
+        total = (embed(ids) * valid).sum(1) + embed.weight[EOS_ID][None, :]
+        return total / (batch.prompt_lengths[:, None] + 1).to(total.dtype)
 
     def run_llm(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Last-layer (final-norm) hidden states of the Llama decoder, attention set by ``mask``."""
@@ -396,8 +438,34 @@ class OFTModel(nn.Module):
         return bins
 
     def main_state_dict(self) -> dict[str, torch.Tensor]:
-        """The keys OFT stores in its safetensors shards (no proprio projector, no action head)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(("proprio_projector.", "action_head."))}
+        """The keys OFT stores in its safetensors shards (no proprio projector, no action head; with
+        FiLM the plain ViT names, without the FiLM layers, as OFT's merged base model has them)."""
+        out = {}
+        for k, v in self.state_dict().items():
+            if k.startswith(("proprio_projector.", "action_head.")):
+                continue
+            if self.cfg.film and k.startswith("vision_backbone."):
+                if ".scale." in k or ".shift." in k:
+                    continue
+                k = _unfilm_key(k)
+            out[k] = v
+        return out
+
+    def vision_state_dict(self) -> dict[str, torch.Tensor]:
+        """OFT's ``vision_backbone--*checkpoint.pt`` (FiLM models): the whole FiLMed backbone."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith("vision_backbone.")}
+
+    def load_main_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state`` (main-layout keys) renamed to this model's own parameter names."""
+        if not self.cfg.film:
+            return dict(state)
+        own = {_unfilm_key(k): k for k in self.state_dict() if k.startswith("vision_backbone.")}
+        return {own.get(k, k): v for k, v in state.items()}
+
+
+def _unfilm_key(key: str) -> str:
+    """``…blocks.3.block.attn…`` → ``…blocks.3.attn…`` (FiLM wrapper removed)."""
+    return re.sub(r"(\.blocks\.\d+)\.block\.", r"\1.", key)
 
 
 def replace_cfg(cfg: PolicyModelConfig, **changes) -> PolicyModelConfig:
