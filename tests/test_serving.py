@@ -470,7 +470,7 @@ print(json_numpy.dumps({"actions": np.stack(actions), "encoded": np.stack(json_n
 def test_oft_http_endpoint_answers_an_oft_client_unchanged(runtime):
     import requests
 
-    with PolicyServer(runtime, bind=LOOPBACK, weights_bind=None, http_port=0) as s:
+    with PolicyServer(runtime, bind=LOOPBACK, weights_bind=None, http_port=0, max_message_bytes=2_000_000) as s:
         out = subprocess.run([sys.executable, "-c", OFT_CLIENT, s.http_url], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
         import json_numpy
@@ -502,8 +502,15 @@ def test_oft_http_endpoint_answers_an_oft_client_unchanged(runtime):
         assert r.status_code == 422 and "unknown field" in r.json()["error"]
         r = post(None, raw=json.dumps({"full_image": {"__numpy__": "AAAA", "dtype": "|O", "shape": [1]}}))
         assert r.status_code == 400 and "not accepted" in r.json()["error"]
-        r = post(good)
-        assert r.status_code == 200 and r.headers["X-Policy-Version"] == str(runtime.version)
+        r = post(None, raw=b"x" * (s.max_message_bytes + 1))
+        assert r.status_code == 413 and "at most" in r.json()["error"]
+        # concurrent OFT requests share the batcher and each gets its own answer
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda _: post(good), range(8)))
+        assert all(r.status_code == 200 and r.headers["X-Policy-Version"] == str(runtime.version) for r in replies)
+        assert all(len(json_numpy.loads(r.text)) == runtime.metadata["chunk_size"] for r in replies)
         assert requests.get(s.http_url + "/metadata", timeout=10).json()["cameras"] == ["front", "wrist"]
 
 

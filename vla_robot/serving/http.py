@@ -100,6 +100,9 @@ def make_app(server) -> FastAPI:
 
     @app.post("/act")
     async def act(request: Request):
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > server.max_message_bytes:  # refuse before reading it
+            return error(413, f"body is {declared} bytes; this server accepts at most {server.max_message_bytes}")
         body = await request.body()
         if len(body) > server.max_message_bytes:
             return error(413, f"body is {len(body)} bytes; this server accepts at most {server.max_message_bytes}")
