@@ -55,7 +55,8 @@ def policy(args: argparse.Namespace) -> int:
     print(f"policy        {cfg.name} ({'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'preset, random weights'})")
     print(f"vision        {cfg.vision.timm_model_ids[0]} ({_fmt(_count(vb.featurizer))}, {len(vb.featurizer.blocks)} blocks, dim {vb.featurizer.embed_dim})")
     print(f"              + {cfg.vision.timm_model_ids[1]} ({_fmt(_count(vb.fused_featurizer))}, {len(vb.fused_featurizer.blocks)} blocks, dim {vb.fused_featurizer.embed_dim})")
-    print(f"              {cfg.vision.image_size} px, {vb.num_patches} patches/image, features of the second-to-last block")
+    print(f"              {cfg.vision.image_size} px, {vb.num_patches} patches/image, features of the second-to-last block"
+          + (", FiLM on the instruction" if cfg.film else ""))
     print(f"projector     fused 3-layer MLP {vb.embed_dim} -> {4 * vb.embed_dim} -> {cfg.llm.hidden_size} -> {cfg.llm.hidden_size} ({_fmt(_count(model.projector))})")
     print(f"llm           Llama {cfg.llm.num_hidden_layers} layers, hidden {cfg.llm.hidden_size}, vocab {cfg.llm.vocab_size} ({_fmt(_count(model.language_model))})")
     print(f"proprio       {'dim ' + str(cfg.proprio_dim) + ' (' + _fmt(_count(model.proprio_projector)) + ')' if cfg.proprio_dim else 'none'}")
