@@ -252,6 +252,7 @@ CHILD = textwrap.dedent(
 
     episode(4, start)
     rec.save_episode("success")
+    rec.flush()                                 # the writer has reopened LeRobot for the next episode
     print("saved", rec.num_episodes, flush=True)
     if kill_at == "mid_episode":
         print("recording", flush=True)

@@ -14,7 +14,9 @@ class RecorderConfig:
     """How the :class:`vla_robot.data.recorder.Recorder` writes a LeRobotDataset."""
 
     fps: int = 30
-    vcodec: str = "h264"  # libx264 ships in PyAV's wheel; decodes everywhere (pyav, torchcodec)
+    # libsvtav1 at LeRobot's preset 12 keeps up with 2x640x480@30 on a loaded 2-core box (libx264 at its
+    # default preset does not: benchmarks/recording.py); both ship in PyAV's wheel and decode with pyav
+    vcodec: str = "libsvtav1"
     encoder_threads: int = 1  # per camera; 1 keeps a 2-core robot PC responsive
     max_pending_s: float = 2.0  # frames waiting for the writer, in seconds of recording, before add_frame drops
     put_timeout_s: float = 0.0  # how long add_frame may wait for room (0: never blocks the control loop)

@@ -350,6 +350,7 @@ class Recorder:
                                 self._stats.episodes_saved = rec.episode_index + 1
                                 self._stats.last_durable_s = time.monotonic() - t_request
                             fut.set_result(rec)
+                            self._reopen()  # ready for the next episode (not part of "durable")
                 elif kind == "discard":
                     self._clear_buffer()
                     episode_failed = None
@@ -464,5 +465,4 @@ class Recorder:
         tmp.write_text(old + json.dumps(rec.to_json()) + "\n")
         os.replace(tmp, journal)
         store.publish(self.root, index + 1, fsync=self.config.fsync, keep=self.config.keep_commits)
-        self._reopen()
         return rec
