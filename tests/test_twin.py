@@ -277,3 +277,12 @@ def test_pick_place_success_needs_the_named_cube_on_the_plate_and_released(pick)
     assert not pick.success(), "next to the plate is no success"
     put(pick.start.target, plate[:2])
     assert pick.success()
+
+
+# --- the Panda (ros2_control labs) ---------------------------------------------------------------
+@pytest.mark.parametrize("task", ["reach", pytest.param("pick_place", marks=pytest.mark.slow)])
+def test_panda_experts_solve_random_starts(task):
+    env = make_env(task=task, robot="panda", image_size=(32, 32), cameras=("front",))
+    wins = sum(_run_episode(env, lambda e: e.expert_action(), start=s) for s in range(5000, 5020))
+    env.close()
+    assert wins >= 19, f"Panda {task} expert solved {wins}/20 starts"

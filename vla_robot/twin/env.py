@@ -186,11 +186,13 @@ class TwinEnv:
         """Largest joint change per control step the velocity limits allow (with 10 % margin)."""
         return 0.9 * self.robot.max_velocity * self.control_dt
 
-    def solve_ik(self, target_pos, q_arm_init, approach=(0.0, 0.0, -1.0), site: str = "tcp") -> np.ndarray:
+    def solve_ik(self, target_pos, q_arm_init, approach=(0.0, 0.0, -1.0), site: str = "tcp",
+                 fix_roll: bool | None = None) -> np.ndarray:
         """Arm joints that put ``site`` ('tcp' or 'pinch') at ``target_pos``, from above when the arm can.
 
         Tries a straight-down approach first, then tilts it away from the base until the position
-        is reached; the SO-101 wrist roll stays where ``q_arm_init`` has it.
+        is reached. The last arm joint (the wrist roll / flange) stays where ``q_arm_init`` has it
+        when ``fix_roll`` (default: on the 5-DoF SO-101, whose roll cannot help the position).
         """
         kin = self.pinch_kinematics if site == "pinch" else self.kinematics
         p = np.asarray(target_pos, dtype=np.float64)
@@ -198,7 +200,9 @@ class TwinEnv:
         radial = np.array([p[0], p[1], 0.0]) / max(np.linalg.norm(p[:2]), 1e-6)
         down = np.asarray(approach, dtype=np.float64)
         best = None
-        fixed = (len(q0) - 1,) if self.robot.name == "so101" else ()
+        if fix_roll is None:
+            fix_roll = self.robot.name == "so101"
+        fixed = (len(q0) - 1,) if fix_roll else ()
         for tilt in np.radians([0, 15, 30, 45, 60]):
             want = down * np.cos(tilt) + radial * np.sin(tilt)
             res = kin.ik(p, q0, approach=want, axis_weight=0.3, fixed=fixed)

@@ -176,7 +176,7 @@ def _adapt_panda(spec) -> None:
     rs = robot_spec("panda")
     # torque motors -> position servos (kp chosen for stiff tracking of 30 Hz targets)
     kps = [4500, 4500, 3500, 3500, 2000, 2000, 2000]
-    kds = [450, 450, 350, 350, 200, 200, 200]
+    kds = [120, 120, 90, 90, 40, 40, 40]  # about critical: heavier damping lags 30 Hz targets by ~0.1 s
     for i, name in enumerate(rs.joint_names[:7]):
         act = spec.actuator(f"actuator{i + 1}")
         act.gaintype = mujoco.mjtGain.mjGAIN_FIXED
@@ -188,7 +188,11 @@ def _adapt_panda(spec) -> None:
         act.forcelimited = 1
         act.ctrllimited = 1
         act.name = name
-    # Robotiq driver: 0..255 command -> rename; the twin maps radians 0..0.8 to 0..255
+    # a Franka's joint controllers compensate gravity: so does the twin (the bodies' own gravcomp)
+    for body in spec.bodies:
+        if body.name and body.name != "world":
+            body.gravcomp = 1.0
+    # Robotiq driver: 0..255 command; the twin maps radians 0..0.8 to 0..255
     hand = spec.body("base_mount") if _has_body(spec, "base_mount") else None
     attach = spec.site("pinch") if _has_site(spec, "pinch") else None
     if attach is not None:

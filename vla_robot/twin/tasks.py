@@ -126,7 +126,9 @@ class ReachTask(_Task):
     def __init__(self, robot):
         super().__init__(robot)
         self.colours = list(COLOURS)
-        self.touch_offset = 0.012  # the touch point sits this far above the top face (m)
+        # the touch point sits this far above the top face (m): the tcp is between the fingertips
+        # on the SO-101, between the pads (a little above the tips) on the Robotiq 2F-85
+        self.touch_offset = {"so101": 0.012, "panda": 0.025}[robot.name]
         self.touch_radius = 0.02
 
     def build(self, spec):
@@ -265,18 +267,20 @@ class PickPlaceTask(_Task):
                 best, best_cost = roll, cost
         return float(best)
 
-    @staticmethod
-    def _closing_dir(env, q_arm) -> np.ndarray:
-        """World direction in which the (SO-101) moving jaw opens, for arm joints ``q_arm``."""
+    # the pinch-site axis along which the jaws close (SO-101: the moving jaw opens along +z)
+    CLOSING_AXIS = {"so101": 2, "panda": 1}
+
+    def _closing_dir(self, env, q_arm) -> np.ndarray:
+        """World direction along which the jaws close, for arm joints ``q_arm``."""
         kin = env.pinch_kinematics
         kin.fk(q_arm)
-        return kin.data.site_xmat[kin.site_id].reshape(3, 3)[:, 2].copy()
+        return kin.data.site_xmat[kin.site_id].reshape(3, 3)[:, self.CLOSING_AXIS[self.robot.name]].copy()
 
     def _line(self, env, a, b, q_init, n: int) -> list[np.ndarray]:
         """IK waypoints on the straight segment a -> b (the pinch point moves in a line)."""
         out, q = [], q_init
         for t in np.linspace(0, 1, n + 1)[1:]:
-            q = env.solve_ik(a + t * (b - a), q, site="pinch")
+            q = env.solve_ik(a + t * (b - a), q, site="pinch", fix_roll=True)
             out.append(q)
         return out
 
@@ -291,18 +295,18 @@ class PickPlaceTask(_Task):
         q = start.q_arm[: len(self.robot.arm_joints)].copy()
         g_open, g_closed = self.robot.gripper_open, self.robot.gripper_closed
         clear = np.zeros(3)
+        q = env.solve_ik(grasp + up, q, site="pinch")
+        q[-1] = self._grasp_roll(env, q, cube[3])  # roll the wrist to the cube's faces, then hold it
         if self.robot.name == "so101":
-            q = env.solve_ik(grasp + up, q, site="pinch")
-            q[-1] = self._grasp_roll(env, q, cube[3])  # roll the wrist to the cube's faces, then solve
-            g_open = 0.75  # about 7 cm between the pads: room around a 3 cm cube, clear of the others
+            g_open = 0.75  # about 7 cm between the pads: room around a 2-3 cm cube, clear of the others
             # the pinch site sits 15 mm from the static pad: bring that pad down ~5 mm off the cube's
             # face; the closing jaw then pushes the cube onto it
             clear = max(0.0, h + 0.005 - 0.015) * self._closing_dir(env, env.solve_ik(grasp + up, q, site="pinch"))
-        hover = env.solve_ik(grasp + up + clear, q, site="pinch")
+        hover = env.solve_ik(grasp + up + clear, q, site="pinch", fix_roll=True)
         descend = self._line(env, grasp + up + clear, grasp + clear, hover, 4)
         lift = self._line(env, grasp, grasp + up, descend[-1], 2)
         place = np.array([plate[0], plate[1], 0.004 + h + 0.006])
-        carry = env.solve_ik(place + up, lift[-1], site="pinch")
+        carry = env.solve_ik(place + up, lift[-1], site="pinch", fix_roll=True)
         lower = self._line(env, place + up, place, carry, 3)
         retreat = self._line(env, place, place + 1.5 * up, lower[-1], 2)
         steps = [("hover", hover, g_open)]
