@@ -6,7 +6,8 @@ MuJoCo calibration rig's geometry (vla_robot.calibration.synthetic), projected w
 distortion and pixel noise, with and without robot-pose noise; ``--render`` uses rendered and
 detected images instead (slower). Printed per setting, as medians over seeds: errors against
 the true camera pose for PARK, the best of the five OpenCV methods, landing and baseline; final
-cost; time; residual evaluations; max |R^T R - I|.
+cost; time; residual evaluations; max |R^T R - I|. With robot-pose noise, "+prior" rows also refine
+each view's arm pose under a prior of the arm's accuracy (handeye.pose_sigma_mm/deg).
 
     .venv/bin/python benchmarks/calibration_refine.py [--seeds 8] [--views 15] [--render]
 
@@ -24,6 +25,7 @@ import numpy as np
 os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from vla_robot.calibration.config import HandEyeConfig  # noqa: E402
 from vla_robot.calibration.geometry import make_T, pose_error  # noqa: E402
 from vla_robot.calibration.handeye import calibrate_hand_eye  # noqa: E402
 from vla_robot.calibration.synthetic import default_rig, projected_views  # noqa: E402
@@ -48,6 +50,9 @@ def main() -> int:
         for name, pix, mm, deg in settings:
             rows = {k: [] for k in ("PARK", "best OpenCV", "landing", "baseline")}
             extra = {"landing": [], "baseline": []}
+            if mm:
+                for k in ("landing+prior", "baseline+prior"):
+                    rows[k], extra[k] = [], []
             for seed in range(args.seeds):
                 rig = default_rig(mode, seed=seed)
                 try:
@@ -61,24 +66,28 @@ def main() -> int:
                         poses, dets, camera = projected_views(rig, args.views, pix, mm, deg, seed=seed,
                                                               distortion=[-0.08, 0.05, 0.0005, -0.0003, 0.0])
                     res = calibrate_hand_eye(poses, dets, camera, rig.board, mode)
+                    prior = calibrate_hand_eye(poses, dets, camera, rig.board, mode,
+                                               HandEyeConfig(pose_sigma_mm=mm, pose_sigma_deg=deg)) if mm else None
                 finally:
                     rig.close()
                 truth = rig.truth.T_gripper_cam if mode == "eye_in_hand" else rig.truth.T_base_cam
                 errs = {m: pose_error(T, truth) for m, T in res.methods.items()}
                 rows["PARK"].append(errs["PARK"])
                 rows["best OpenCV"].append(min(errs.values(), key=lambda e: e[0] + e[1]))
-                for r, key in ((res.landing, "landing"), (res.baseline, "baseline")):
-                    rows[key].append(pose_error(make_T(r.rotations[0], r.vector[:3]), truth))
-                    extra[key].append((r.cost, r.seconds * 1000, r.evaluations, r.orthogonality))
-                if res.landing.orthogonality > 1e-6 or res.landing.cost > res.baseline.cost * (1 + 1e-6):
-                    failures += 1
-                    print(f"  FAIL seed {seed}: landing cost {res.landing.cost:.6g} vs {res.baseline.cost:.6g}, "
-                          f"orthogonality {res.landing.orthogonality:.1e}")
+                runs = [(res, "")] + ([(prior, "+prior")] if prior is not None else [])
+                for rr, suffix in runs:
+                    for r, key in ((rr.landing, "landing"), (rr.baseline, "baseline")):
+                        rows[key + suffix].append(pose_error(make_T(r.rotations[0], r.vector[:3]), truth))
+                        extra[key + suffix].append((r.cost, r.seconds * 1000, r.evaluations, r.orthogonality))
+                    if rr.landing.orthogonality > 1e-6 or rr.landing.cost > rr.baseline.cost * (1 + 1e-6):
+                        failures += 1
+                        print(f"  FAIL seed {seed}{suffix}: landing cost {rr.landing.cost:.6g} vs {rr.baseline.cost:.6g}, "
+                              f"orthogonality {rr.landing.orthogonality:.1e}")
             print(f"\n{mode}, {name}, {args.views} views, median of {args.seeds} seeds")
-            print(f"  {'estimator':<12s} {'rot [deg]':>10s} {'trans [mm]':>11s} {'cost':>10s} {'ms':>7s} {'evals':>6s} {'|RtR-I|':>8s}")
+            print(f"  {'estimator':<14s} {'rot [deg]':>10s} {'trans [mm]':>11s} {'cost':>10s} {'ms':>7s} {'evals':>6s} {'|RtR-I|':>8s}")
             for key, vals in rows.items():
                 v = np.median(np.array(vals), axis=0)
-                line = f"  {key:<12s} {v[0]:10.4f} {v[1]:11.3f}"
+                line = f"  {key:<14s} {v[0]:10.4f} {v[1]:11.3f}"
                 if key in extra:
                     e = np.array(extra[key])
                     line += f" {np.median(e[:, 0]):10.4f} {np.median(e[:, 1]):7.1f} {np.median(e[:, 2]):6.0f} {e[:, 3].max():8.1e}"

@@ -441,3 +441,23 @@ def test_a_view_with_a_wrong_arm_pose_is_rejected():
     assert rot < 0.2 and mm < 1.0 and len(res.views) == 11
     kept = calibrate_hand_eye(poses, dets, cam, rig.board, "eye_to_hand", HandEyeConfig(max_outlier_fraction=0.0))
     assert not kept.rejected and pose_error(kept.T, rig.truth.T_base_cam)[1] > mm  # without rejection: worse
+
+
+def test_pose_prior_refines_noisy_arm_poses():
+    """Given the arm's accuracy, the refinement also corrects each pose and beats trusting the poses."""
+    from vla_robot.calibration.synthetic import default_rig, projected_views
+
+    rig = default_rig("eye_in_hand", seed=2)
+    poses, dets, cam = projected_views(rig, 15, pixel_noise=0.2, pose_noise_mm=0.5, pose_noise_deg=0.05, seed=2)
+    trusting = calibrate_hand_eye(poses, dets, cam, rig.board, "eye_in_hand")
+    cfg = HandEyeConfig(pose_sigma_mm=0.5, pose_sigma_deg=0.05)
+    res = calibrate_hand_eye(poses, dets, cam, rig.board, "eye_in_hand", cfg)
+    truth = rig.truth.T_gripper_cam
+    rot, mm = pose_error(res.T, truth)
+    assert rot < 0.2 and mm < 1.0, res.summary()
+    assert rot < pose_error(trusting.T, truth)[0] and mm < pose_error(trusting.T, truth)[1]
+    assert res.landing.orthogonality < 1e-6 and res.landing.cost <= res.baseline.cost * (1 + 1e-6)
+    assert res.pose_corrections.shape == (15, 6) and "arm pose corrections" in res.summary()
+    assert not any("poses disagree" in w for w in res.warnings)
+    with pytest.raises(ValueError, match="give both"):
+        HandEyeConfig(pose_sigma_mm=0.5).validate()

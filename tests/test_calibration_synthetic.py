@@ -134,7 +134,7 @@ def test_hand_eye_within_spec_and_landing_vs_baseline(captured):
 def test_landing_lands_from_a_non_orthogonal_start(captured):
     """Started off the manifold (no projection first), landing ends orthogonal at the baseline's optimum."""
     mode, rig, views, dets, _, _ = captured
-    residual, _ = reprojection_residual(views.gripper_poses, dets, rig.camera, mode)
+    residual, _, _ = reprojection_residual(views.gripper_poses, dets, rig.camera, mode)
     t = rig.truth
     A = t.T_gripper_cam if mode == "eye_in_hand" else t.T_base_cam
     B = t.T_base_board if mode == "eye_in_hand" else t.T_gripper_board

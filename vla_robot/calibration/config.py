@@ -93,6 +93,10 @@ class HandEyeConfig:
     min_axis_spread: float = 0.05      # 2nd / 1st eigenvalue of the rotation-axis scatter; below: one axis only
     methods: list[str] = field(default_factory=lambda: ["TSAI", "PARK", "HORAUD", "ANDREFF", "DANIILIDIS"])
     initial_method: str = "PARK"
+    # the arm's pose accuracy (1 sigma); both > 0: the refinement corrects each view's pose under this
+    # prior (maximum likelihood with noisy kinematics); 0: trust the poses exactly
+    pose_sigma_mm: float = 0.0
+    pose_sigma_deg: float = 0.0
     outlier_factor: float = 3.0        # after the joint fit, drop a view whose RMS exceeds this x the median...
     outlier_min_px: float = 1.0        # ...and this many pixels,
     max_outlier_fraction: float = 0.2  # at most this fraction of the views
@@ -113,6 +117,8 @@ class HandEyeConfig:
             raise ValueError(f"initial_method: {self.initial_method!r} must be one of methods {self.methods}")
         if self.min_views < 3:
             raise ValueError(f"min_views: hand-eye needs at least 3 views (2 motions), got {self.min_views}")
+        if self.pose_sigma_mm < 0 or self.pose_sigma_deg < 0 or (self.pose_sigma_mm > 0) != (self.pose_sigma_deg > 0):
+            raise ValueError("pose_sigma_mm and pose_sigma_deg: give both (> 0) to refine the arm's poses, or neither")
         if self.outlier_factor <= 1 or not 0 <= self.max_outlier_fraction < 0.5:
             raise ValueError("outlier_factor must be > 1 and max_outlier_fraction in [0, 0.5)")
         if not 0 < self.landing_eta * self.landing_lambda <= 1:

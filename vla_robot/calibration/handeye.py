@@ -144,11 +144,21 @@ def opencv_hand_eye(
     return out
 
 
-def reprojection_residual(T_base_gripper: Sequence[np.ndarray], detections: Sequence[Detection], camera: CameraModel, mode: Mode):
-    """The joint reprojection residual ``r(Xs=[R_A, R_B], v=[t_A, t_B])`` (pixels, undistorted) and ``M_i``.
+def reprojection_residual(
+    T_base_gripper: Sequence[np.ndarray], detections: Sequence[Detection], camera: CameraModel, mode: Mode,
+    pose_sigma: tuple[float, float, float] | None = None,
+):
+    """The joint reprojection residual ``r(Xs=[R_A, R_B], v)``, the ``M_i``, and the Jacobian sparsity.
 
     A corner ``p`` of view ``i`` is predicted at ``K * R_A^T (M_i (R_B p + t_B) - t_A)``; ``R_A^T`` rather
     than ``R_A^-1`` makes the cost defined (and smooth) for any 3x3 matrix, as the landing iterates need.
+    ``v = [t_A, t_B]`` and the residual is in (undistorted) pixels.
+
+    With ``pose_sigma = (sigma_px, sigma_mm, sigma_deg)`` the arm's poses are not trusted exactly:
+    each view gets a correction ``T_base_gripper_i <- [R_i Exp(w_i), t_i + d_i]`` (appended to ``v``,
+    6 per view) with a Gaussian prior of the arm's accuracy, and the residual is whitened (pixels /
+    sigma_px, corrections / their sigma): the maximum-likelihood estimate when both the images and
+    the arm's kinematics are noisy.
     """
     if mode not in ("eye_in_hand", "eye_to_hand"):
         raise ValueError(f"mode must be 'eye_in_hand' or 'eye_to_hand', got {mode!r}")
@@ -156,17 +166,53 @@ def reprojection_residual(T_base_gripper: Sequence[np.ndarray], detections: Sequ
     img = np.concatenate([undistort_points(d.image_points, camera) for d in detections])
     idx = np.concatenate([np.full(d.count, i) for i, d in enumerate(detections)])
     Ms = np.array([invert(Tg) if mode == "eye_in_hand" else np.asarray(Tg, float) for Tg in T_base_gripper])
-    M_R, M_t = Ms[idx, :3, :3], Ms[idx, :3, 3]
     K = camera.K
+    V = len(detections)
+
+    if pose_sigma is None:
+        M_R, M_t = Ms[idx, :3, :3], Ms[idx, :3, 3]
+
+        def residual(Xs, v):
+            RA, RB = Xs
+            pb = obj @ RB.T + v[3:6]
+            pm = np.einsum("nij,nj->ni", M_R, pb) + M_t
+            pc = (pm - v[0:3]) @ RA  # row-wise R_A^T (p - t_A)
+            return (_project(K, pc) - img).ravel()
+
+        return residual, Ms, None
+
+    from scipy.spatial.transform import Rotation
+
+    s_px, s_mm, s_deg = pose_sigma
+    if s_px <= 0 or s_mm <= 0 or s_deg <= 0:
+        raise ValueError(f"pose_sigma must be three positive numbers (px, mm, deg), got {pose_sigma}")
+    s_m, s_rad = s_mm / 1000.0, np.radians(s_deg)
+    GR = np.array([np.asarray(T, float)[:3, :3] for T in T_base_gripper])
+    Gt = np.array([np.asarray(T, float)[:3, 3] for T in T_base_gripper])
 
     def residual(Xs, v):
         RA, RB = Xs
+        d = v[6:].reshape(V, 6)
+        R = GR @ Rotation.from_rotvec(d[:, :3]).as_matrix()
+        t = Gt + d[:, 3:]
         pb = obj @ RB.T + v[3:6]
-        pm = np.einsum("nij,nj->ni", M_R, pb) + M_t
-        pc = (pm - v[0:3]) @ RA  # row-wise R_A^T (p - t_A)
-        return (_project(K, pc) - img).ravel()
+        if mode == "eye_in_hand":  # M = G^-1: R^T (x - t)
+            pm = np.einsum("nji,nj->ni", R[idx], pb - t[idx])
+        else:  # M = G
+            pm = np.einsum("nij,nj->ni", R[idx], pb) + t[idx]
+        pc = (pm - v[0:3]) @ RA
+        return np.r_[(_project(K, pc) - img).ravel() / s_px, (d[:, :3] / s_rad).ravel(), (d[:, 3:] / s_m).ravel()]
 
-    return residual, Ms
+    n_img = 2 * len(obj)
+    rows_view = np.repeat(idx, 2)
+    sparsity = np.zeros((n_img + 6 * V, 12 + 6 * V), bool)
+    sparsity[:n_img, :12] = True
+    for i in range(V):
+        for k in range(6):
+            col = 12 + 6 * i + k
+            sparsity[:n_img, col] = rows_view == i
+            sparsity[n_img + (3 * i + k if k < 3 else 3 * V + 3 * i + k - 3), col] = True
+    return residual, Ms, sparsity
 
 
 def _average_pose(Ts: Sequence[np.ndarray]) -> np.ndarray:
@@ -196,6 +242,7 @@ class HandEyeResult:
     warnings: list[str] = field(default_factory=list)
     n_points: int = 0                           # corners in the refinement
     method_deviation: dict[str, tuple[float, float]] = field(default_factory=dict)  # (deg, mm) from the refined T
+    pose_corrections: np.ndarray | None = None  # per view [w (rad), d (m)] when the arm's poses were refined too
 
     @property
     def parent_frame(self) -> str:
@@ -214,7 +261,7 @@ class HandEyeResult:
         lines.append(f"  agreement: methods differ by up to {self.spread['rotation_deg']:.3f} deg and {self.spread['translation_mm']:.2f} mm")
         for r in (self.landing, self.baseline):
             lines.append(
-                f"  refine {r.method:<10s}: cost {r.cost:.6g} (RMS {np.sqrt(2 * r.cost / max(self.n_points, 1)):.4f} px), "
+                f"  refine {r.method:<10s}: cost {r.cost:.6g}, "
                 f"{r.iterations} iterations, {r.evaluations} residual evaluations, {r.seconds * 1000:.1f} ms, "
                 f"max|R^T R - I| {r.orthogonality:.1e}"
             )
@@ -222,6 +269,10 @@ class HandEyeResult:
                                  make_T(self.baseline.rotations[0], self.baseline.vector[:3]))
         lines.append(f"  landing vs baseline: {d_rot:.2e} deg, {d_mm:.2e} mm apart; chosen: {self.chosen}; "
                      f"RMS {self.initial_rms_px:.3f} px -> {self.rms_px:.3f} px")
+        if self.pose_corrections is not None:
+            c = self.pose_corrections
+            lines.append(f"  arm pose corrections (prior from pose_sigma): up to {np.degrees(np.linalg.norm(c[:, :3], axis=1)).max():.3f} deg, "
+                         f"{np.linalg.norm(c[:, 3:], axis=1).max() * 1000:.2f} mm")
         lines += [f"  rejected {n}: {r}" for n, r in self.rejected.items()]
         lines += [f"  WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
@@ -272,7 +323,8 @@ def calibrate_hand_eye(
         )
     max_drop = int(cfg.max_outlier_fraction * len(used))
     while True:
-        solved = _solve(G, T_cb, used_dets, camera, mode, cfg)
+        sigma_px = max(float(np.median(list(errs.values()))) / np.sqrt(2), 0.05)  # per coordinate, from the PnP fits
+        solved = _solve(G, T_cb, used_dets, camera, mode, cfg, sigma_px)
         per_view = solved["per_view_rms"]
         median = float(np.median(per_view))
         worst = int(np.argmax(per_view))
@@ -294,13 +346,14 @@ def calibrate_hand_eye(
     T = make_T(best.rotations[0], best.vector[:3])
     T_board = make_T(best.rotations[1], best.vector[3:6])
     deviation = {name: pose_error(A, T) for name, A in methods.items()}
-    rms = float(np.sqrt(2 * best.cost / n))
+    rms = solved["rms"]
     pnp = float(np.median(list(errs.values())))
-    if rms > 3 * pnp and rms > 0.5:
+    if rms > 3 * pnp and rms > 0.5 and solved["pose_corrections"] is None:
         warnings.append(
             f"the joint reprojection RMS ({rms:.2f} px) is far above the single-view PnP fits ({pnp:.2f} px): the arm's "
             "poses disagree with the images (kinematic error, or poses and images not taken at the same moment). "
-            "The refinement trusts the poses, so here it can be worse than the closed-form methods: compare them above"
+            "The refinement trusts the poses, so here it can be worse than the closed-form methods: give the arm's "
+            "accuracy (handeye.pose_sigma_mm, handeye.pose_sigma_deg) to refine the poses too"
         )
     off = [f"{m} ({d[0]:.2f} deg, {d[1]:.1f} mm)" for m, d in deviation.items()
            if d[0] > cfg.disagreement_deg or d[1] > cfg.disagreement_mm]
@@ -314,18 +367,25 @@ def calibrate_hand_eye(
         landing=landing, baseline=baseline, initial_rms_px=float(np.sqrt(r0 @ r0 / n)),
         rms_px=rms, chosen=best.method, views=used, rejected=rejected,
         motion=motion, view_errors_px=errs, warnings=warnings, n_points=n, method_deviation=deviation,
+        pose_corrections=solved["pose_corrections"],
     )
     return res
 
 
-def _solve(G, T_cb, dets, camera, mode, cfg) -> dict:
+def _solve(G, T_cb, dets, camera, mode, cfg, sigma_px) -> dict:
     """Closed-form methods, then the joint refinement (landing and baseline) on one set of views."""
     motion = check_motion(G, cfg)
     methods = opencv_hand_eye(G, T_cb, mode, cfg.methods)
     if cfg.initial_method not in methods:
         raise CalibrationError(f"OpenCV {cfg.initial_method} gave no solution; the poses are probably degenerate")
-    residual, Ms = reprojection_residual(G, dets, camera, mode)
     n = sum(d.count for d in dets)
+    residual, Ms, _ = reprojection_residual(G, dets, camera, mode)  # pixels, poses as given
+    use_prior = cfg.pose_sigma_mm > 0 and cfg.pose_sigma_deg > 0
+    if use_prior:
+        objective, _, sparsity = reprojection_residual(G, dets, camera, mode, (sigma_px, cfg.pose_sigma_mm, cfg.pose_sigma_deg))
+        extra = np.zeros(6 * len(dets))
+    else:
+        objective, sparsity, extra = residual, None, np.zeros(0)
 
     def board_for(A):
         return _average_pose([invert(Ms[i]) @ A @ T_cb[i] for i in range(len(dets))])
@@ -342,17 +402,21 @@ def _solve(G, T_cb, dets, camera, mode, cfg) -> dict:
     }
     A0 = methods[cfg.initial_method]
     B0 = board_for(A0)
-    x0_rot, x0_vec = [A0[:3, :3], B0[:3, :3]], np.r_[A0[:3, 3], B0[:3, 3]]
-    landing = landing_least_squares(residual, x0_rot, x0_vec, eta=cfg.landing_eta, lam=cfg.landing_lambda,
-                                    max_iters=cfg.landing_max_iters, tol=cfg.landing_tol)
-    baseline = rotvec_least_squares(residual, x0_rot, x0_vec)
+    x0_rot, x0_vec = [A0[:3, :3], B0[:3, :3]], np.r_[A0[:3, 3], B0[:3, 3], extra]
+    landing = landing_least_squares(objective, x0_rot, x0_vec, eta=cfg.landing_eta, lam=cfg.landing_lambda,
+                                    max_iters=cfg.landing_max_iters, tol=cfg.landing_tol, jac_sparsity=sparsity)
+    baseline = rotvec_least_squares(objective, x0_rot, x0_vec)
     warnings = []
     best = landing if landing.cost <= baseline.cost * (1 + 1e-6) + 1e-12 else baseline
     if best is baseline:
         warnings.append(f"landing ended at a higher cost ({landing.cost:.6g}) than the baseline ({baseline.cost:.6g}); using the baseline")
-    r = residual(best.rotations, best.vector).reshape(-1, 2)
+    if use_prior:  # the image residual with the corrected poses, in pixels
+        r = objective(best.rotations, best.vector)[: 2 * n].reshape(-1, 2) * sigma_px
+    else:
+        r = residual(best.rotations, best.vector).reshape(-1, 2)
     bounds = np.cumsum([0] + [d.count for d in dets])
     per_view = np.array([np.sqrt(np.mean(np.sum(r[a:b] ** 2, axis=1))) for a, b in zip(bounds[:-1], bounds[1:])])
     return {"motion": motion, "methods": methods, "method_rms": method_rms, "spread": spread, "landing": landing,
-            "baseline": baseline, "r0": residual(x0_rot, x0_vec), "best": best, "n": n, "warnings": warnings,
-            "per_view_rms": per_view}
+            "baseline": baseline, "r0": residual(x0_rot, x0_vec[:6]), "best": best, "n": n, "warnings": warnings,
+            "per_view_rms": per_view, "rms": float(np.sqrt(np.mean(np.sum(r ** 2, axis=1)))),
+            "pose_corrections": best.vector[6:].reshape(-1, 6) if use_prior else None}

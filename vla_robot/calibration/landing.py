@@ -100,23 +100,50 @@ def landing_descent(
     return RefineResult([X], np.zeros(0), float(f), it, it + 1, time.perf_counter() - t0, orthogonality_error(X), history, "landing")
 
 
-def _jacobian(residual, Xs, v, r0, h=1e-7):
-    """Central-difference Jacobian of r wrt (w_1..w_k, v); w_j perturbs X_j -> (I + [w]x) X_j."""
+def _color_columns(sparsity: np.ndarray) -> list[np.ndarray]:
+    """Greedy grouping of Jacobian columns whose rows do not overlap (Curtis-Powell-Reid): one
+    finite difference per group gives every column of the group."""
+    groups: list[tuple[list[int], np.ndarray]] = []
+    for c in range(sparsity.shape[1]):
+        rows = sparsity[:, c]
+        for cols, used in groups:
+            if not np.any(used & rows):
+                cols.append(c)
+                used |= rows
+                break
+        else:
+            groups.append(([c], rows.copy()))
+    return [np.array(cols) for cols, _ in groups]
+
+
+def _jacobian(residual, Xs, v, groups=None, sparsity=None, h=1e-7):
+    """Central-difference Jacobian of r wrt (w_1..w_k, v); w_j perturbs X_j -> (I + [w]x) X_j.
+
+    With ``groups`` (from :func:`_color_columns`) the columns of one group are perturbed together
+    and told apart by ``sparsity`` (which rows each column can touch).
+    """
     k = len(Xs)
-    cols = []
-    for j in range(k):
-        for a in range(3):
-            e = np.zeros(3)
-            e[a] = h
-            D = skew(e) @ Xs[j]
-            Xp = [X + D if i == j else X for i, X in enumerate(Xs)]
-            Xm = [X - D if i == j else X for i, X in enumerate(Xs)]
-            cols.append((residual(Xp, v) - residual(Xm, v)) / (2 * h))
-    for i in range(v.size):
-        dv = np.zeros_like(v)
-        dv[i] = h
-        cols.append((residual(Xs, v + dv) - residual(Xs, v - dv)) / (2 * h))
-    return np.column_stack(cols), 2 * len(cols)
+    p = 3 * k + v.size
+
+    def evaluate(step: np.ndarray) -> np.ndarray:
+        Xp = [(np.eye(3) + skew(step[3 * j : 3 * j + 3])) @ X for j, X in enumerate(Xs)]
+        return residual(Xp, v + step[3 * k :])
+
+    if groups is None:
+        groups = [np.array([c]) for c in range(p)]
+    cols = None
+    for g in groups:
+        step = np.zeros(p)
+        step[g] = h
+        d = (evaluate(step) - evaluate(-step)) / (2 * h)
+        if cols is None:
+            cols = np.zeros((d.size, p))
+        if len(g) == 1:
+            cols[:, g[0]] = d
+        else:
+            for c in g:
+                cols[:, c] = np.where(sparsity[:, c], d, 0.0)
+    return cols, 2 * len(groups)
 
 
 def landing_least_squares(
@@ -128,6 +155,7 @@ def landing_least_squares(
     max_iters: int = 200,
     tol: float = 1e-12,
     mu0: float = 1e-3,
+    jac_sparsity: np.ndarray | None = None,
 ) -> RefineResult:
     """Minimize ``1/2 ||residual(Xs, v)||^2`` over orthogonal 3x3 ``Xs`` and free ``v`` by landing.
 
@@ -145,10 +173,12 @@ def landing_least_squares(
     cost = 0.5 * float(r @ r)
     history = [(1, cost)]
     nfev, mu, it = 1, mu0, 0
+    groups = _color_columns(np.asarray(jac_sparsity, bool)) if jac_sparsity is not None else None
     for it in range(1, max_iters + 1):
-        J, n = _jacobian(residual, Xs, v, r)
+        J, n = _jacobian(residual, Xs, v, groups, jac_sparsity)
         nfev += n
-        JTJ, g = J.T @ J, J.T @ r
+        Jt = np.ascontiguousarray(J.T)  # a transposed view makes BLAS far slower here
+        JTJ, g = Jt @ J, Jt @ r
         improved = False
         for _ in range(30):
             A = JTJ + mu * np.diag(np.maximum(np.diag(JTJ), 1e-12))
