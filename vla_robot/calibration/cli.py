@@ -142,7 +142,7 @@ def _intrinsics(args) -> int:
     print(f"wrote {args.out}")
 
     def plot(fig):
-        ax = fig.add_subplot(1, 1, 1)
+        ax = fig.add_subplot(1, 2, 1)
         names = list(res.view_errors_px)
         ax.bar(range(len(names)), [res.view_errors_px[n] for n in names])
         ax.axhline(res.rms_px, color="k", ls="--", label=f"overall RMS {res.rms_px:.3f} px")
@@ -150,6 +150,14 @@ def _intrinsics(args) -> int:
         ax.set_ylabel("view RMS reprojection error [px]")
         ax.set_title(f"intrinsics: {len(names)} views used, {len(res.rejected)} rejected")
         ax.legend()
+        ax = fig.add_subplot(1, 2, 2)  # coverage: distortion is only known where corners were seen
+        for n in names:
+            p = res.detections[n].image_points
+            ax.plot(p[:, 0], p[:, 1], ".", ms=2)
+        ax.set_xlim(0, res.camera.width)
+        ax.set_ylim(res.camera.height, 0)
+        ax.set_aspect("equal")
+        ax.set_title("corners used (fill the image, corners included)")
 
     _write_report(args.report, "intrinsics", {
         "camera": res.camera.to_camera_info(), "rms_px": res.rms_px, "view_errors_px": res.view_errors_px, "rejected": res.rejected,
