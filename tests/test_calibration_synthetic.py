@@ -152,7 +152,7 @@ def test_landing_lands_from_a_non_orthogonal_start(captured):
     rot, mm = pose_error(make_T(land.rotations[0], land.vector[:3]), make_T(base.rotations[0], base.vector[:3]))
     assert rot < 1e-4 and mm < 1e-3
     costs = [c for _, c in land.history]
-    assert all(b <= a for a, b in zip(costs, costs[1:]))  # monotone: every accepted step lowers the cost
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(costs, costs[1:]))  # every accepted step lowers the cost
 
 
 class _StuckArm(SimArm):

@@ -208,6 +208,16 @@ def landing_least_squares(
         mu = max(mu / 3, 1e-12)
         if (rel < tol or step < 1e-12) and max(orthogonality_error(X) for X in Xs) < 1e-12:
             break
+    # no descent step is accepted any more (psi = 0): the field is its normal part alone, which takes
+    # X onto the manifold (quadratically for eta * lam = 1/2) if it is not there yet
+    for _ in range(50):
+        if max(orthogonality_error(X) for X in Xs) < 1e-12:
+            break
+        Xs = [X - eta * lam * X @ (X.T @ X - I3) for X in Xs]
+    r = residual(Xs, v)
+    nfev += 1
+    cost = 0.5 * float(r @ r)
+    history.append((nfev, cost))
     ortho = max(orthogonality_error(X) for X in Xs)
     return RefineResult(Xs, v, cost, it, nfev, time.perf_counter() - t0, ortho, history, "landing")
 
