@@ -114,7 +114,7 @@ def test_two_clients_are_batched_and_each_gets_its_own_answer(runtime):
         a.act(obs_a), b.act(obs_b)  # both are now active clients: the batcher waits for the other
         before = s.stats_snapshot()["batch_sizes"].get("2", 0)
         ra, rb = a.submit(obs_a, return_tokens=True), b.submit(obs_b, return_tokens=True)
-        out_a, out_b = a._wait(ra, None), b._wait(rb, None)
+        out_a, out_b = a.wait(ra), b.wait(rb)
         assert s.stats_snapshot()["batch_sizes"].get("2", 0) == before + 1
         assert out_a["timings"]["batch_size"] == out_b["timings"]["batch_size"] == 2
         ref = runtime.predict([obs_a, obs_b], return_tokens=True)
@@ -137,6 +137,21 @@ def test_a_lone_client_never_waits_for_a_batch(runtime):
                 assert out["timings"]["queue_ms"] < 1000 and out["timings"]["batch_size"] == 1
 
 
+def test_a_group_submitted_by_one_client_is_batched(runtime):
+    """As the RL rollout does: one client submits a whole group, then collects the replies."""
+    with PolicyServer(runtime, bind=LOOPBACK, weights_bind=None, max_batch=8) as s, PolicyClient(s.address, timeout_s=20) as c:
+        meta = c.metadata()
+        group = [make_obs(meta, 80 + i) for i in range(8)]
+        for _ in range(3):
+            ids = [c.submit(o, mode="sample", return_tokens=True) for o in group]
+            while c.poll(ids[-1]) is None:  # replies to the others are kept for wait()
+                time.sleep(0.001)
+            outs = [c.wait(i) for i in ids[:-1]]
+            assert all(o["tokens"].shape == (meta["chunk_size"] * meta["action_dim"],) for o in outs)
+        sizes = {int(k): v for k, v in s.stats_snapshot()["batch_sizes"].items()}
+        assert sum(sizes.values()) < 3 * 8 and max(sizes) > 1, sizes
+
+
 def test_batches_split_by_sampling_options(runtime):
     with PolicyServer(runtime, bind=LOOPBACK, weights_bind=None, max_batch=8, max_wait_ms=500) as s:
         clients = [PolicyClient(s.address, timeout_s=10) for _ in range(3)]
@@ -145,7 +160,7 @@ def test_batches_split_by_sampling_options(runtime):
         for c, o in zip(clients, obs):
             c.act(o)
         ids = [clients[0].submit(obs[0]), clients[1].submit(obs[1], return_tokens=True), clients[2].submit(obs[2])]
-        outs = [c._wait(r, None) for c, r in zip(clients, ids)]
+        outs = [c.wait(r) for c, r in zip(clients, ids)]
         assert outs[1]["tokens"] is not None and outs[0]["tokens"] is None and outs[2]["tokens"] is None
         for o, out in zip(obs, outs):
             np.testing.assert_allclose(out["actions"], runtime.predict([o])[0]["actions"], atol=1e-5)

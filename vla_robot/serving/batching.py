@@ -35,6 +35,7 @@ class Job:
     done: Callable[[dict], None]
     client: Any = None
     t_received: float = field(default_factory=time.monotonic)
+    request_id: int | None = None
     t_queued: float = 0.0
 
 

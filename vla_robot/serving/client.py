@@ -155,7 +155,11 @@ class PolicyClient:
         Returns ``{"actions": float32 [H, D], "tokens", "logprobs", "version", "timings"}``.
         """
         rid = self.submit(observation, mode=mode, temperature=temperature, return_tokens=return_tokens)
-        return self._wait(rid, timeout_s)
+        return self.wait(rid, timeout_s)
+
+    def wait(self, request_id: int, timeout_s: float | None = None) -> dict:
+        """Block until the reply to a submitted request is in (at most ``timeout_s`` after it was sent)."""
+        return self._wait(request_id, timeout_s)
 
     def metadata(self, timeout_s: float | None = None) -> dict:
         """The policy's metadata (cameras and their order, action_dim, chunk_size, ...) + protocol_version."""
@@ -232,6 +236,10 @@ class PolicyClient:
         return None
 
     def _wait(self, rid: int, timeout_s: float | None) -> dict:
+        if rid in self._done:
+            return self._take(rid)
+        if rid not in self._sent:
+            raise KeyError(f"request {rid} is unknown to this client (never sent, already collected, or cancelled)")
         deadline = self._sent[rid] + (self.timeout_s if timeout_s is None else float(timeout_s))
         while True:
             remaining = deadline - time.monotonic()

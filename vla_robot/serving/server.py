@@ -272,16 +272,26 @@ class PolicyServer:
                 identity, frames = self._outbox.popleft()
                 self._send(identity, frames)
             if self._sock in events:
+                jobs: list[tuple] = []
                 for _ in range(64):  # fairness: answer queued replies between bursts
                     try:
                         frames = self._sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     try:
-                        self._handle(frames)
+                        job = self._handle(frames)
                     except Exception:  # noqa: BLE001 - the server must keep serving
                         log.exception("unexpected error handling a request")
                         self.stats.error("internal")
+                        continue
+                    if job is not None:
+                        jobs.append(job)
+                # a burst (e.g. one client submitting a whole group) is queued at once, so it can be one batch
+                for identity, job in jobs:
+                    if not self.batcher.submit(job):
+                        self._reply_error(identity, "overloaded" if not self._stop.is_set() else "unavailable",
+                                          f"{self.batcher.depth} requests are queued (max_queue="
+                                          f"{self.batcher.max_queue}); try again shortly", job.request_id)
         self._sock.close(linger=0)
 
     def _send(self, identity, frames: list) -> None:
@@ -294,7 +304,8 @@ class PolicyServer:
         self.stats.error(code)
         self._send(identity, protocol.pack(protocol.error_reply(code, message, rid)))
 
-    def _handle(self, frames: list) -> None:
+    def _handle(self, frames: list) -> tuple | None:
+        """Answer what can be answered at once; return ``(identity, Job)`` for an ``act`` request."""
         t_recv = time.monotonic()
         identity, body = frames[0], frames[1:]
         try:
@@ -331,10 +342,7 @@ class PolicyServer:
             self._outbox.append((identity, frames_out))
             self._wake()
 
-        if not self.batcher.submit(Job(obs=req.obs, options=req.options, done=done, client=key, t_received=t_recv)):
-            self._reply_error(identity, "overloaded" if not self._stop.is_set() else "unavailable",
-                              f"{self.batcher.depth} requests are queued (max_queue={self.batcher.max_queue}); "
-                              "try again shortly", rid)
+        return identity, Job(obs=req.obs, options=req.options, done=done, client=key, t_received=t_recv, request_id=rid)
 
     def _weights_loop(self) -> None:
         receiver = WeightReceiver()
