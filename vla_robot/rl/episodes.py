@@ -90,19 +90,31 @@ def rollout(
             chunk = np.asarray(res["actions"])
             h, d = chunk.shape
             k = 0
+            env = envs[i]
             while k < h and not done[i]:
-                obs[i] = policy_observation(envs[i].step(chunk[k]), envs[i].instruction)
+                _advance(env, chunk[k])  # no rendering inside the chunk: nobody looks at those frames
                 k += 1
                 t[i] += 1
-                if envs[i].success():
+                if env.success():
                     done[i], success[i] = True, True
-                elif t[i] >= envs[i].max_steps:
+                elif t[i] >= env.max_steps:
                     done[i] = True
+            if not done[i]:
+                obs[i] = policy_observation(env.observation(), env.instruction)
             if keep_steps and res.get("tokens") is not None:
                 steps[i].append(Step(query, np.asarray(res["tokens"], dtype=np.int64),
                                      np.asarray(res["logprobs"], dtype=np.float32), executed_mask(k, h, d)))
     return [Episode(task=task or envs[i].instruction, start=starts[i], steps=steps[i], label=int(success[i]),
                     version=versions[i], length=t[i]) for i in range(n)]
+
+
+def _advance(env, q) -> None:
+    """One control step; without rendering where the env offers it (``TwinEnv.advance``)."""
+    advance = getattr(env, "advance", None)
+    if advance is not None:
+        advance(q)
+    else:
+        env.step(q)
 
 
 def policy_observation(env_obs: dict, instruction: str) -> dict:
