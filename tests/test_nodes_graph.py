@@ -110,8 +110,11 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-def test_rl_finetune_sim_runs_episodes_end_to_end(ros_context):
+def test_rl_finetune_sim_runs_episodes_end_to_end(ros_context, tmp_path):
     probe = Probe(ros_context)
+    saved = []
+    probe.node.create_subscription(String, "/recorder/events", lambda m: saved.append(convert.msg_to_event(m)),
+                                   common.EVENT_QOS)
     outsider = subprocess.Popen([sys.executable, "-c", PLAIN_SCRIPT, "60"], stdout=subprocess.PIPE, text=True)
     try:
         assert outsider.stdout.readline().strip() == "ready"
@@ -119,11 +122,14 @@ def test_rl_finetune_sim_runs_episodes_end_to_end(ros_context):
             "rl_finetune",
             sim=True,
             serve_policy="tiny",
-            exclude=("recorder_node",),
-            overrides={"episode_manager_node": {"episodes": 2, "max_duration_s": 1.0, "autostart": False}},
+            overrides={"episode_manager_node": {"episodes": 2, "max_duration_s": 1.0, "autostart": False},
+                       "recorder_node": {"root": str(tmp_path / "dataset")}},
         ) as g:
             probe.wait_for_publishers()
             results = g.run_episodes(2, timeout_s=90)  # starts each episode (autostart is off)
+            deadline = time.monotonic() + 30
+            while sum(e["type"] == "saved" for e in saved) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
             ctl = g.nodes["policy_node"].controller.report()["controller"]
             twin_steps = g.nodes["twin_node"].steps_total
             out, _ = outsider.communicate(timeout=60)
@@ -131,6 +137,10 @@ def test_rl_finetune_sim_runs_episodes_end_to_end(ros_context):
         if outsider.poll() is None:
             outsider.kill()
         probe.close()
+    # the recorder made both episodes durable, with their labels
+    done = [e for e in saved if e["type"] == "saved"]
+    assert [e["label"] for e in done] == [r.label for r in results], saved
+    assert all(e["length"] >= 25 for e in done), done
     # a process outside the project saw the topics
     seen = json.loads(out.strip().splitlines()[-1])
     assert min(seen.values()) >= 5, seen

@@ -134,6 +134,7 @@ class GraphRunner:
             self.executor = MultiThreadedExecutor(num_threads=self.threads, context=self.context)
             for node in self.nodes.values():
                 self.executor.add_node(node)
+            self.wait_for_connections()  # discovery runs in DDS threads: no spinning needed, no episode starts early
             self._spin_thread = threading.Thread(target=self._spin, daemon=True, name=f"graph:{self.graph_name}")
             self._spin_thread.start()
         except BaseException:
@@ -164,6 +165,26 @@ class GraphRunner:
         except ConfigError as e:
             raise ConfigError(f"node '{spec.name}' did not start: {e}") from None
         self.nodes[spec.name] = node
+
+    def wait_for_connections(self, timeout_s: float = 15.0) -> bool:
+        """Wait until every subscription in the graph is matched to every publisher of its topic in the
+        graph (DDS discovery), so nothing published at the start is lost. False on timeout."""
+        pubs: dict[str, int] = {}
+        for node in self.nodes.values():
+            for p in node.publishers:
+                pubs[p.topic_name] = pubs.get(p.topic_name, 0) + 1
+        subs = [s for node in self.nodes.values() for s in node.subscriptions
+                if s.topic_name in pubs and s.topic_name != "/parameter_events"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            missing = [s.topic_name for s in subs if s.get_publisher_count() < pubs[s.topic_name]]
+            if not missing:
+                return True
+            time.sleep(0.05)
+        first = next(iter(self.nodes.values()), None)
+        if first is not None:
+            first.get_logger().warning(f"graph not fully connected after {timeout_s:.0f} s: {sorted(set(missing))}")
+        return False
 
     def _spin(self) -> None:
         try:
