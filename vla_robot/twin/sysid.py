@@ -163,13 +163,26 @@ def _sysid_spec(robot: str, timestep: float) -> mujoco.MjSpec:
     from vla_robot.twin.models import robot_mjspec
 
     spec = robot_mjspec(robot)
-    # contacts are off and every body has an explicit inertial: drop the meshes, which only cost
-    # compile time (the fit recompiles the model for every evaluation)
+    # Contacts are off: drop the meshes, which only cost compile time (the fit recompiles the
+    # model for every evaluation). Bodies whose inertia came from their geoms keep it, explicitly.
+    compiled = spec.compile()
+    for body in spec.bodies:
+        if not body.name or body.name == "world":
+            continue
+        b = compiled.body(body.name)
+        body.mass = float(b.mass[0])
+        body.ipos = list(b.ipos)
+        body.iquat = list(b.iquat)
+        body.inertia = list(b.inertia)
+        body.fullinertia = [np.nan] * 6  # the compiled (principal) inertia replaces a full one
+        body.explicitinertial = True
     for geom in list(spec.geoms):
         if geom.type == mujoco.mjtGeom.mjGEOM_MESH:
             spec.delete(geom)
     for mesh in list(spec.meshes):
         spec.delete(mesh)
+    for sensor in list(spec.sensors):  # only the joint positions we log (the Panda ships 58 sensor values)
+        spec.delete(sensor)
     spec.option.timestep = timestep
     spec.option.disableflags |= mujoco.mjtDisableBit.mjDSBL_CONTACT
     for j in robot_spec(robot).joint_names:
