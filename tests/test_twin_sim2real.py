@@ -230,3 +230,15 @@ def test_sysid_bad_input_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="joints.elbow_flex must map"):
         apply_sysid_file(env.model, bad, env.robot)
     env.close()
+
+
+def test_sysid_on_the_panda_recovers_damping():
+    env = make_env(task="reach", robot="panda", image_size=(16, 16), cameras=("front",))
+    dof = env.model.joint("joint2").dofadr[0]
+    env._nominal["dof_damping"][dof] *= 1.4
+    t, q = excitation("panda", duration_s=1.5, control_hz=30.0, seed=2)
+    log = record_log(env, q, t)
+    env.close()
+    result = fit(log, joints=["joint2", "joint4"], params=("damping",), max_iters=20)
+    assert result.values["joint2"]["damping"] == pytest.approx(1.4 * result.nominal["joint2"]["damping"], rel=0.05)
+    assert result.values["joint4"]["damping"] == pytest.approx(result.nominal["joint4"]["damping"], rel=0.05)

@@ -14,6 +14,10 @@ _LAZY = {
     "TwinEnv": "vla_robot.twin.env",
     "TwinConfig": "vla_robot.twin.config",
     "RandomizationConfig": "vla_robot.twin.config",
+    "MirrorConfig": "vla_robot.twin.config",
+    "Mirror": "vla_robot.twin.mirror",
+    "VecTwinEnv": "vla_robot.twin.rollout",
+    "open_loop_rollout": "vla_robot.twin.rollout",
 }
 
 __all__ = sorted(_LAZY)
