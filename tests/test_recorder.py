@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -20,7 +17,6 @@ from vla_robot.data.reader import iter_episodes, load_episode, read_journal
 from vla_robot.data.recorder import Recorder
 from vla_robot.data.schema import CONTROL_POLICY, CONTROL_TELEOP, Schema, count_interventions, executed_mask
 
-REPO = Path(__file__).resolve().parent.parent
 H, W = 32, 48
 JOINTS = ("j0", "j1", "gripper")
 SCHEMA = Schema({"front": (H, W), "wrist": (H, W)}, JOINTS, JOINTS, token_dim=6)  # chunk 2 x 3 dims
@@ -228,17 +224,12 @@ def test_reader_follows_episodes_as_they_are_saved(tmp_path):
     assert [e.index for e in iter_episodes(root, since=1, with_frames=False)] == [1, 2]
 
 
-CHILD = textwrap.dedent(
-    """
-    import os, signal, sys
-    import numpy as np
-    sys.path.insert(0, {repo!r})
-    from vla_robot.data import store
-    from vla_robot.data.recorder import Recorder
-    from vla_robot.data.schema import Schema
-    root, kill_at = sys.argv[1], sys.argv[2]
-    schema = Schema({{"front": (32, 48), "wrist": (32, 48)}}, ("j0", "j1", "gripper"), ("j0", "j1", "gripper"), token_dim=6)
-    rec = Recorder(root, schema)
+def _child(root: str, kill_at: str, conn) -> None:
+    """Runs in a forked process (lerobot already imported): save one episode, then get killed at
+    ``kill_at`` in the next one."""
+    from vla_robot.data import store as st
+
+    rec = Recorder(root, SCHEMA)
     start = rec.num_episodes
 
     def die(*a, **k):
@@ -247,60 +238,63 @@ CHILD = textwrap.dedent(
     def episode(n, tag):
         rec.start_episode("pick up the cube")
         for i in range(n):
-            rec.add_frame({{"front": np.full((32, 48, 3), i, np.uint8), "wrist": np.zeros((32, 48, 3), np.uint8)}},
-                          [tag, i, 0], [tag, i, 0], stamp=float(i))
+            rec.add_frame({"front": image(i), "wrist": image(0)}, [tag, i, 0], [tag, i, 0], stamp=float(i))
 
     episode(4, start)
     rec.save_episode("success")
-    rec.flush()                                 # the writer has reopened LeRobot for the next episode
-    print("saved", rec.num_episodes, flush=True)
+    rec.flush()  # the writer has reopened LeRobot for the next episode
+    conn.send("saved")
     if kill_at == "mid_episode":
-        print("recording", flush=True)
-        episode(1_000_000, 99)                  # the parent kills us while this episode is open
-    if kill_at == "in_lerobot_save":            # LeRobot has rewritten info/stats in its stage, no more
+        conn.send("recording")
+        episode(1_000_000, 99)  # the parent kills us while this episode is open
+    if kill_at == "in_lerobot_save":  # LeRobot has rewritten info/stats in its stage, no more
         orig = rec._ds.meta.save_episode
+
         def half(*a, **kw):
             orig(*a, **kw)
             from lerobot.datasets.utils import write_info
+
             write_info(rec._ds.meta.info, rec._ds.meta.root)
             die()
+
         rec._ds.meta.save_episode = half
-    if kill_at == "mid_publish":                # every new file published except info.json
-        orig_copy = store._copy_atomic
-        store._copy_atomic = lambda src, dst, fsync: die() if dst.name == "info.json" else orig_copy(src, dst, fsync)
-    if kill_at == "before_commit":              # published, commit snapshot not written
-        store.commit = die
+    if kill_at == "mid_publish":  # every new file published except info.json
+        orig_copy = st._copy_atomic
+        st._copy_atomic = lambda src, dst, fsync: die() if dst.name == "info.json" else orig_copy(src, dst, fsync)
+    if kill_at == "before_commit":  # published, commit snapshot not written
+        st.commit = die
     episode(4, start + 1)
     rec.save_episode("success")
-    print("not reached", flush=True)
-    """
-)
+    conn.send("not reached")
 
 
 @pytest.mark.slow
 def test_sigkill_keeps_every_saved_episode_and_recording_resumes(tmp_path):
+    import multiprocessing as mp
+
+    import lerobot.datasets.lerobot_dataset  # noqa: F401 - imported once here, inherited by each fork
+
+    ctx = mp.get_context("fork")  # a real separate process, without paying lerobot's import again
     root = tmp_path / "ds"
-    script = tmp_path / "child.py"
-    script.write_text(CHILD.format(repo=str(REPO)))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     saved = 0
     # each run saves one episode, then is killed at a different moment of the next one; after the kill
     # the published folder must read with stock LeRobot as-is (no recovery step run on it)
     for kill_at, survives in (("mid_episode", 0), ("in_lerobot_save", 0), ("mid_publish", 0), ("before_commit", 1)):
-        proc = subprocess.Popen([sys.executable, str(script), str(root), kill_at], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, env=env)
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_child, args=(str(root), kill_at, child), daemon=True)
+        proc.start()
         try:
-            first = proc.stdout.readline().split()
-            assert first[0] == "saved", first
+            assert parent.poll(120) and parent.recv() == "saved"
             if kill_at == "mid_episode":
-                assert proc.stdout.readline().strip() == "recording"
+                assert parent.poll(30) and parent.recv() == "recording"
                 time.sleep(0.5)  # frames of the open episode are being encoded
-                proc.send_signal(signal.SIGKILL)
-            rc = proc.wait(120)
-            rest = proc.stdout.read()
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.join(120)
         finally:
-            proc.kill()
-        assert rc == -signal.SIGKILL and "not reached" not in rest, (kill_at, rc, rest)
+            if proc.is_alive():
+                proc.kill()
+        assert proc.exitcode == -signal.SIGKILL, (kill_at, proc.exitcode)
+        assert not parent.poll(0.1), kill_at  # "not reached" was never sent
         saved += 1 + survives
         ds = stock(root)
         assert ds.num_episodes == saved, kill_at
