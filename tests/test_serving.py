@@ -393,8 +393,10 @@ def test_corrupt_or_incomplete_updates_are_refused_and_the_old_version_keeps_ser
         sock.connect(s.weights_address)
 
         def part(transfer, arrays, names, digest=None, seq=0):
-            return protocol.pack({"v": 1, "id": 2, "type": "part", "transfer": transfer, "seq": seq, "names": names,
-                                  "arrays": arrays, "tags": [None] * len(arrays), "sha256": digest or _digest(arrays)})
+            pieces = [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape), "tag": None, "offset": 0,
+                       "data": a.reshape(-1).view(np.uint8)} for n, a in zip(names, arrays)]
+            return protocol.pack({"v": 1, "id": 2, "type": "part", "transfer": transfer, "seq": seq, "pieces": pieces,
+                                  "sha256": digest or _digest([p["data"] for p in pieces])})
 
         commit = lambda t: protocol.pack({"v": 1, "id": 3, "type": "commit", "transfer": t})  # noqa: E731
         # 1. a part whose bytes do not match its digest
@@ -407,6 +409,14 @@ def test_corrupt_or_incomplete_updates_are_refused_and_the_old_version_keeps_ser
         assert raw_request(sock, part("t2", [w], [name]))["type"] == "ack"
         reply = raw_request(sock, commit("t2"))
         assert reply["type"] == "error" and "incomplete update: 1/2 parts" in reply["message"]
+        # 2b. a piece that skips bytes of its tensor
+        raw_request(sock, _begin("t3", 1, 1, 1, w.nbytes))
+        msg = protocol.unpack(part("t3", [w], [name]))
+        msg["pieces"][0]["offset"] = 8
+        msg["pieces"][0]["data"] = msg["pieces"][0]["data"][8:]
+        msg["sha256"] = _digest([msg["pieces"][0]["data"]])
+        reply = raw_request(sock, protocol.pack(msg))
+        assert reply["type"] == "error" and "expected byte 0" in reply["message"]
         # 3. garbage on the weights socket
         assert raw_request(sock, [b"\x92junk"])["code"] == "bad_message"
         sock.close()
@@ -586,3 +596,19 @@ def test_bfloat16_weights_travel_bit_exact():
         assert ack["bytes"] == new[name].numel() * 2
         assert runtime.version == 3
         assert torch.equal(runtime.state_dict()[name], new[name])
+
+
+def test_tensors_larger_than_a_part_are_split_and_reassembled():
+    """A 7B model's embedding is larger than a part; tiny parts make every tensor span several."""
+    runtime = load_policy(preset="tiny", seed=0)
+    base = runtime.state_dict()
+    target = {k: v + 0.25 for k, v in base.items() if v.is_floating_point()}
+    with PolicyServer(runtime, bind=LOOPBACK, weights_bind=LOOPBACK) as s:
+        with WeightPublisher(s.weights_address, part_bytes=300_001) as pub:  # odd size: pieces straddle parts
+            ack = pub.push(target, 1)
+    total = sum(v.numel() * v.element_size() for v in target.values())
+    assert ack["bytes"] == total and ack["tensors"] == len(target)
+    assert max(v.numel() * v.element_size() for v in target.values()) > 300_001
+    now = runtime.state_dict()
+    for k, v in target.items():
+        assert torch.equal(now[k], v), k

@@ -7,11 +7,14 @@
     pub.push(update, version=8, delta=True)            # tensors added to the serving ones
 
 A push is one transfer: ``begin`` (version, tensor count, total bytes), ``part`` messages of at most
-``part_bytes`` each (tensors as raw buffers with a SHA-256 of their bytes), then ``commit``. The
-server stages the parts, checks counts, sizes, digests and that float tensors are finite, and only
-then hands the whole update to the batcher, which calls
-``runtime.load_weights(state, version, delta=...)`` between two batches. A transfer that stops half-way, a wrong digest, a stale version or weights the
-runtime refuses all leave the serving version as it was; the publisher gets an error that says why.
+``part_bytes`` each, then ``commit``. A part carries pieces of tensors (name, dtype, shape, byte
+offset, raw bytes) and a SHA-256 of its bytes, so a tensor larger than a part (a 7B model's
+embedding) is split over several parts and memory holds one part at a time on each side. The
+server assembles the tensors, checks order, counts, sizes, digests and that float tensors are
+finite, and only then hands the whole update to the batcher, which calls
+``runtime.load_weights(state, version, delta=...)`` between two batches. A transfer that stops
+half-way, a wrong digest, a stale version or weights the runtime refuses all leave the serving
+version as it was; the publisher gets an error that says why.
 
 Tensors travel as numpy buffers; ``bfloat16`` (which numpy lacks) travels as its 16-bit pattern with
 a tag, and comes back as a ``torch.bfloat16`` tensor. The server hands torch tensors to the runtime.
@@ -47,6 +50,14 @@ def _to_numpy(name: str, t: Any) -> tuple[np.ndarray, str | None]:
         return t.numpy(), None
     if isinstance(t, np.ndarray):
         return (t if t.flags.c_contiguous else t.copy(order="C")), None
+    raise ValueError(f"weight '{name}' is a {type(t).__name__}; expected a torch tensor or numpy array")
+
+
+def _nbytes(name: str, t: Any) -> int:
+    if hasattr(t, "detach"):
+        return int(t.numel()) * int(t.element_size())
+    if isinstance(t, np.ndarray):
+        return int(t.nbytes)
     raise ValueError(f"weight '{name}' is a {type(t).__name__}; expected a torch tensor or numpy array")
 
 
@@ -100,34 +111,44 @@ class WeightPublisher:
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise ValueError(f"version must be a non-negative integer, got {version!r}")
         t0 = time.monotonic()
-        tensors = []
+        sizes = []
         for name, t in state_dict_or_delta.items():
             if not isinstance(name, str):
                 raise ValueError(f"parameter names must be strings, got {name!r}")
-            tensors.append((name, *_to_numpy(name, t)))
-        parts: list[list] = [[]]
-        size = 0
-        for item in tensors:
-            if parts[-1] and size + item[1].nbytes > self.part_bytes:
-                parts.append([])
-                size = 0
-            parts[-1].append(item)
-            size += item[1].nbytes
-        total = sum(a.nbytes for _, a, _ in tensors)
+            sizes.append((name, _nbytes(name, t)))
+        total = sum(n for _, n in sizes)
+        n_parts = max(1, -(-total // self.part_bytes))  # pieces fill each part up to part_bytes
         transfer = uuid.uuid4().hex
         self._call({"type": "begin", "transfer": transfer, "version": version, "delta": bool(delta),
-                    "n_tensors": len(tensors),
-                    "n_parts": len(parts), "total_bytes": total})
-        for seq, part in enumerate(parts):
-            self._call({
-                "type": "part", "transfer": transfer, "seq": seq,
-                "names": [n for n, _, _ in part],
-                "arrays": [a for _, a, _ in part],
-                "tags": [tag for _, _, tag in part],
-                "sha256": _digest([a for _, a, _ in part]),
-            })
+                    "n_tensors": len(sizes), "n_parts": n_parts, "total_bytes": total})
+        seq, pieces, room = 0, [], self.part_bytes
+
+        def send_part() -> None:
+            nonlocal seq, pieces, room
+            self._call({"type": "part", "transfer": transfer, "seq": seq, "pieces": pieces,
+                        "sha256": _digest([p["data"] for p in pieces])})
+            seq, pieces, room = seq + 1, [], self.part_bytes
+
+        for name, _ in sizes:
+            arr, tag = _to_numpy(name, state_dict_or_delta[name])  # one tensor on the host at a time
+            flat = arr.reshape(-1).view(np.uint8)
+            offset = 0
+            while True:
+                if room == 0 and offset < flat.size:
+                    send_part()
+                take = min(room, flat.size - offset)
+                pieces.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape), "tag": tag,
+                               "offset": offset, "data": flat[offset:offset + take]})
+                offset += take
+                room -= take
+                if offset >= flat.size:
+                    break
+        if pieces:
+            send_part()
+        if seq != n_parts:  # only if the mapping changed under us
+            raise RuntimeError(f"sent {seq} parts, announced {n_parts}; was the state dict modified during push?")
         reply = self._call({"type": "commit", "transfer": transfer})
-        return {"version": int(reply["version"]), "bytes": total, "tensors": len(tensors),
+        return {"version": int(reply["version"]), "bytes": total, "tensors": len(sizes),
                 "seconds": time.monotonic() - t0}
 
     def _call(self, msg: dict) -> dict:
@@ -204,7 +225,7 @@ class WeightReceiver:
             self._t = {"id": msg["transfer"], "version": msg["version"], "delta": msg.get("delta", False),
                        "n_tensors": msg["n_tensors"],
                        "n_parts": msg["n_parts"], "total_bytes": msg["total_bytes"], "next": 0,
-                       "tensors": {}, "bytes": 0, "touched": time.monotonic()}
+                       "tensors": {}, "bytes": 0, "bytes_announced": 0, "touched": time.monotonic()}
             return {"v": protocol.PROTOCOL_VERSION, "type": "ack", "id": rid}, None
         t = self._t
         if kind not in ("part", "commit"):
@@ -216,26 +237,15 @@ class WeightReceiver:
         if kind == "part":
             if msg.get("seq") != t["next"]:
                 fail(f"part {msg.get('seq')!r} arrived; expected part {t['next']} (parts go in order, none missing)")
-            names, arrays, tags = msg.get("names"), msg.get("arrays"), msg.get("tags")
-            if not (isinstance(names, list) and isinstance(arrays, list) and isinstance(tags, list)
-                    and len(names) == len(arrays) == len(tags)):
-                fail("a part needs equal-length lists 'names', 'arrays', 'tags'")
-            if not all(isinstance(a, np.ndarray) for a in arrays) or not all(isinstance(n, str) for n in names):
-                fail("part 'names' must be strings and 'arrays' arrays")
-            if _digest(list(arrays)) != msg.get("sha256"):
+            pieces = msg.get("pieces")
+            if not isinstance(pieces, list) or not pieces:
+                fail("a part needs a non-empty list 'pieces'")
+            if not all(isinstance(p, dict) and isinstance(p.get("data"), np.ndarray) for p in pieces):
+                fail("each piece is a map with 'data' (a uint8 array), name, dtype, shape, tag, offset")
+            if _digest([p["data"] for p in pieces]) != msg.get("sha256"):
                 fail(f"part {t['next']} is corrupt: its SHA-256 does not match the bytes received")
-            for name, a, tag in zip(names, arrays, tags):
-                if name in t["tensors"]:
-                    fail(f"parameter '{name}' sent twice")
-                if tag not in (None, "bfloat16") or (tag == "bfloat16" and a.dtype != np.int16):
-                    fail(f"parameter '{name}' has dtype tag {tag!r}; expected none or 'bfloat16' on int16 bits")
-                if tag is None and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-                    fail(f"parameter '{name}' has non-finite values; refusing to serve it")
-                t["tensors"][name] = (a, tag)
-                t["bytes"] += a.nbytes
-            if t["bytes"] > t["total_bytes"] or len(t["tensors"]) > t["n_tensors"]:
-                fail(f"more data than announced ({len(t['tensors'])} tensors / {t['bytes']} bytes; announced "
-                     f"{t['n_tensors']} / {t['total_bytes']})")
+            for p in pieces:
+                self._add_piece(t, p)
             t["next"] += 1
             return {"v": protocol.PROTOCOL_VERSION, "type": "ack", "id": rid}, None
         # commit
@@ -243,12 +253,47 @@ class WeightReceiver:
         if t["next"] != t["n_parts"] or len(t["tensors"]) != t["n_tensors"] or t["bytes"] != t["total_bytes"]:
             fail(f"incomplete update: {t['next']}/{t['n_parts']} parts, {len(t['tensors'])}/{t['n_tensors']} tensors, "
                  f"{t['bytes']}/{t['total_bytes']} bytes")
-        state = {name: _to_torch(a, tag) for name, (a, tag) in t["tensors"].items()}
+        state = {}
+        for name, e in t["tensors"].items():
+            if e["filled"] != e["buf"].size:
+                fail(f"incomplete update: parameter '{name}' has {e['filled']} of {e['buf'].size} bytes")
+            a = e["buf"].view(e["dtype"]).reshape(e["shape"])
+            if e["tag"] is None and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                fail(f"parameter '{name}' has non-finite values; refusing to serve it")
+            state[name] = _to_torch(a, e["tag"])
         return {"v": protocol.PROTOCOL_VERSION, "type": "swapped", "id": rid, "version": t["version"]}, (state, t["version"], t["delta"])
 
+
+    def _add_piece(self, t: dict, p: dict) -> None:
+        name, data = p.get("name"), p["data"]
+        dtype, shape, tag, offset = p.get("dtype"), p.get("shape"), p.get("tag"), p.get("offset")
+        if not isinstance(name, str) or dtype not in protocol.ALLOWED_DTYPES or data.dtype != np.uint8 or data.ndim != 1:
+            raise ValueError(f"piece of {name!r}: needs a name, an allowed dtype (got {dtype!r}) and 1-D uint8 data")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise ValueError(f"piece of '{name}': shape {shape!r} must be a list of non-negative integers")
+        if tag not in (None, "bfloat16") or (tag == "bfloat16" and dtype != "<i2"):
+            raise ValueError(f"parameter '{name}' has dtype tag {tag!r}; expected none or 'bfloat16' on int16 bits")
+        e = t["tensors"].get(name)
+        if e is None:
+            if len(t["tensors"]) >= t["n_tensors"]:
+                raise ValueError(f"more tensors than the {t['n_tensors']} announced ('{name}')")
+            nbytes = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
+            if t["bytes_announced"] + nbytes > t["total_bytes"]:
+                raise ValueError(f"'{name}' ({nbytes} bytes) is over the {t['total_bytes']} bytes announced")
+            t["bytes_announced"] += nbytes
+            e = t["tensors"][name] = {"buf": np.empty(nbytes, np.uint8), "dtype": dtype, "shape": shape, "tag": tag,
+                                      "filled": 0}
+        elif (dtype, shape, tag) != (e["dtype"], e["shape"], e["tag"]):
+            raise ValueError(f"pieces of '{name}' disagree on dtype/shape/tag (or it was sent twice)")
+        if offset != e["filled"] or offset + data.size > e["buf"].size:
+            raise ValueError(f"piece of '{name}' at byte {offset!r} (+{data.size}); expected byte {e['filled']} "
+                             f"of {e['buf'].size} (pieces go in order, none missing or overlapping)")
+        e["buf"][offset:offset + data.size] = data
+        e["filled"] += data.size
+        t["bytes"] += data.size
 
 def _to_torch(a: np.ndarray, tag: str | None):
     import torch
 
-    tensor = torch.from_numpy(np.array(a))  # own, writable memory
+    tensor = torch.from_numpy(a)  # a view of the staging buffer, which the receiver no longer holds
     return tensor.view(torch.bfloat16) if tag == "bfloat16" else tensor
