@@ -12,9 +12,11 @@ sequence: that is how GRPO samples several rollouts from one start.
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import math
 import os
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -229,6 +231,8 @@ class TwinEnv:
         if self._renderer is None:
             h, w = self.image_size
             self._renderer = mujoco.Renderer(self.model, h, w)
+            _LIVE.add(self)
+            _close_at_exit()
             if self.release_gl:
                 _release_gl_context()
         return self._renderer
@@ -288,6 +292,18 @@ def _snapshot(model) -> dict:
 def _restore(model, snap: dict) -> None:
     for f, v in snap.items():
         getattr(model, f)[:] = v
+
+
+_LIVE: "weakref.WeakSet[TwinEnv]" = weakref.WeakSet()
+_EXIT_HOOK = []
+
+
+def _close_at_exit() -> None:
+    """Close renderers left open before the GL display goes (its atexit hook is registered when
+    the first context is made; ours, registered after it, runs before it)."""
+    if not _EXIT_HOOK:
+        _EXIT_HOOK.append(True)
+        atexit.register(lambda: [env.close() for env in list(_LIVE)])
 
 
 def _release_gl_context() -> None:
