@@ -229,6 +229,22 @@ def test_each_bad_request_gets_its_error_and_the_server_keeps_serving(server, cl
     assert stats["errors"]["bad_request"] >= 6 and stats["requests"]["invalid"] >= len(cases)
 
 
+def test_a_full_queue_answers_overloaded_and_keeps_serving(runtime):
+    with PolicyServer(runtime, bind=LOOPBACK, weights_bind=None, max_batch=1, max_queue=1) as s:
+        with PolicyClient(s.address, timeout_s=30) as c:
+            obs = make_obs(c.metadata(), 90)
+            ids = [c.submit(obs) for _ in range(20)]
+            outcomes = []
+            for rid in ids:
+                try:
+                    outcomes.append("ok" if c.wait(rid)["actions"] is not None else "?")
+                except PolicyServerError as e:
+                    assert e.code == "overloaded" and "max_queue=1" in e.message
+                    outcomes.append("overloaded")
+            assert "ok" in outcomes and "overloaded" in outcomes, outcomes
+            assert c.act(obs)["actions"].shape[0] == c.metadata()["chunk_size"]
+
+
 def test_oversized_message_is_refused(runtime):
     with PolicyServer(runtime, bind=LOOPBACK, weights_bind=None, max_message_bytes=100_000) as s:
         with PolicyClient(s.address, timeout_s=10, max_message_bytes=100_000) as c:

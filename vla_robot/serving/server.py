@@ -138,6 +138,7 @@ class PolicyServer:
             raise OSError(f"cannot bind the policy server ({self._bind} / {self._weights_bind}): {e}") from None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)  # a full pipe already means "wake up"; never block the batcher
         self.batcher.start()
         self._spawn(self._io_loop, "policy-server-io")
         if self._weights_bind:
