@@ -85,7 +85,7 @@ arm_node:
             cmd_pub.publish(convert.command_to_msg(target, robot_spec("so101").joint_names, time.time(), 0.05))
             ex.spin_once(timeout_sec=0.05)
         assert spin_until(ex, lambda: abs(convert.msg_to_joint_state(got["js"][-1])[0][0] - target[0]) < 0.1, 10)
-        assert arm.commands >= 10
+        assert arm.commands >= 3  # keep-last QoS may drop a burst; the newest always arrives
         assert spin_until(ex, lambda: any(s.name == "/camera_node" for d in got["diag"] for s in d.status), 5)
         st = next(s for d in got["diag"] for s in d.status if s.name == "/camera_node")
         values = {kv.key: kv.value for kv in st.values}
@@ -186,3 +186,44 @@ def test_node_main_exits_with_status_2_on_bad_parameters(tmp_path):
     )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "label_source" in r.stderr and "not starting" in r.stderr
+
+
+def test_twin_node_mirrors_real_joint_states(ros_context):
+    from std_msgs.msg import Float64MultiArray
+
+    from vla_robot.nodes.twin_node import TwinNode
+
+    P = rclpy.parameter.Parameter
+    twin = TwinNode("twin_node", context=ros_context, parameter_overrides=[
+        P("mode", value="mirror"), P("image_size", value=[32, 32]), P("cameras", value=["front"])])
+    probe = rclpy.create_node("mirrorprobe", context=ros_context)
+    got = {"img": [], "div": []}
+    probe.create_subscription(Image, "/twin/cameras/front/image_raw", got["img"].append, qos_profile_sensor_data)
+    probe.create_subscription(Float64MultiArray, "/twin/divergence", got["div"].append, 10)
+    js = probe.create_publisher(JointState, "/joint_states", common.STATE_QOS)
+    cmd = probe.create_publisher(JointTrajectory, "/arm/command", common.COMMAND_QOS)
+    ex = MultiThreadedExecutor(num_threads=2, context=ros_context)
+    ex.add_node(twin)
+    ex.add_node(probe)
+    spec = robot_spec("so101")
+    names = spec.joint_names
+    try:
+        assert spin_until(ex, lambda: js.get_subscription_count() > 0 and cmd.get_subscription_count() > 0
+                          and twin.div_pub.get_subscription_count() > 0)
+        target = spec.home.copy()
+        cmd.publish(convert.command_to_msg(target, names, time.time(), 0.1))
+        assert spin_until(ex, lambda: twin._target is not None, 10)
+        for q in (spec.home, spec.home + np.array([0.6, 0, 0, 0, 0, 0])):
+            js.publish(convert.joint_state_to_msg(names, q, time.time()))
+            n = len(got["img"])
+            assert spin_until(ex, lambda: len(got["img"]) > n, 10)
+        assert spin_until(ex, lambda: len(got["div"]) >= 2, 5)
+        a, _ = convert.msg_to_image(got["img"][0])
+        b, _ = convert.msg_to_image(got["img"][-1])
+        assert a.shape == (32, 32, 3) and np.abs(a.astype(int) - b.astype(int)).mean() > 0.5  # the view moved
+        np.testing.assert_allclose(got["div"][-1].data, target - (spec.home + [0.6, 0, 0, 0, 0, 0]))
+    finally:
+        ex.shutdown()
+        twin.close()
+        twin.destroy_node()
+        probe.destroy_node()

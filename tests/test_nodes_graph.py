@@ -15,6 +15,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
 torch = pytest.importorskip("torch")
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
@@ -192,6 +193,8 @@ def _call(client, request, timeout=10.0):
 def test_label_service_then_server_loss_holds_and_fails_by_fault(ros_context):
     probe = Probe(ros_context)
     label = probe.node.create_client(SetBool, "/episode_manager_node/label")
+    diags = []
+    probe.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 50)
     try:
         with GraphRunner(
             "evaluate",
@@ -215,7 +218,7 @@ def test_label_service_then_server_loss_holds_and_fails_by_fault(ros_context):
             resp = _call(label, SetBool.Request(data=True))
             assert resp.success, resp.message
             results = g.wait_for_results(2, timeout_s=60)
-            time.sleep(0.5)  # let the last commands reach the probe
+            time.sleep(1.5)  # let the last commands and a diagnostics round reach the probe
     finally:
         probe.close()
         cmds = [m for _, m in probe.got["cmd"]]
@@ -227,6 +230,12 @@ def test_label_service_then_server_loss_holds_and_fails_by_fault(ros_context):
     assert "no new chunk" in second.fault
     # the arm was held in place: every command of the second episode is a hold at one pose
     # (commands are stamped by sim time; the second episode's are the latest ones)
+    # /diagnostics says why: the policy node's status is a warning with the watchdog's counts
+    status = [st for d in list(diags) for st in d.status if st.name == "/policy_node"]
+    assert status and status[-1].level == DiagnosticStatus.WARN
+    assert status[-1].message.startswith("watchdog holding")
+    values = {kv.key: kv.value for kv in status[-1].values}
+    assert "no_chunk" in values["watchdog_holds"] and int(values["timeouts"]) + int(values["errors"]) >= 1
     holds = [m for m in cmds if m.header.frame_id == "hold"]
     assert holds, "the policy node sent no hold command"
     last = [convert.msg_to_command(m)[0] for m in holds[-3:]]

@@ -214,8 +214,9 @@ class Diagnostics:
         if self.extra is not None:
             x_level, x_message, x_values = self.extra()
             values.update({k: str(v) for k, v in x_values.items()})
-            if x_level > level:
-                level, message = x_level, x_message
+            if x_level >= level and x_level > OK:  # the node's own state first, stale streams after
+                message = x_message if level == OK else f"{x_message}; {message}"
+                level = x_level
         st = DiagnosticStatus(level=bytes([level]), name=self.node.get_fully_qualified_name(), message=message)
         st.hardware_id = self.node.get_name()
         st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
