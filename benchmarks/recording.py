@@ -74,7 +74,7 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--cameras", type=int, default=2)
-    ap.add_argument("--vcodec", default="h264")
+    ap.add_argument("--vcodec", default=RecorderConfig().vcodec, help="h264, hevc or libsvtav1 (the default)")
     ap.add_argument("--root", default=None, help="dataset folder (default: a temporary one, removed)")
     args = ap.parse_args()
 

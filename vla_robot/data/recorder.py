@@ -278,8 +278,8 @@ class Recorder:
                 log.warning("recorder: %s: %s", root, self.recovery.describe())
         if store.latest_commit(root) is not None:  # resume
             self._check_schema(json.loads((root / "meta" / "info.json").read_text()))
-            stage = store.prepare_stage(root)
-            return LeRobotDataset(self.repo_id, root=stage, video_backend="pyav", **self._lerobot_kwargs())
+            store.prepare_stage(root)
+            return self._resume_lerobot()
         store.clear_uncommitted(root)  # nothing was ever saved here
         store.state_dir(root).mkdir(parents=True, exist_ok=True)
         return LeRobotDataset.create(
@@ -301,10 +301,37 @@ class Recorder:
             raise ValueError(f"{self.root} was recorded at {info['fps']} fps, this recorder runs at {self.config.fps}")
 
     def _reopen(self) -> None:
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+        self._ds = self._resume_lerobot()
 
-        self._ds = LeRobotDataset(self.repo_id, root=store.stage_dir(self.root), video_backend="pyav",
-                                  **self._lerobot_kwargs())
+    def _resume_lerobot(self):
+        """LeRobot's writer resumed on the stage, like ``LeRobotDataset(repo_id, root)`` does for
+        ``lerobot-record --resume`` but without loading every recorded frame into `datasets`' cache
+        (that constructor copies the whole dataset into ~/.cache on each call: quadratic when the
+        recorder reopens after every episode). Attribute for attribute what ``LeRobotDataset.create``
+        sets up (lerobot 0.4.4), with the metadata read from disk; the next save then starts new
+        data/video/episode files, exactly as after the public constructor."""
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+        from lerobot.datasets.video_utils import StreamingVideoEncoder, resolve_vcodec
+
+        kw = self._lerobot_kwargs()
+        ds = LeRobotDataset.__new__(LeRobotDataset)
+        ds.meta = LeRobotDatasetMetadata(self.repo_id, root=store.stage_dir(self.root))
+        ds.repo_id, ds.root, ds.revision = ds.meta.repo_id, ds.meta.root, None
+        ds.tolerance_s, ds.image_writer = 1e-4, None
+        ds.batch_encoding_size, ds.episodes_since_last_encoding = 1, 0
+        ds.vcodec, ds._encoder_threads = resolve_vcodec(kw["vcodec"]), kw["encoder_threads"]
+        ds.episode_buffer = ds.create_episode_buffer()
+        ds.episodes = None
+        ds.hf_dataset = ds.create_hf_dataset()  # empty: writing never reads it
+        ds.image_transforms = ds.delta_timestamps = ds.delta_indices = ds._absolute_to_relative_idx = None
+        ds.video_backend = "pyav"
+        ds.writer = ds.latest_episode = ds._current_file_start_frame = None
+        ds._lazy_loading, ds._recorded_frames, ds._writer_closed_for_reading = False, ds.meta.total_frames, False
+        ds._streaming_encoder = StreamingVideoEncoder(
+            fps=ds.meta.fps, vcodec=ds.vcodec, pix_fmt="yuv420p", g=2, crf=30, preset=None,
+            queue_maxsize=kw["encoder_queue_maxsize"], encoder_threads=kw["encoder_threads"],
+        )
+        return ds
 
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
