@@ -51,3 +51,15 @@ def test_recorded_episodes_become_learner_episodes_with_executed_masks(tmp_path)
     # the same episode read twice has the same id, so a restarted learner skips it
     again = list(follow_dataset(tmp_path / "ds", DIM, follow=False))
     assert [e.episode_id for e in again] == [e.episode_id for e in eps]
+
+    # `vla-robot learn` catches up on the saved episodes, updates once and checkpoints (then resumes)
+    from vla_robot.cli import main
+
+    out = tmp_path / "learner"
+    argv = ["learn", "--dataset", str(tmp_path / "ds"), "--out", str(out), "--set", "group_size=2",
+            "--set", "batch_groups=1", "--mode", "rl", "--idle-timeout", "0.5"]
+    assert main(argv) == 0
+    state = torch.load(out / "checkpoint" / "learner_state.pt", weights_only=True)
+    assert state["version"] == 1 and len(state["consumed"]) == 2
+    assert main(argv + ["--resume", str(out / "checkpoint")]) == 0  # nothing new: no second update
+    assert torch.load(out / "checkpoint" / "learner_state.pt", weights_only=True)["version"] == 1
