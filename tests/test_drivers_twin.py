@@ -136,6 +136,22 @@ def test_twin_arm_realtime_mode_tracks_commands_and_cameras_read_from_other_thre
         arm.close()
 
 
+def test_twin_backends_take_config_dataclasses_too():
+    from vla_robot.twin.config import TwinArmConfig, TwinCameraConfig, TwinConfig
+
+    twin = TwinConfig(image_size=[40, 40], cameras=["front"])
+    arm = make_arm("twin", TwinArmConfig(session="t_dc", realtime=False, twin=twin))
+    cam = make_camera("twin", TwinCameraConfig(session="t_dc", camera="top", twin=twin), camera="side")
+    try:
+        assert arm.session is cam.session and cam.name == "side"
+        assert cam.read()[0].shape == (40, 40, 3)
+        with pytest.raises(ConfigError, match="expects a TwinCameraConfig"):
+            make_camera("twin", twin)
+    finally:
+        cam.close()
+        arm.close()
+
+
 def test_twin_driver_errors_are_clear():
     arm = make_arm("twin", session="t_err", realtime=False, twin=TWIN)
     try:

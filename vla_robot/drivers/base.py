@@ -250,7 +250,8 @@ def _build(family: str, kind: str, config: Any, overrides: dict):
             raise ConfigError(
                 f"{family} backend '{kind}' expects a {cfg_cls.__name__} config, got {type(config).__name__}"
             )
-        data = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+        init = {f.name for f in dataclasses.fields(config) if f.init}
+        data = {k: v for k, v in dataclasses.asdict(config).items() if k in init}  # nested configs too
     elif isinstance(config, dict):
         data = dict(config)
     else:
