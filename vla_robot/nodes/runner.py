@@ -195,6 +195,8 @@ class GraphRunner:
     def close(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(timeout_sec=5.0)
+        if self._spin_thread is not None:  # no callback may run on a node being destroyed
+            self._spin_thread.join(timeout=5.0)
         for node in list(self.nodes.values())[::-1]:
             close = getattr(node, "close", None)
             try:
@@ -206,8 +208,6 @@ class GraphRunner:
         self.nodes.clear()
         if self.context is not None and self.context.ok():
             rclpy.shutdown(context=self.context)
-        if self._spin_thread is not None:
-            self._spin_thread.join(timeout=5.0)
         self.stop_policy_server()
 
     def __enter__(self) -> "GraphRunner":
