@@ -55,8 +55,13 @@ class LLMConfig:
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     initializer_range: float = 0.02
+    # std of the normal init of chosen LLM weights, by name part ({"q_proj": 0.3}); random-init presets only
+    init_std: dict = field(default_factory=dict)
 
     def validate(self) -> None:
+        for k, v in self.init_std.items():
+            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ValueError(f"llm.init_std must map weight-name parts to positive numbers, got {k!r}: {v!r}")
         if self.vocab_size < VOCAB_SIZE:
             raise ValueError(f"llm.vocab_size must be >= {VOCAB_SIZE} (action ids are 31744..31999), got {self.vocab_size}")
         if self.hidden_size % self.num_attention_heads:

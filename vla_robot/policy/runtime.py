@@ -85,9 +85,21 @@ def build_model(cfg: PolicyModelConfig, seed: int | None = 0, device: str | torc
             torch.set_default_dtype(_DTYPES[dtype] if dtype else torch.float32)
             with torch.device(dev):
                 model = OFTModel(cfg)
+                _apply_init_std(model, cfg.llm.init_std)
         finally:
             torch.set_default_dtype(old)
     return model.eval()
+
+
+@torch.no_grad()
+def _apply_init_std(model: OFTModel, init_std: Mapping[str, float]) -> None:
+    """Re-draw the LLM weights whose name contains a key of ``init_std`` from N(0, std²)."""
+    for part, std in sorted(init_std.items()):
+        hits = [p for n, p in model.language_model.named_parameters() if part in n and n.endswith("weight")]
+        if not hits:
+            raise ValueError(f"llm.init_std: no language-model weight name contains {part!r}")
+        for p in hits:
+            p.normal_(0.0, float(std))
 
 
 def tower_mean_std(model: OFTModel) -> list[tuple[tuple, tuple]]:
