@@ -167,3 +167,13 @@ def test_twin_driver_errors_are_clear():
         arm.close()
     with pytest.raises(DriverError, match="after close"):
         arm.read()
+
+
+def test_driver_interfaces_and_robot_facts_import_without_mujoco():
+    import subprocess
+    import sys
+
+    code = ("import sys, vla_robot.drivers, vla_robot.twin.robots as r; r.robot_spec('so101'); "
+            "heavy = [m for m in ('mujoco', 'torch', 'rclpy', 'cv2') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
