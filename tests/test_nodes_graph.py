@@ -240,3 +240,58 @@ def test_label_service_then_server_loss_holds_and_fails_by_fault(ros_context):
     assert holds, "the policy node sent no hold command"
     last = [convert.msg_to_command(m)[0] for m in holds[-3:]]
     np.testing.assert_allclose(last[0], last[-1], atol=1e-6)
+
+
+def test_operator_takes_over_then_estop_ends_the_episode(ros_context):
+    """Intervention: the teleop node's commands replace the policy's (through the same safety filter,
+    marked teleop); handing back returns control to the policy; the latched e-stop freezes the arm
+    and ends the episode as a fault."""
+    from std_msgs.msg import Bool
+
+    probe = Probe(ros_context)
+    keys = probe.node.create_publisher(String, "/teleop/keys", common.EVENT_QOS)
+    estop = probe.node.create_publisher(Bool, "/estop", common.LATCHED_QOS)
+
+    def sources():
+        with probe._lock:
+            return [m.header.frame_id for _, m in probe.got["cmd"]]
+
+    def wait(cond, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return cond()
+
+    try:
+        with GraphRunner(
+            "evaluate",
+            sim=True,
+            serve_policy="tiny",
+            exclude=("recorder_node",),
+            overrides={"episode_manager_node": {"episodes": 1, "max_duration_s": 60.0, "end_on_success": False},
+                       "twin_node": {"realtime_factor": 2.0}},  # slow enough for the operator to act
+        ) as g:
+            probe.wait_for_publishers()
+            assert wait(lambda: keys.get_subscription_count() > 0 and estop.get_subscription_count() >= 2)
+            assert wait(lambda: sources().count("policy") >= 5)
+            keys.publish(String(data=" "))  # take over
+            assert wait(lambda: "teleop" in sources())
+            n = len(sources())
+            keys.publish(String(data="1www"))  # move shoulder_pan up three steps
+            assert wait(lambda: sources()[n:].count("teleop") >= 10)
+            keys.publish(String(data=" "))  # hand back
+            assert wait(lambda: sources()[-1] == "policy")
+            estop.publish(Bool(data=True))
+            results = g.wait_for_results(1, timeout_s=30)
+            report = g.nodes["policy_node"].controller.report()
+    finally:
+        probe.close()
+    seq = sources()
+    first_teleop = seq.index("teleop")
+    assert "policy" in seq[:first_teleop] and "policy" in seq[first_teleop:]
+    with probe._lock:
+        teleop_q = [convert.msg_to_command(m)[0] for _, m in probe.got["cmd"] if m.header.frame_id == "teleop"]
+    assert teleop_q[-1][0] - teleop_q[0][0] > 0.1  # the operator's keys moved the joint (safety-limited)
+    (r,) = results
+    assert (r.end_reason, r.fault, r.label) == ("fault", "e-stop", "failure")
+    assert report["estop"] == "e-stop topic"
