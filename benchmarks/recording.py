@@ -115,6 +115,7 @@ def main() -> int:
     print(f"frames offered {with_rec['ticks']}, recorded {r.length}, dropped {stats.frames_dropped} (target 0)")
     print(f"writer backlog max {max(backlog) if backlog else 0} frame(s) of {RecorderConfig(fps=args.fps).max_pending_frames}")
     print(f"episode end -> durable: {durable:.2f} s (save_episode wait), recorder's own figure {stats.last_durable_s:.2f} s")
+    print("  of which: " + ", ".join(f"{k} {v:.2f} s" for k, v in stats.last_save_breakdown.items()))
     return 0 if stats.frames_dropped == 0 else 1
 
 

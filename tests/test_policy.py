@@ -428,6 +428,8 @@ def test_cli_inspect(tmp_path, capsys, rt):
     assert "discrete tokens" in capsys.readouterr().out
     assert main(["policy", "inspect", "--preset", "oft-7b", "--no-forward"]) == 0
     assert "7.71 B total" in capsys.readouterr().out
+    assert main(["policy", "inspect", "--preset", "tiny", "--no-forward"]) == 0
+    capsys.readouterr()
     assert main(["policy", "inspect", "--preset", "nope"]) == 1
     assert "unknown policy preset 'nope'" in capsys.readouterr().err
     assert main(["policy", "inspect"]) == 2
@@ -590,3 +592,13 @@ def test_oft_7b_film_layout_on_meta_device():
     main = model.main_state_dict()
     for k, shape in PUBLISHED.items():
         assert tuple(main[k].shape) == shape, k
+
+
+def test_without_statistics_predict_says_what_is_missing():
+    bare = load_policy(preset="tiny", overrides={"dataset_statistics": ""})
+    assert bare.metadata["norm_key"] == ""
+    with pytest.raises(ValueError, match="no dataset statistics are set"):
+        bare.predict(make_obs())
+    bare.set_norm_stats(normalization.identity_statistics(6, 6), "identity")
+    out = bare.predict(make_obs(), return_tokens=True)[0]
+    np.testing.assert_allclose(out["actions"], action_tokenizer.decode(out["tokens"]).reshape(8, 6), atol=1e-6)

@@ -69,7 +69,13 @@ def policy(args: argparse.Namespace) -> int:
     if runtime is None:
         return 0
     stats = runtime.processor.norm_stats or {}
-    print(f"norm stats    keys: {', '.join(stats) or 'none'}; using '{runtime.processor.norm_key}' ({cfg.normalization})")
+    if stats:
+        print(f"norm stats    keys: {', '.join(stats)}; using '{runtime.processor.norm_key}' ({cfg.normalization})")
+    else:
+        from vla_robot.policy.normalization import identity_statistics
+
+        print("norm stats    none (the forward below shows normalised actions)")
+        runtime.set_norm_stats(identity_statistics(cfg.action_dim, cfg.proprio_dim), "identity")
     rng = np.random.default_rng(0)
     obs = {
         "images": {c: rng.integers(0, 256, (cfg.vision.image_size, cfg.vision.image_size, 3), dtype=np.uint8) for c in cfg.cameras},

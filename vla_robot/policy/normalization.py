@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "compute_statistics",
+    "identity_statistics",
     "bounds",
     "normalize",
     "unnormalize",
@@ -52,6 +53,17 @@ def compute_statistics(
     if states is not None:
         s = _as_2d(states, "states")
         out["proprio"] = _stats(s)
+    return out
+
+
+def identity_statistics(action_dim: int, proprio_dim: int = 0) -> dict[str, Any]:
+    """Statistics whose bounds are [-1, 1] (normalising changes nothing): for random-weight presets
+    and dry runs, never for a trained policy."""
+    one = {"mean": [0.0] * action_dim, "std": [1.0] * action_dim, "max": [1.0] * action_dim, "min": [-1.0] * action_dim,
+           "q01": [-1.0] * action_dim, "q99": [1.0] * action_dim}
+    out: dict[str, Any] = {"action": dict(one, mask=[True] * action_dim), "num_transitions": 0, "num_trajectories": 0}
+    if proprio_dim:
+        out["proprio"] = {k: [v[0]] * proprio_dim for k, v in one.items()}
     return out
 
 
