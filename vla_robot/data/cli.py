@@ -62,7 +62,7 @@ def _common_args(p: argparse.ArgumentParser, default_root: str) -> None:
     p.add_argument("--episodes", type=int, default=5, help="episodes to record (default 5)")
     p.add_argument("--root", default=default_root, help=f"dataset folder (default {default_root}); resumed if it exists")
     p.add_argument("--repo-id", default=None, help="dataset label, user/name (default from the graph's config)")
-    p.add_argument("--task", default="", help="task (sim: the twin's task, e.g. reach)")
+    p.add_argument("--task", default="", help="task (sim: the twin's task, e.g. reach; evaluate: a,b for several)")
     p.add_argument("--robot", default="so101", choices=("so101", "panda"))
     p.add_argument("--config", default=None, help="parameter file instead of config/<graph>.yaml")
     p.add_argument("--max-duration", type=float, default=None, help="episode timeout in seconds (sim: sim seconds)")
@@ -178,17 +178,27 @@ def evaluate_args(p: argparse.ArgumentParser) -> None:
 
 
 def evaluate(args) -> int:
-    """Run labelled evaluation episodes with the greedy policy, then write the report."""
+    """Run ``--episodes`` labelled episodes per task (``--task a,b``) with the greedy policy, then the report."""
+    import copy
+
     try:
         _check(args)
         serve = args.policy or ("tiny" if args.sim else None)
-        results, before, seconds = _run("evaluate", args, serve_policy=serve, expert=False)
+        tasks = [t.strip() for t in args.task.split(",") if t.strip()] or [""]
+        before, seconds = None, 0.0
+        for task in tasks:
+            one = copy.copy(args)
+            one.task = task
+            _, b, sec = _run("evaluate", one, serve_policy=serve, expert=False)
+            before = b if before is None else before
+            seconds += sec
     except (ValueError, RuntimeError) as e:
         print(f"vla-robot evaluate: {e}", file=sys.stderr)
         return 2
     from . import reader
     from .report import evaluation_report, write_report
 
+    args.episodes *= len(tasks)
     journal = reader.read_journal(args.root)[before:]
     fps = reader.dataset_info(args.root)["fps"] if journal else None
     rep = evaluation_report(journal, fps=fps, title=f"Evaluation: {Path(args.root).name}, {len(journal)} episode(s)")

@@ -31,7 +31,7 @@ import shutil
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ class RecorderStats:
     episode_dropped: int = 0  # frames dropped in the current episode
     pending: int = 0  # frames waiting for the writer
     last_durable_s: float = float("nan")  # save_episode request -> committed, seconds
+    last_save_breakdown: dict = field(default_factory=dict)  # seconds per phase of the last save
 
 
 def _quiet_libraries() -> None:
@@ -71,6 +72,7 @@ def _quiet_libraries() -> None:
 
         av.logging.set_level(av.logging.ERROR)
         av.logging.set_libav_level(av.logging.ERROR)  # LeRobot restores FFmpeg's own stderr logger
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its config on every episode otherwise
     except Exception:  # noqa: BLE001 - cosmetics only
         pass
     try:
@@ -122,7 +124,9 @@ class Recorder:
     def stats(self) -> RecorderStats:
         with self._lock:
             self._stats.pending = self._pending_frames
-            return RecorderStats(**self._stats.__dict__)
+            d = dict(self._stats.__dict__)
+            d["last_save_breakdown"] = dict(d["last_save_breakdown"])
+            return RecorderStats(**d)
 
     @property
     def num_episodes(self) -> int:
@@ -465,10 +469,13 @@ class Recorder:
         interventions, teleop_frames = S.count_interventions(control)
 
         _quiet_libraries()  # LeRobot's progress-bar guard turns `datasets` bars back on
+        t0 = time.monotonic()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Converting input from bool", category=RuntimeWarning)
-            ds.save_episode()
+            ds.save_episode()  # finishes the video encoders, writes parquet, moves the mp4s, stats
+        t1 = time.monotonic()
         ds.finalize()
+        t2 = time.monotonic()
 
         rec = EpisodeRecord(
             episode_index=index,
@@ -492,4 +499,7 @@ class Recorder:
         tmp.write_text(old + json.dumps(rec.to_json()) + "\n")
         os.replace(tmp, journal)
         store.publish(self.root, index + 1, fsync=self.config.fsync, keep=self.config.keep_commits)
+        with self._lock:
+            self._stats.last_save_breakdown = {"lerobot_save_episode": t1 - t0, "finalize": t2 - t1,
+                                               "journal_publish_commit": time.monotonic() - t2}
         return rec
