@@ -31,6 +31,7 @@ This module imports only numpy and msgpack.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,13 +79,6 @@ class ProtocolError(ValueError):
 # --- arrays in frames ----------------------------------------------------------------------------
 
 
-class _Placeholder:
-    __slots__ = ("dtype", "shape", "index")
-
-    def __init__(self, dtype: str, shape: tuple[int, ...], index: int):
-        self.dtype, self.shape, self.index = dtype, shape, index
-
-
 def _wire_dtype(a: np.ndarray) -> str:
     dt = a.dtype
     if dt.byteorder == ">":
@@ -95,23 +89,38 @@ def _wire_dtype(a: np.ndarray) -> str:
     return s
 
 
+_tls = threading.local()  # per-thread packers: msgpack.packb allocates a 256 KiB buffer per call
+
+
+def _default(obj: Any):
+    if isinstance(obj, np.ndarray):
+        a = obj if obj.flags.c_contiguous else obj.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
+        dtype = _wire_dtype(a)
+        frames = _tls.frames
+        frames.append(a if a.nbytes >= _tls.copy_threshold else a.tobytes())
+        return msgpack.ExtType(ARRAY_EXT, _tls.small.pack([dtype, list(a.shape), len(frames) - 1]))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__} on the policy wire (use numpy arrays, str, numbers, lists, dicts)")
+
+
 def pack(header: dict, *, copy_threshold: int = 0) -> list:
-    """Encode ``header`` (numpy arrays anywhere inside it) into the frames of one multipart message."""
+    """Encode ``header`` (numpy arrays anywhere inside it) into the frames of one multipart message.
+
+    Arrays of at least ``copy_threshold`` bytes are frames of their own memory (zero-copy with
+    ``send_multipart(copy=False)``); smaller ones are copied into ``bytes``.
+    """
+    if not hasattr(_tls, "header"):
+        _tls.header = msgpack.Packer(default=_default, use_bin_type=True, buf_size=4096)
+        _tls.small = msgpack.Packer(use_bin_type=True, buf_size=256)
     frames: list = [b""]
-
-    def default(obj: Any):
-        if isinstance(obj, np.ndarray):
-            a = obj if obj.flags.c_contiguous else obj.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
-            dtype = _wire_dtype(a)
-            frames.append(a if a.nbytes >= max(copy_threshold, 1) else a.tobytes())
-            return msgpack.ExtType(ARRAY_EXT, msgpack.packb([dtype, list(a.shape), len(frames) - 1]))
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, tuple):
-            return list(obj)
-        raise TypeError(f"cannot encode {type(obj).__name__} on the policy wire (use numpy arrays, str, numbers, lists, dicts)")
-
-    frames[0] = msgpack.packb(header, default=default, use_bin_type=True, strict_types=False)
+    _tls.frames, _tls.copy_threshold = frames, max(copy_threshold, 1)
+    try:
+        frames[0] = _tls.header.pack(header)
+    finally:
+        _tls.frames = None
     return frames
 
 
@@ -130,10 +139,12 @@ def unpack(frames: list, *, max_bytes: int | None = None) -> dict:
     """
     if not frames:
         raise ProtocolError("bad_message", "empty message: expected a msgpack header frame")
-    sizes = [len(_buffer(f)) for f in frames]
-    if max_bytes is not None and sum(sizes) > max_bytes:
-        raise ProtocolError("too_large", f"message is {sum(sizes)} bytes; this server accepts at most {max_bytes}")
-    placeholders: list[_Placeholder] = []
+    bufs = [_buffer(f) for f in frames]
+    if max_bytes is not None:
+        total = sum(len(b) for b in bufs)
+        if total > max_bytes:
+            raise ProtocolError("too_large", f"message is {total} bytes; this server accepts at most {max_bytes}")
+    used: list[int] = []
 
     def ext_hook(code: int, data: bytes):
         if code != ARRAY_EXT:
@@ -142,57 +153,39 @@ def unpack(frames: list, *, max_bytes: int | None = None) -> dict:
             dtype, shape, index = msgpack.unpackb(data, use_list=True, strict_map_key=True)
         except Exception:  # noqa: BLE001
             raise ProtocolError("bad_message", "array descriptor is not msgpack [dtype, shape, frame_index]") from None
-        if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
+        if dtype.__class__ is not str or dtype not in ALLOWED_DTYPES:
             raise ProtocolError("bad_message", f"array dtype {dtype!r} is not allowed; allowed: {sorted(ALLOWED_DTYPES)}")
         if (
-            not isinstance(shape, list)
+            shape.__class__ is not list
             or len(shape) > MAX_NDIM
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)
+            or not all(d.__class__ is int and 0 <= d < 2**40 for d in shape)
         ):
             raise ProtocolError("bad_message", f"array shape {shape!r} must be a list of at most {MAX_NDIM} non-negative integers")
-        if not isinstance(index, int) or isinstance(index, bool) or not 1 <= index < len(frames):
-            raise ProtocolError("bad_message", f"array frame index {index!r} is not one of the {len(frames) - 1} data frames")
-        p = _Placeholder(dtype, tuple(shape), index)
-        placeholders.append(p)
-        return p
+        if index.__class__ is not int or not 1 <= index < len(bufs):
+            raise ProtocolError("bad_message", f"array frame index {index!r} is not one of the {len(bufs) - 1} data frames")
+        dt = np.dtype(dtype)
+        expected = dt.itemsize * math.prod(shape)
+        if expected != len(bufs[index]):
+            raise ProtocolError(
+                "bad_message", f"array frame {index} has {len(bufs[index])} bytes; dtype {dtype} shape {shape} needs {expected}"
+            )
+        used.append(index)
+        return np.frombuffer(bufs[index], dtype=dt).reshape(shape)
 
     try:
-        header = msgpack.unpackb(
-            _buffer(frames[0]), ext_hook=ext_hook, raw=False, strict_map_key=True, use_list=True
-        )
+        header = msgpack.unpackb(bufs[0], ext_hook=ext_hook, raw=False, strict_map_key=True, use_list=True)
     except ProtocolError:
         raise
     except Exception as e:  # noqa: BLE001 - msgpack raises many kinds
         raise ProtocolError("bad_message", f"header frame is not valid msgpack ({type(e).__name__}: {e})") from None
-    if not isinstance(header, dict):
+    if header.__class__ is not dict:
         raise ProtocolError("bad_message", f"header must be a msgpack map, got {type(header).__name__}")
-    used = sorted(p.index for p in placeholders)
-    if used != list(range(1, len(frames))):
+    if len(used) != len(bufs) - 1 or (used and sorted(used) != list(range(1, len(bufs)))):
         raise ProtocolError(
             "bad_message",
-            f"data frames and array references disagree: {len(frames) - 1} data frame(s), referenced {used}",
+            f"data frames and array references disagree: {len(bufs) - 1} data frame(s), referenced {sorted(used)}",
         )
-    arrays = {}
-    for p in placeholders:
-        dt = np.dtype(p.dtype)
-        expected = dt.itemsize * math.prod(p.shape)
-        if expected != sizes[p.index]:
-            raise ProtocolError(
-                "bad_message",
-                f"array frame {p.index} has {sizes[p.index]} bytes; dtype {p.dtype} shape {list(p.shape)} needs {expected}",
-            )
-        arrays[id(p)] = np.frombuffer(_buffer(frames[p.index]), dtype=dt).reshape(p.shape)
-    return _restore(header, arrays) if placeholders else header
-
-
-def _restore(obj: Any, arrays: dict) -> Any:
-    if isinstance(obj, _Placeholder):
-        return arrays[id(obj)]
-    if isinstance(obj, dict):
-        return {k: _restore(v, arrays) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_restore(v, arrays) for v in obj]
-    return obj
+    return header
 
 
 # --- requests ------------------------------------------------------------------------------------
