@@ -54,8 +54,8 @@ def test_record_sim_with_the_scripted_expert(tmp_path):
 @pytest.mark.ros
 def test_evaluate_sim_writes_a_report_that_matches_the_episodes(tmp_path, capsys):
     root, out = tmp_path / "eval" / "dataset", tmp_path / "report"
-    rc = run(["evaluate", "--sim", "--episodes", "2", "--root", str(root), "--out", str(out), "--max-duration", "1.5",
-              "--timeout", "300"])
+    rc = run(["evaluate", "--sim", "--task", "reach,pick_place", "--episodes", "1", "--root", str(root), "--out", str(out),
+              "--max-duration", "1.0", "--timeout", "300"])
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     eps = list(iter_episodes(root))
@@ -68,7 +68,8 @@ def test_evaluate_sim_writes_a_report_that_matches_the_episodes(tmp_path, capsys
     chunks = sum(int(np.sum(e.frames["policy.latency"] >= 0)) for e in eps)
     assert chunks > 0 and o["latency_ms"]["n"] == chunks
     assert o["latency_ms"]["p50"] < 60_000
-    assert list(rep["tasks"]) == ["reach"]
+    assert sorted(rep["tasks"]) == ["pick_place", "reach"]  # one episode per task, a rate per task
+    assert all(t["episodes"] == 1 for t in rep["tasks"].values())
     for e in eps:
         f = e.frames
         assert np.all(f["control"] == 0)  # the policy drove
