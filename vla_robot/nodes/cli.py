@@ -65,6 +65,11 @@ def launch(args: argparse.Namespace) -> int:
             torch.set_num_threads(max(1, torch.get_num_threads() // 2))
         from vla_robot.nodes.runner import GraphRunner
 
+        if args.sim and not args.serve and not args.policy_server:
+            args.serve = "tiny"
+            print("vla-robot launch: --sim without --serve or --policy-server: serving the 'tiny' preset in this "
+                  "process", file=sys.stderr)
+
         runner = GraphRunner(
             args.graph, sim=args.sim, robot=args.robot, arm_driver=args.arm_driver, task=args.task,
             config=args.config, policy_server=args.policy_server, serve_policy=args.serve,

@@ -27,7 +27,8 @@ from vla_robot.nodes.episodes import EpisodeManager
 class EpisodeManagerNode(common.ConfiguredNode):
     config_class = EpisodeManagerNodeConfig
 
-    def __init__(self, node_name: str = "episode_manager_node", *, scheduler=None, on_result=None, **kwargs):
+    def __init__(self, node_name: str = "episode_manager_node", *, scheduler=None, on_result=None,
+                 use_terminal: bool = True, **kwargs):
         super().__init__(node_name, **kwargs)
         cfg: EpisodeManagerNodeConfig = self.config
         cb = ReentrantCallbackGroup()
@@ -54,7 +55,7 @@ class EpisodeManagerNode(common.ConfiguredNode):
              "successes": sum(r.success for r in self.core.results)},
         )
         self._prompt_thread = None
-        if cfg.prompt and sys.stdin is not None and sys.stdin.isatty():
+        if use_terminal and cfg.prompt and sys.stdin is not None and sys.stdin.isatty():
             self._prompt_thread = threading.Thread(target=self._prompt_loop, daemon=True, name="label_prompt")
             self._prompt_thread.start()
         self.get_logger().info(

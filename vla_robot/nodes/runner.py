@@ -116,6 +116,8 @@ class GraphRunner:
         self.nodes: dict[str, Node] = {}
         self.server = None
         self.results: list = []
+        self.recorder_events: list[dict] = []
+        self._monitor: Node | None = None
         self._results_cv = threading.Condition()
         self._spin_thread: threading.Thread | None = None
 
@@ -134,6 +136,9 @@ class GraphRunner:
             self.executor = MultiThreadedExecutor(num_threads=self.threads, context=self.context)
             for node in self.nodes.values():
                 self.executor.add_node(node)
+            if any(s.executable == "recorder_node" for s in self.specs):
+                self._monitor = self._make_recorder_monitor()
+                self.executor.add_node(self._monitor)
             self.wait_for_connections()  # discovery runs in DDS threads: no spinning needed, no episode starts early
             self._spin_thread = threading.Thread(target=self._spin, daemon=True, name=f"graph:{self.graph_name}")
             self._spin_thread.start()
@@ -157,6 +162,10 @@ class GraphRunner:
         cls = node_class(spec)
         kw = node_kwargs(spec, self.overrides.get(spec.name))
         kw.update(self.node_extra.get(spec.name, {}))
+        if spec.executable in ("teleop_node", "episode_manager_node"):
+            # one terminal, one reader: the operator's keys when recording demos, else the label prompt
+            owner = "teleop_node" if self.graph_name == "record_demos" else "episode_manager_node"
+            kw.setdefault("use_terminal", spec.executable == owner)
         if spec.executable == "episode_manager_node":
             kw.setdefault("scheduler", self.scheduler)
             kw.setdefault("on_result", self._on_result)
@@ -166,14 +175,49 @@ class GraphRunner:
             raise ConfigError(f"node '{spec.name}' did not start: {e}") from None
         self.nodes[spec.name] = node
 
+    def _make_recorder_monitor(self) -> Node:
+        """A helper node that counts the recorder's saved / save_failed reports (see :meth:`settle`)."""
+        from std_msgs.msg import String
+
+        from vla_robot.nodes import common, convert
+
+        node = rclpy.create_node("graph_runner_monitor", context=self.context)
+
+        def on_event(msg):
+            try:
+                ev = convert.msg_to_event(msg)
+            except ValueError:
+                return
+            with self._results_cv:
+                self.recorder_events.append(ev)
+                self._results_cv.notify_all()
+
+        node.create_subscription(String, "recorder/events", on_event, common.EVENT_QOS)
+        return node
+
+    def settle(self, timeout_s: float = 30.0) -> bool:
+        """Wait until the recorder has reported every saved episode as durable (or failed); True when it has."""
+        if self._monitor is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        with self._results_cv:
+            while True:
+                want = sum(r.saved for r in self.results)
+                have = sum(e.get("type") in ("saved", "save_failed") for e in self.recorder_events)
+                left = deadline - time.monotonic()
+                if have >= want or left <= 0:
+                    return have >= want
+                self._results_cv.wait(timeout=min(left, 0.2))
+
     def wait_for_connections(self, timeout_s: float = 15.0) -> bool:
         """Wait until every subscription in the graph is matched to every publisher of its topic in the
         graph (DDS discovery), so nothing published at the start is lost. False on timeout."""
         pubs: dict[str, int] = {}
-        for node in self.nodes.values():
+        nodes = list(self.nodes.values()) + ([self._monitor] if self._monitor is not None else [])
+        for node in nodes:
             for p in node.publishers:
                 pubs[p.topic_name] = pubs.get(p.topic_name, 0) + 1
-        subs = [s for node in self.nodes.values() for s in node.subscriptions
+        subs = [s for node in nodes for s in node.subscriptions
                 if s.topic_name in pubs and s.topic_name != "/parameter_events"]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -192,11 +236,17 @@ class GraphRunner:
         except (ExternalShutdownException, KeyboardInterrupt):
             pass
 
-    def close(self) -> None:
+    def close(self, settle_s: float = 10.0) -> None:
+        """Stop the graph; first give the recorder up to ``settle_s`` to make the last episodes durable."""
+        if self.executor is not None and self._spin_thread is not None and self._spin_thread.is_alive():
+            self.settle(settle_s)
         if self.executor is not None:
             self.executor.shutdown(timeout_sec=5.0)
         if self._spin_thread is not None:  # no callback may run on a node being destroyed
             self._spin_thread.join(timeout=5.0)
+        if self._monitor is not None:
+            self._monitor.destroy_node()
+            self._monitor = None
         for node in list(self.nodes.values())[::-1]:
             close = getattr(node, "close", None)
             try:

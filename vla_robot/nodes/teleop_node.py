@@ -83,7 +83,7 @@ class KeyboardTeleop:
 class TeleopNode(common.ConfiguredNode):
     config_class = TeleopNodeConfig
 
-    def __init__(self, node_name: str = "teleop_node", **kwargs):
+    def __init__(self, node_name: str = "teleop_node", *, use_terminal: bool = True, **kwargs):
         super().__init__(node_name, **kwargs)
         cfg: TeleopNodeConfig = self.config
         self.spec = robot_spec(cfg.robot)
@@ -110,7 +110,7 @@ class TeleopNode(common.ConfiguredNode):
         self.create_timer(1.0 / cfg.rate_hz, self._on_timer, callback_group=group)
         self._stop = threading.Event()
         self._tty_thread = None
-        if cfg.device == "keyboard" and sys.stdin is not None and sys.stdin.isatty():
+        if use_terminal and cfg.device == "keyboard" and sys.stdin is not None and sys.stdin.isatty():
             self._tty_thread = threading.Thread(target=self._read_terminal, daemon=True, name="teleop_keys")
             self._tty_thread.start()
         self.get_logger().info(

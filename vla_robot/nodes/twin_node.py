@@ -140,8 +140,8 @@ class TwinNode(common.ConfiguredNode):
             return
         self._episode = ev.get("episode", -1)
         self._last_step_wall = time.monotonic()
+        self._publish_observation()  # the new scene first, so every node has seen it when the episode starts
         self.events_pub.publish(convert.event_to_msg(info))
-        self._publish_observation()
 
     def _publish_observation(self) -> None:
         obs, success, dq = self._run(lambda: (self.env.observation(), bool(self.env.success()),
