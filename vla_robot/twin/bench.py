@@ -35,22 +35,21 @@ def _rate(fn, min_time: float = 0.5, min_iters: int = 5) -> float:
 
 
 def _render_fps(robot: str, size: int, reduced: bool, min_time: float) -> float:
-    from vla_robot.twin import scene as scene_mod
-    from vla_robot.twin.models import robot_mjspec
-
-    orig = scene_mod.robot_mjspec
-    scene_mod.robot_mjspec = lambda r: robot_mjspec(r, reduced=reduced)
-    try:
-        spec = scene_mod.build_scene(robot, (size, size), ("front",))
-    finally:
-        scene_mod.robot_mjspec = orig
-    from vla_robot.twin.tasks import TASK_CLASSES
     from vla_robot.twin.robots import robot_spec
+    from vla_robot.twin.scene import build_scene
+    from vla_robot.twin.tasks import TASK_CLASSES
 
-    TASK_CLASSES["reach"](robot_spec(robot)).build(spec)
+    spec = build_scene(robot, (size, size), ("front",), reduced=reduced)
+    rs = robot_spec(robot)
+    task = TASK_CLASSES["reach"](rs)
+    task.build(spec)
     m = spec.compile()
     d = mujoco.MjData(m)
-    d.qpos[: robot_spec(robot).n_joints] = robot_spec(robot).home[: m.nq][: robot_spec(robot).n_joints]
+    task.bind(m)
+    task.apply(m, d, task.sample(0))
+    for name, q in zip(rs.joint_names, rs.home):
+        if name != "gripper" or robot == "so101":
+            d.qpos[m.joint(name).qposadr[0]] = q
     mujoco.mj_forward(m, d)
     r = mujoco.Renderer(m, size, size)
 

@@ -117,10 +117,13 @@ def camera_intrinsics(model: mujoco.MjModel, camera: str, height: int, width: in
 
 
 def build_scene(robot: str, image_size=(128, 128), cameras=("front", "wrist"), render: str = "fast",
-                calibration=()) -> mujoco.MjSpec:
-    """Robot + table + light + cameras. Tasks add their objects to the returned spec."""
+                calibration=(), reduced: bool = True) -> mujoco.MjSpec:
+    """Robot + table + light + cameras. Tasks add their objects to the returned spec.
+
+    ``reduced``: the reduced visual meshes (False: the makers' full meshes, e.g. as a baseline).
+    """
     layout = SCENE_LAYOUT[robot]
-    spec = robot_mjspec(robot)
+    spec = robot_mjspec(robot, reduced=reduced)
     spec.modelname = f"vla_robot_{robot}"
     h, w = int(image_size[0]), int(image_size[1])
     spec.visual.global_.offwidth = max(w, 64)
