@@ -116,6 +116,9 @@ def test_rl_finetune_sim_runs_episodes_end_to_end(ros_context, tmp_path):
     saved = []
     probe.node.create_subscription(String, "/recorder/events", lambda m: saved.append(convert.msg_to_event(m)),
                                    common.EVENT_QOS)
+    from vla_robot.rl.scheduler import GroupScheduler
+
+    groups = GroupScheduler({"reach": [11, 12]}, group_size=2)  # the RL loop's hook: one GRPO group of 2
     outsider = subprocess.Popen([sys.executable, "-c", PLAIN_SCRIPT, "60"], stdout=subprocess.PIPE, text=True)
     try:
         assert outsider.stdout.readline().strip() == "ready"
@@ -125,6 +128,7 @@ def test_rl_finetune_sim_runs_episodes_end_to_end(ros_context, tmp_path):
             serve_policy="tiny",
             overrides={"episode_manager_node": {"episodes": 2, "max_duration_s": 1.0, "autostart": False},
                        "recorder_node": {"root": str(tmp_path / "dataset")}},
+            scheduler=groups,
         ) as g:
             probe.wait_for_publishers()
             results = g.run_episodes(2, timeout_s=90)  # starts each episode (autostart is off)
@@ -152,8 +156,8 @@ def test_rl_finetune_sim_runs_episodes_end_to_end(ros_context, tmp_path):
         assert r.end_reason in ("timeout", "success_check") and r.label in ("success", "failure")
         assert r.label_source == "auto" and r.instruction.startswith(("touch", "reach", "move"))
         assert r.steps >= 25 and r.policy_versions == [0]
-        assert isinstance(r.start_condition, int)
-    assert results[0].start_condition != results[1].start_condition  # seeds differ per episode
+        assert r.start_condition == 11 and r.task == "reach"  # the twin reset to the scheduler's start
+    assert groups.completed == [("reach", 11, [int(r.success) for r in results])]  # outcomes went back
     assert ctl["replies"] >= 6 and ctl["sources"].get("policy", 0) >= 50 and ctl["errors"] == 0
     assert twin_steps >= 60
     # the sequence of episode events

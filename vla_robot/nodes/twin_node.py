@@ -37,10 +37,13 @@ class TwinNode(common.ConfiguredNode):
 
         # MuJoCo's EGL context belongs to the thread that made it: one thread owns the env.
         self._env_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin_env")
-        self.env = self._env_thread.submit(
-            make_env, task=cfg.task, robot=cfg.robot, seed=cfg.seed, image_size=tuple(cfg.image_size),
+        self._make_env = lambda task: make_env(
+            task=task, robot=cfg.robot, seed=cfg.seed, image_size=tuple(cfg.image_size),
             cameras=tuple(cfg.cameras), control_hz=cfg.control_hz, randomization=cfg.randomization,
-        ).result()
+        )
+        self.task = cfg.task
+        self.env = self._env_thread.submit(self._make_env, cfg.task).result()
+        self._envs = {cfg.task: self.env}  # one env per task, built when an episode first asks for it
         self.names = list(self.env.robot.joint_names)
         self.dt = 1.0 / cfg.control_hz
         self._t0 = time.time()
@@ -126,17 +129,22 @@ class TwinNode(common.ConfiguredNode):
             return
         start = ev.get("start")
         try:
+            task = ev.get("task") or self.config.task
+
             def reset():
+                if task not in self._envs:
+                    self._envs[task] = self._make_env(task)
+                self.env, self.task = self._envs[task], task
                 self.env.reset(seed=ev.get("seed"), start=start)
                 return self.env.joint_positions(), {
                     "type": "reset_done", "episode": ev.get("episode"), "instruction": self.env.instruction,
                     "start_condition": self.env.start_condition, "max_steps": self.env.max_steps,
-                    "task": self.config.task}
+                    "task": task}
 
             self._target, info = self._run(reset)
             self.steps_total += 1  # the reset takes one tick of sim time, so stamps stay increasing
-        except (ValueError, TypeError) as e:
-            self.get_logger().error(f"reset failed: {e}")
+        except (ValueError, TypeError, KeyError) as e:
+            self.get_logger().error(f"reset of episode {ev.get('episode')} failed: {e}")
             return
         self._episode = ev.get("episode", -1)
         self._last_step_wall = time.monotonic()
@@ -192,7 +200,8 @@ class TwinNode(common.ConfiguredNode):
 
     def close(self) -> None:
         try:
-            self._run(self.env.close)
+            for env in self._envs.values():
+                self._run(env.close)
         finally:
             self._env_thread.shutdown(wait=True)
 
