@@ -58,8 +58,10 @@ def lanczos3_resize(image: np.ndarray, size: int) -> np.ndarray:
         return image
     wy, wx = _weights(h, size), _weights(w, size)
     x = image.astype(np.float32).reshape(h, w * 3)
-    rows = (wy @ x).reshape(size, w, 3).transpose(1, 0, 2).reshape(w, size * 3)  # resample rows
-    out = (wx @ rows).reshape(size, size, 3).transpose(1, 0, 2)  # then columns
+    # einsum without BLAS: single-threaded and steady; multi-threaded BLAS on these small products
+    # stalls for tens of ms when torch's OpenMP threads are still spinning after a forward pass
+    rows = np.einsum("oh,hk->ok", wy, x, optimize=False).reshape(size, w, 3).transpose(1, 0, 2).reshape(w, size * 3)
+    out = np.einsum("pw,wk->pk", wx, rows, optimize=False).reshape(size, size, 3).transpose(1, 0, 2)  # then columns
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
