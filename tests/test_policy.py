@@ -602,3 +602,27 @@ def test_without_statistics_predict_says_what_is_missing():
     bare.set_norm_stats(normalization.identity_statistics(6, 6), "identity")
     out = bare.predict(make_obs(), return_tokens=True)[0]
     np.testing.assert_allclose(out["actions"], action_tokenizer.decode(out["tokens"]).reshape(8, 6), atol=1e-6)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    low=arrays(np.float64, 4, elements=st.floats(-10, 10)),
+    width=arrays(np.float64, 4, elements=st.floats(1e-3, 10)),
+    u=arrays(np.float64, (5, 4), elements=st.floats(0, 1)),
+)
+def test_normalize_tokenize_round_trip_property(low, width, u):
+    part = {"q01": low.tolist(), "q99": (low + width).tolist(), "min": low.tolist(), "max": (low + width).tolist(),
+            "mask": [True, True, True, False]}
+    x = low + u * width
+    x[:, 3] = u[:, 3] * 2 - 1  # the unmasked dimension lives in [-1, 1] already
+    n = normalization.normalize(x, part)
+    assert np.all(np.abs(n) <= 1)
+    np.testing.assert_allclose(normalization.unnormalize(n, part), x, atol=1e-6 * (1 + np.abs(x)).max())
+    back = normalization.unnormalize(action_tokenizer.decode(action_tokenizer.encode(n)), part)
+    half_bin = np.append(width[:3], 2.0) / 255 + 1e-9
+    assert np.all(np.abs(back - x) <= half_bin * (1 + 1e-6))
