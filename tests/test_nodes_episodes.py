@@ -32,9 +32,10 @@ def test_sim_episode_runs_to_success_and_is_auto_labelled():
     ok, _ = m.start()
     assert ok and m.state == "resetting"
     assert ev[-1]["type"] == "reset" and ev[-1]["seed"] == 10
-    m.reset_done({"episode": 0, "instruction": "reach the red cube", "start_condition": 7})
+    m.reset_done({"episode": 0, "instruction": "reach the red cube", "start_condition": 7, "stamp": 12.5})
     assert m.state == "running" and ev[-1] == {
-        "type": "start", "episode": 0, "mode": "rl", "task": "", "instruction": "reach the red cube", "start_condition": 7
+        "type": "start", "episode": 0, "mode": "rl", "task": "", "instruction": "reach the red cube",
+        "start_condition": 7, "stamp": 12.5,
     }
     for k in range(5):
         m.observe(100.0 + k / 30)

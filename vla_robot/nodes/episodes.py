@@ -291,6 +291,8 @@ class EpisodeManager:
                 "task": self._req.task if self._req else "",
                 "instruction": self._instruction,
                 "start_condition": self._start_condition,
+                # stamp of the first observation of the reset scene (twin), or None: drive on nothing older
+                "stamp": info.get("stamp"),
             }
         )
 

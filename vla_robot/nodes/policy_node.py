@@ -79,6 +79,7 @@ class PolicyNode(common.ConfiguredNode):
         self._needs_reset = self._active
         self._instruction = cfg.instruction
         self._last_ticked_stamp = -1.0
+        self._min_stamp = -1.0
         self._sim_now = 0.0
         self._faulted = False
         self._version = None
@@ -177,7 +178,9 @@ class PolicyNode(common.ConfiguredNode):
                 self._faulted = False
                 self._version = None  # announce the version again in this episode
                 self._instruction = ev.get("instruction") or self.config.instruction
-                self._last_ticked_stamp = self._q[1] if self._q else -1.0
+                # drive only on observations of the reset scene (the twin says which), never on older ones
+                self._min_stamp = float(ev["stamp"]) if ev.get("stamp") is not None else -1.0
+                self._last_ticked_stamp = -1.0
             elif ev["type"] in ("end", "reset", "done"):
                 self._active = False
         if self.config.lockstep and ev["type"] == "start":
@@ -200,7 +203,7 @@ class PolicyNode(common.ConfiguredNode):
             if not self._active or self._q is None:
                 return
             stamp = self._q[1]
-            if stamp <= self._last_ticked_stamp:
+            if stamp <= self._last_ticked_stamp or stamp < self._min_stamp - 1e-6:
                 return
             cams = self.config.cameras
             if any(c not in self._images or self._images[c][1] < stamp for c in cams):
@@ -222,7 +225,7 @@ class PolicyNode(common.ConfiguredNode):
 
     def _tick(self, now: float) -> None:
         with self._lock:
-            if not self._active or self._q is None:
+            if not self._active or self._q is None or self._q[1] < self._min_stamp - 1e-6:
                 return
             q, q_stamp = self._q
             images = dict(self._images)

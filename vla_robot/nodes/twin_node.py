@@ -143,6 +143,7 @@ class TwinNode(common.ConfiguredNode):
 
             self._target, info = self._run(reset)
             self.steps_total += 1  # the reset takes one tick of sim time, so stamps stay increasing
+            info["stamp"] = self.sim_time()  # the stamp of the reset scene's observation
         except (ValueError, TypeError, KeyError) as e:
             self.get_logger().error(f"reset of episode {ev.get('episode')} failed: {e}")
             return
