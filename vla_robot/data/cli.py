@@ -113,6 +113,7 @@ def _run(graph_name: str, args, serve_policy: str | None, expert: bool) -> tuple
 
             helper = Node("sim_expert_teleop", context=runner.context)
             SimExpertTeleop(helper, runner.nodes["twin_node"])
+            runner.nodes[helper.get_name()] = helper  # the runner shuts it down with the graph
             runner.executor.add_node(helper)
         session = runner.nodes["recorder_node"].session
         print("waiting for the cameras and joint states, opening the dataset ...", file=sys.stderr)
@@ -140,9 +141,6 @@ def _run(graph_name: str, args, serve_policy: str | None, expert: bool) -> tuple
                 time.sleep(0.05)
         finally:
             bar.close()
-            if expert:
-                runner.executor.remove_node(helper)
-                helper.destroy_node()
     return results, before, time.monotonic() - t0
 
 

@@ -69,8 +69,9 @@ def dataset_info(root: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def episode_table(root: str | Path) -> dict[int, dict]:
-    """LeRobot's episode table (meta/episodes/*.parquet) of the committed episodes, by index."""
+def episode_table(root: str | Path, _read: dict[str, list[dict]] | None = None) -> dict[int, dict]:
+    """LeRobot's episode table (meta/episodes/*.parquet) of the committed episodes, by index.
+    ``_read`` caches rows by file across calls (committed files never change)."""
     import pyarrow.parquet as pq
 
     root = Path(root)
@@ -79,10 +80,13 @@ def episode_table(root: str | Path) -> dict[int, dict]:
         files = sorted(p for p in c.manifest if p.startswith("meta/episodes/"))
     else:
         files = sorted(p.relative_to(root).as_posix() for p in (root / "meta" / "episodes").glob("*/*.parquet"))
+    cache = _read if (_read is not None and c is not None) else {}
     out: dict[int, dict] = {}
     for rel in files:
-        cols = [n for n in pq.read_schema(root / rel).names if not n.startswith("stats/")]
-        for row in pq.read_table(root / rel, columns=cols).to_pylist():
+        if rel not in cache:
+            cols = [n for n in pq.read_schema(root / rel).names if not n.startswith("stats/")]
+            cache[rel] = pq.read_table(root / rel, columns=cols).to_pylist()
+        for row in cache[rel]:
             out[int(row["episode_index"])] = row
     return out
 
@@ -185,10 +189,11 @@ def iter_episodes(
     root = Path(root)
     nxt = int(since)
     last_new = time.monotonic()
+    table_cache: dict[str, list[dict]] = {}
     while True:
         recs = [r for r in read_journal(root) if r.episode_index >= nxt]
         if recs:
-            rows = episode_table(root)
+            rows = episode_table(root, table_cache)
             fps = int(dataset_info(root)["fps"])
             for r in recs:
                 nxt = r.episode_index + 1
