@@ -86,6 +86,12 @@ arm_node:
             ex.spin_once(timeout_sec=0.05)
         assert spin_until(ex, lambda: abs(convert.msg_to_joint_state(got["js"][-1])[0][0] - target[0]) < 0.1, 10)
         assert arm.commands >= 3  # keep-last QoS may drop a burst; the newest always arrives
+        # between episodes (reset event) the arm node brings the arm home slowly by itself
+        events = probe.create_publisher(String, "/episode/event", common.EPISODE_EVENT_QOS)
+        assert spin_until(ex, lambda: events.get_subscription_count() > 0)
+        events.publish(convert.event_to_msg({"type": "reset", "episode": 0}))
+        home = robot_spec("so101").home
+        assert spin_until(ex, lambda: np.abs(convert.msg_to_joint_state(got["js"][-1])[0] - home).max() < 0.05, 15)
         assert spin_until(ex, lambda: any(s.name == "/camera_node" for d in got["diag"] for s in d.status), 5)
         st = next(s for d in got["diag"] for s in d.status if s.name == "/camera_node")
         values = {kv.key: kv.value for kv in st.values}
