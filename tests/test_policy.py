@@ -534,7 +534,15 @@ def test_checkpoint_preprocessor_means_are_used(tmp_path, rt):
 
 
 def test_bad_presets_and_options_are_named():
-    from vla_robot.config import ConfigError
+    import dataclasses
+
+    from vla_robot.config import ConfigError, from_dict
+    from vla_robot.policy.config import PolicyConfig
+
+    section = from_dict(PolicyConfig, {"preset": "tiny", "seed": 3, "dtype": "bfloat16"})
+    assert load_policy(**dataclasses.asdict(section)).dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="'dtype' is 'float16'"):
+        from_dict(PolicyConfig, {"dtype": "float16"})
 
     with pytest.raises(ConfigError, match="unknown key 'chunk_sise'"):
         load_policy(preset="tiny", overrides={"chunk_sise": 4})

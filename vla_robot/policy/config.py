@@ -104,7 +104,8 @@ class PolicyModelConfig:
 
 @dataclass
 class PolicyConfig:
-    """How a node or server loads the policy (the ``policy`` section of a parameter file)."""
+    """How a node or server loads the policy (the ``policy`` section of a parameter file):
+    ``load_policy(**dataclasses.asdict(cfg))``."""
 
     preset: str = "tiny"  # used when checkpoint is empty
     checkpoint: str = ""

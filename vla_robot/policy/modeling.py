@@ -17,7 +17,7 @@ hidden state *before* each action slot predicts it (causal-LM shift), as OFT rea
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -466,9 +466,3 @@ class OFTModel(nn.Module):
 def _unfilm_key(key: str) -> str:
     """``…blocks.3.block.attn…`` → ``…blocks.3.attn…`` (FiLM wrapper removed)."""
     return re.sub(r"(\.blocks\.\d+)\.block\.", r"\1.", key)
-
-
-def replace_cfg(cfg: PolicyModelConfig, **changes) -> PolicyModelConfig:
-    out = replace(cfg, **changes)
-    out.validate()
-    return out
