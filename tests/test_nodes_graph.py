@@ -248,12 +248,16 @@ def test_label_service_then_server_loss_holds_and_fails_by_fault(ros_context):
 
 def test_operator_takes_over_then_estop_ends_the_episode(ros_context):
     """Intervention: the teleop node's commands replace the policy's (through the same safety filter,
-    marked teleop); handing back returns control to the policy; the latched e-stop freezes the arm
-    and ends the episode as a fault."""
+    marked teleop); handing back returns control to the policy; a lifecycle deactivate stops the
+    policy node commanding; the latched e-stop freezes the arm and ends the episode as a fault."""
     from std_msgs.msg import Bool
 
     probe = Probe(ros_context)
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
     keys = probe.node.create_publisher(String, "/teleop/keys", common.EVENT_QOS)
+    lifecycle = probe.node.create_client(ChangeState, "/policy_node/change_state")
     estop = probe.node.create_publisher(Bool, "/estop", common.LATCHED_QOS)
 
     def sources():
@@ -285,6 +289,16 @@ def test_operator_takes_over_then_estop_ends_the_episode(ros_context):
             assert wait(lambda: sources()[n:].count("teleop") >= 10)
             keys.publish(String(data=" "))  # hand back
             assert wait(lambda: sources()[-1] == "policy")
+            # lifecycle: deactivating the policy node stops its commands at once (one hold), activating resumes
+            resp = _call(lifecycle, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE)))
+            assert resp.success
+            time.sleep(0.3)
+            n = len(sources())
+            assert sources()[-1] == "hold"
+            time.sleep(1.0)
+            assert len(sources()) == n, "an inactive policy node commanded the arm"
+            resp = _call(lifecycle, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE)))
+            assert resp.success and wait(lambda: sources()[n:].count("policy") >= 3)
             estop.publish(Bool(data=True))
             results = g.wait_for_results(1, timeout_s=30)
             report = g.nodes["policy_node"].controller.report()

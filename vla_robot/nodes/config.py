@@ -43,6 +43,8 @@ class PolicyNodeConfig:
     lockstep: bool = False
     # Drive only between the episode manager's start and end events (false: drive from the start).
     wait_for_episode: bool = True
+    # Configure and activate the lifecycle node at start (false: wait for `ros2 lifecycle set`).
+    autostart: bool = True
     control: ControlConfig = field(default_factory=ControlConfig)
 
     def validate(self) -> None:

@@ -20,6 +20,7 @@ from collections import deque
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
@@ -51,7 +52,11 @@ class _LockstepClient:
         return reply
 
 
-class PolicyNode(common.ConfiguredNode):
+class PolicyNode(common.ConfiguredNode, LifecycleNode):
+    """A lifecycle node: ``active`` it may command the arm (during episodes); ``deactivate`` makes it
+    stop at once, holding the arm where it stands (``ros2 lifecycle set /policy_node deactivate``).
+    With ``autostart`` (default) it configures and activates itself."""
+
     config_class = PolicyNodeConfig
 
     def __init__(self, node_name: str = "policy_node", *, client=None, **kwargs):
@@ -117,10 +122,34 @@ class PolicyNode(common.ConfiguredNode):
         self.diagnostics.extra = self._diag
         if not cfg.lockstep:
             self.create_timer(self.dt, self._on_timer, callback_group=MutuallyExclusiveCallbackGroup())
+        self._lifecycle_active = False
+        if cfg.autostart:
+            self.trigger_configure()
+            self.trigger_activate()
         self.get_logger().info(
             f"policy node: server {cfg.policy_server}, {cfg.control.control_hz:g} Hz, executor "
             f"{cfg.control.executor.kind}, cameras {cfg.cameras}, {'lockstep (sim)' if cfg.lockstep else 'timer'}"
         )
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return TransitionCallbackReturn.SUCCESS  # client and controller are built in the constructor
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._tick_lock:
+            self._lifecycle_active = True
+            self._needs_reset = True  # resume from where the arm is, ramping
+        self.get_logger().info("policy node active: it drives the arm during episodes")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._tick_lock:  # waits for a tick in progress, then no tick runs
+            self._lifecycle_active = False
+            q = self._q
+        if q is not None and self._active:
+            self.command_pub.publish(convert.command_to_msg(q[0], self.names, q[1], self.dt, source="hold"))
+        self.get_logger().warning("policy node deactivated: holding the arm, not commanding it")
+        return super().on_deactivate(state)
 
     # --- clock ----------------------------------------------------------------------------------
     def _control_clock(self) -> float:
@@ -225,7 +254,7 @@ class PolicyNode(common.ConfiguredNode):
 
     def _tick(self, now: float) -> None:
         with self._lock:
-            if not self._active or self._q is None or self._q[1] < self._min_stamp - 1e-6:
+            if not self._lifecycle_active or not self._active or self._q is None or self._q[1] < self._min_stamp - 1e-6:
                 return
             q, q_stamp = self._q
             images = dict(self._images)
@@ -286,6 +315,7 @@ class PolicyNode(common.ConfiguredNode):
         msg = f"e-stop: {rep['estop']}" if rep["estop"] else ("watchdog holding" if self._faulted else "ok")
         values = {
             "active": self._active,
+            "lifecycle_active": self._lifecycle_active,
             "ticks": c["ticks"],
             "sources": c["sources"],
             "holds": c["holds"],
