@@ -313,3 +313,31 @@ def test_sigkill_keeps_every_saved_episode_and_recording_resumes(tmp_path):
     assert [e.label for e in read_journal(root)] == ["success"] * saved + ["failure"]
     assert store.recover(root, dry_run=True).changed is False
     assert not (root / "images").exists() and not list(root.glob("tmp*"))
+
+
+def _first_episode_child(root: str) -> None:
+    from vla_robot.data import store as st
+
+    rec = Recorder(root, SCHEMA)
+    st.commit = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # published, never committed
+    rec.start_episode("pick up the cube")
+    for i in range(3):
+        rec.add_frame({"front": image(i), "wrist": image(0)}, [0, i, 0], [0, i, 0])
+    rec.save_episode("success")
+
+
+def test_sigkill_before_the_first_commit_keeps_the_published_episode(tmp_path):
+    import multiprocessing as mp
+
+    import lerobot.datasets.lerobot_dataset  # noqa: F401 - inherited by the fork
+
+    root = tmp_path / "ds"
+    proc = mp.get_context("fork").Process(target=_first_episode_child, args=(str(root),), daemon=True)
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == -signal.SIGKILL
+    assert store.latest_commit(root) is None and stock(root).num_episodes == 1
+    with Recorder(root, SCHEMA) as rec:
+        assert rec.recovery.rolled_forward and rec.num_episodes == 1
+        record(rec, 2, "failure", ep_tag=1)
+    assert stock(root).num_episodes == 2 and [r.label for r in read_journal(root)] == ["success", "failure"]

@@ -249,6 +249,10 @@ def recover(root: Path, dry_run: bool = False) -> RecoveryReport:
     root = Path(root)
     c = latest_commit(root)
     if c is None:
+        if state_dir(root).is_dir() and _published_episodes(root) == 1 and _journal_lines(root) == 1:
+            if not dry_run:  # the first episode was fully published; only its commit is missing
+                commit(root, 1)
+            return RecoveryReport(1, rolled_forward=True)
         return RecoveryReport(None)
     bad = []
     for rel, size in c.manifest.items():

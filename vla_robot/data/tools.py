@@ -136,19 +136,20 @@ def verify(root: str | Path, decode: bool = True, progress: bool = False) -> Ver
 
 
 def repair(root: str | Path, dry_run: bool = False) -> dict:
-    """Bring a dataset of ours to its newest commit, or adopt a foreign one. Returns what was done."""
+    """Bring a dataset of ours to its newest commit, or adopt a foreign one. Returns what was done.
+    Not while a recorder is writing into ``root`` (it owns the stage that this removes)."""
     root = Path(root)
-    if store.latest_commit(root) is not None:
+    if store.state_dir(root).is_dir():  # ours
         rep = store.recover(root, dry_run=dry_run)
-        if not dry_run:
-            stage = store.stage_dir(root)
-            if stage.exists():  # the recorder rebuilds it; a stale one only wastes space
-                import shutil
+        if rep.commit_episodes is not None:
+            if not dry_run:
+                stage = store.stage_dir(root)
+                if stage.exists():  # the recorder rebuilds it; a stale one only wastes space
+                    import shutil
 
-                shutil.rmtree(stage)
-        return {"action": "recovered" if rep.changed else "clean", "detail": rep.describe(),
-                "removed": rep.removed, "restored": rep.restored_meta, "dry_run": dry_run}
-    if store.state_dir(root).is_dir():
+                    shutil.rmtree(stage)
+            return {"action": "recovered" if rep.changed else "clean", "detail": rep.describe(),
+                    "removed": rep.removed, "restored": rep.restored_meta, "dry_run": dry_run}
         if not dry_run:
             store.clear_uncommitted(root)
         return {"action": "cleared", "detail": "no episode had been saved; removed the unfinished first one",
