@@ -313,3 +313,21 @@ def test_operator_takes_over_then_estop_ends_the_episode(ros_context):
     (r,) = results
     assert (r.end_reason, r.fault, r.label) == ("fault", "e-stop", "failure")
     assert report["estop"] == "e-stop topic"
+
+
+def test_vla_robot_launch_runs_episodes_from_the_command_line(tmp_path, capsys):
+    from vla_robot.cli import main
+
+    out = tmp_path / "results.json"
+    rc = main(["launch", "rl_finetune", "--sim", "--episodes", "2", "--exclude", "recorder_node",
+               "--exclude", "teleop_node", "--set", "episode_manager_node.max_duration_s=0.5",
+               "--set", "twin_node.task=reach", "--results", str(out)])
+    assert rc == 0
+    results = json.loads(out.read_text())
+    assert [r["index"] for r in results] == [0, 1] and all(r["saved"] for r in results)
+    assert all(r["end_reason"] in ("timeout", "success_check") for r in results)
+    text = capsys.readouterr().out
+    assert "episode 1:" in text and "successful" in text
+    # bad input: the node and key are named, nothing runs
+    assert main(["launch", "evaluate", "--sim", "--set", "policy_node.sampling=beam"]) == 2
+    assert "'sampling' is 'beam'" in capsys.readouterr().err
