@@ -192,6 +192,7 @@ def sim_bus(monkeypatch, tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow  # importing lerobot alone takes ~15 s on a busy 2-core machine
 def test_lerobot_arm_converts_units_both_ways(sim_bus):
     spec = robot_spec("so101")
     arm = make_arm("lerobot", port="/dev/sim0", id="t", calibration_dir=str(sim_bus),

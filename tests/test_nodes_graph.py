@@ -331,3 +331,12 @@ def test_vla_robot_launch_runs_episodes_from_the_command_line(tmp_path, capsys):
     # bad input: the node and key are named, nothing runs
     assert main(["launch", "evaluate", "--sim", "--set", "policy_node.sampling=beam"]) == 2
     assert "'sampling' is 'beam'" in capsys.readouterr().err
+
+
+def test_policy_node_refuses_a_policy_with_other_cameras():
+    from vla_robot.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'cameras' is \['wrist', 'front'\] but the policy .* expects \['front', 'wrist'\]"):
+        GraphRunner("evaluate", sim=True, serve_policy="tiny", exclude=("recorder_node", "teleop_node", "twin_node",
+                                                                       "episode_manager_node"),
+                    overrides={"policy_node": {"cameras": ["wrist", "front"]}}).start()

@@ -25,6 +25,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
+from vla_robot.config import ConfigError
 from vla_robot.control.driver import ChunkController
 from vla_robot.nodes import common, convert
 from vla_robot.nodes.config import PolicyNodeConfig
@@ -67,6 +68,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         self.dt = cfg.control.dt
         self._own_client = client is None
         self.client = client or PolicyClient(cfg.policy_server, timeout_s=cfg.control.request_timeout_s)
+        self.policy_metadata = self._check_policy()
         options = {"mode": cfg.sampling, "return_tokens": cfg.return_tokens}
         if cfg.sampling == "sample":
             options["temperature"] = cfg.temperature
@@ -130,6 +132,27 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             f"policy node: server {cfg.policy_server}, {cfg.control.control_hz:g} Hz, executor "
             f"{cfg.control.executor.kind}, cameras {cfg.cameras}, {'lockstep (sim)' if cfg.lockstep else 'timer'}"
         )
+
+    def _check_policy(self) -> dict | None:
+        """Ask the server what it serves and refuse a mismatch (camera order, action size) by name.
+
+        A server that does not answer yet is fine: the watchdog holds the arm until it does."""
+        cfg = self.config
+        try:
+            meta = self.client.metadata(timeout_s=1.0)
+        except Exception as e:  # noqa: BLE001 - no server yet, or an old one: checked again by the watchdog
+            self.get_logger().warning(f"policy server {cfg.policy_server} did not answer yet ({type(e).__name__}); "
+                                      "the arm holds until it does")
+            return None
+        if list(meta.get("cameras", cfg.cameras)) != list(cfg.cameras):
+            raise ConfigError(f"parameters of node '{self.get_name()}': 'cameras' is {cfg.cameras} but the policy at "
+                              f"{cfg.policy_server} expects {meta['cameras']} (in that order)")
+        if meta.get("action_dim", len(self.names)) != len(self.names):
+            raise ConfigError(f"parameters of node '{self.get_name()}': robot '{cfg.robot}' has {len(self.names)} joints "
+                              f"but the policy at {cfg.policy_server} outputs {meta['action_dim']} per action")
+        self.get_logger().info(f"policy: {meta.get('model')} v{meta.get('version')}, chunk {meta.get('chunk_size')}, "
+                               f"cameras {meta.get('cameras')}")
+        return meta
 
     # --- lifecycle ------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
