@@ -59,7 +59,7 @@ def dataset(args) -> int:
 # --------------------------------------------------------------------------------- graph commands
 def _common_args(p: argparse.ArgumentParser, default_root: str) -> None:
     p.add_argument("--sim", action="store_true", help="the MuJoCo twin is the robot, cameras and success check")
-    p.add_argument("--episodes", type=int, default=5, help="episodes to record (default 5)")
+    p.add_argument("--episodes", type=int, default=5, help="episodes to run (evaluate: per task; default 5)")
     p.add_argument("--root", default=default_root, help=f"dataset folder (default {default_root}); resumed if it exists")
     p.add_argument("--repo-id", default=None, help="dataset label, user/name (default from the graph's config)")
     p.add_argument("--task", default="", help="task (sim: the twin's task, e.g. reach; evaluate: a,b for several)")

@@ -163,6 +163,9 @@ def _plot(rep: dict, path: Path, records: list[dict]) -> None:
     rates = [rep["tasks"][t]["success_rate"] or 0.0 for t in tasks]
     err = np.array([[r - rep["tasks"][t]["wilson95"][0], rep["tasks"][t]["wilson95"][1] - r] for t, r in zip(tasks, rates)]).T
     ax.bar(range(len(tasks)), rates, yerr=err if len(tasks) else None, capsize=6, color="#4c72b0")
+    for x, t in enumerate(tasks):
+        s = rep["tasks"][t]
+        ax.text(x, 0.02, f"{s['successes']}/{s['labelled']}", ha="center", va="bottom", color="white", fontweight="bold")
     ax.set_xticks(range(len(tasks)))
     ax.set_xticklabels([t if len(t) < 24 else t[:21] + "..." for t in tasks], rotation=15)
     ax.set_ylim(0, 1)
