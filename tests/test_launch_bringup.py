@@ -186,3 +186,21 @@ def test_launch_cli_parses_sets_and_rejects_bad_ones():
         parse_sets(["max_duration_s=3"])
     with pytest.raises(ConfigError, match="key=value"):
         parse_sets(["policy_node.sampling"])
+
+
+@pytest.mark.parametrize("name", bringup.GRAPHS)
+def test_shipped_device_options_fit_their_backends(name):
+    """camera devices, arm options and the leader arm in config/*.yaml are valid for their driver's config."""
+    from vla_robot.config import from_dict
+    from vla_robot.drivers import backend_class
+
+    sections = read_parameter_file(ROOT / "config" / f"{name}.yaml")
+    for cam, dev in sections.get("camera_node", {}).get("devices", {}).items():
+        cls = backend_class("camera", dev["backend"]).config_class
+        from_dict(cls, {k: v for k, v in dev.items() if k != "backend"}, source=f"{name}.yaml devices.{cam}")
+    arm = sections.get("arm_node")
+    if arm:
+        from_dict(backend_class("arm", arm["backend"]).config_class, arm.get("options", {}), source=f"{name}.yaml arm")
+    leader = sections.get("teleop_node", {}).get("leader")
+    if leader:
+        from_dict(backend_class("arm", "lerobot").config_class, leader, source=f"{name}.yaml leader")
