@@ -45,6 +45,8 @@ def read_journal(root: str | Path) -> list[EpisodeRecord]:
     text = ""
     for _ in range(3):  # the writer may drop an old commit between listing and reading: take the newest again
         c = _snapshot(root)
+        if c is None and store.state_dir(root).is_dir():
+            return []  # ours, nothing committed yet (a first episode may be half published)
         path = (c.path / store.JOURNAL) if c is not None else root / "meta" / store.JOURNAL
         try:
             text = path.read_text()
