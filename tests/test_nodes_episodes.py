@@ -174,3 +174,18 @@ def test_bad_config_names_the_key():
     with pytest.raises(ConfigError, match="max_duration_s"):
         from_dict(EpisodeManagerNodeConfig, {"max_duration_s": -1})
     assert dataclasses.is_dataclass(EpisodeManagerNodeConfig)
+
+
+def test_estop_ends_the_episode_and_blocks_new_ones_until_cleared():
+    m, ev, res, clock = make(mode="evaluate", reset_source="none", autostart=True)
+    m.tick()
+    assert m.state == "running"
+    m.estop(True)
+    assert res[0].end_reason == "fault" and res[0].fault == "e-stop" and res[0].label == "failure"
+    m.tick()  # autostart waits
+    assert m.state == "idle"
+    ok, msg = m.start()
+    assert not ok and "e-stop is latched" in msg
+    m.estop(False)
+    m.tick()
+    assert m.state == "running" and m.index == 1

@@ -112,8 +112,11 @@ class EpisodeManagerNode(common.ConfiguredNode):
             self.core.policy_version(int(ev.get("version", 0)))
 
     def _on_estop(self, msg: Bool) -> None:
+        self.core.estop(bool(msg.data), "e-stop")
         if msg.data:
-            self.core.fault("e-stop")
+            self.get_logger().error("E-STOP latched: no episode starts until it is cleared")
+        else:
+            self.get_logger().warning("e-stop cleared")
 
     def _srv(self, fn):
         def handle(request, response):

@@ -110,11 +110,14 @@ class EpisodeManager:
         self._start_condition: Any = None
         self._versions: list[int] = []
         self._scheduled = 0
+        self.estopped: str | None = None  # the e-stop reason while it is latched
 
     # --- inputs ---------------------------------------------------------------------------------
     def start(self) -> tuple[bool, str]:
         """Begin the next episode (reset first). In resetting with reset_source operator: confirm the reset."""
         with self._lock:
+            if self.estopped is not None:
+                return False, f"cannot start: the e-stop is latched ({self.estopped}); clear it first"
             if self.state == self.RESETTING and self.config.reset_source == "operator":
                 self._begin_running({})
                 out = True, f"episode {self.index} running"
@@ -202,6 +205,13 @@ class EpisodeManager:
                 self._finish_reset_failed(reason)
         self._flush()
 
+    def estop(self, active: bool, reason: str = "e-stop") -> None:
+        """The e-stop latched (ends a running episode as a fault, blocks new ones) or cleared."""
+        with self._lock:
+            self.estopped = reason if active else None
+        if active:
+            self.fault(reason)
+
     def policy_version(self, version: int) -> None:
         with self._lock:
             if self.state == self.RUNNING and (not self._versions or self._versions[-1] != version):
@@ -217,7 +227,7 @@ class EpisodeManager:
                     self._finish_reset_failed(f"reset not done within {self.config.reset_timeout_s:.1f} s")
             elif self.state == self.LABELLING and waited > self.config.label_timeout_s:
                 self._save("unlabelled", "timeout")
-            elif self.state == self.IDLE and self.config.autostart:
+            elif self.state == self.IDLE and self.config.autostart and self.estopped is None:
                 self._next_episode()
         self._flush()
 
