@@ -128,6 +128,8 @@ def test_discard_and_rerecord_leave_no_trace(tmp_path):
         rec.flush()
         rec.discard_episode()
         assert listing(root) == before
+        stage = store.stage_dir(root)
+        assert not list(stage.glob("tmp*")) and not (stage / "images").exists()  # no encoder leftovers either
         rec.start_episode("pick up the cube")
         rec.discard_episode()  # discarding an empty episode is fine too
         assert listing(root) == before
