@@ -2,7 +2,6 @@
 from real ROS parameter files, diagnostics; and bad parameters stopping a node at start, key named."""
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np

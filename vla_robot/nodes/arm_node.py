@@ -8,8 +8,6 @@ For ros2_control arms no arm_node runs: commands go to the controller directly (
 """
 from __future__ import annotations
 
-import threading
-import time
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -41,9 +39,7 @@ class ArmNode(common.ConfiguredNode):
             self.arm.close()
             raise ConfigError(f"the {cfg.backend} arm's joints {self.names} differ from robot '{cfg.robot}': "
                               f"{list(self.spec.joint_names)}")
-        self._lock = threading.Lock()
         self._offset = common.wall_offset()
-        self._last_cmd_time = None
         self._homing: list[np.ndarray] = []
         self.commands = 0
         group = MutuallyExclusiveCallbackGroup()  # one caller of the device at a time
@@ -70,7 +66,7 @@ class ArmNode(common.ConfiguredNode):
 
     def _on_command(self, msg: JointTrajectory) -> None:
         try:
-            q, _, source = convert.msg_to_command(msg, self.names)
+            q = convert.msg_to_command(msg, self.names)[0]
         except ValueError as e:
             self.get_logger().warning(f"dropping a bad arm command: {e}", throttle_duration_sec=5.0)
             return

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 import threading
 
-import rclpy
 from rclpy.callback_groups import ReentrantCallbackGroup
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
