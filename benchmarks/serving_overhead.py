@@ -99,6 +99,19 @@ def serve_oft_style(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
+def serve_echo(port: int, sleep_ms: float) -> None:
+    """The floor: a bare ZMQ ROUTER that waits as long as the model would, then answers 200 bytes."""
+    import zmq
+
+    sock = zmq.Context().socket(zmq.ROUTER)
+    sock.bind(f"tcp://127.0.0.1:{port}")
+    print("ready", flush=True)
+    while True:
+        frames = sock.recv_multipart(copy=False)
+        time.sleep(sleep_ms / 1e3)
+        sock.send_multipart([frames[0], b"x" * 200])
+
+
 # --- measuring -----------------------------------------------------------------------------------
 
 
@@ -143,14 +156,36 @@ def bench_ours(port: int, n: int, meta_out: dict) -> tuple[list, list]:
         obs = observation(meta)
         for _ in range(20):
             c.act(obs)
-        over, model = [], []
+        over, model, inside = [], [], []
         for _ in tqdm(range(n), desc="ours (ZMQ)", leave=False):
             t0 = time.perf_counter()
             out = c.act(obs)
             rtt = (time.perf_counter() - t0) * 1e3
             over.append(rtt - out["timings"]["model_ms"])
             model.append(out["timings"]["model_ms"])
+            inside.append(out["timings"]["server_ms"] - out["timings"]["model_ms"])
+    meta_out["inside_ms"] = inside
     return over, model
+
+
+def bench_echo(port: int, n: int, meta: dict, sleep_ms: float) -> list:
+    import zmq
+    from tqdm import tqdm
+
+    from vla_robot.serving import protocol
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    frames = protocol.pack(protocol.request("act", 1, observation(meta)))
+    over = []
+    for i in tqdm(range(n + 20), desc="bare ZMQ floor", leave=False):
+        t0 = time.perf_counter()
+        sock.send_multipart(frames, copy=False)
+        sock.recv_multipart()
+        if i >= 20:
+            over.append((time.perf_counter() - t0) * 1e3 - sleep_ms)
+    sock.close(linger=0)
+    return over
 
 
 def bench_oft(port: int, n: int, meta: dict, session: bool) -> tuple[list, list]:
@@ -208,7 +243,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=1000, help="requests per path (>= 1000 for the issue's figures)")
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput run")
-    ap.add_argument("--serve", choices=["ours", "oft"], help=argparse.SUPPRESS)
+    ap.add_argument("--serve", choices=["ours", "oft", "echo"], help=argparse.SUPPRESS)
+    ap.add_argument("--sleep-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--max-batch", type=int, default=8, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -217,6 +253,9 @@ def main() -> int:
         return 0
     if args.serve == "oft":
         serve_oft_style(args.port)
+        return 0
+    if args.serve == "echo":
+        serve_echo(args.port, args.sleep_ms)
         return 0
 
     print(f"serving overhead, {args.requests} requests per path, 2 cameras 224x224x3 + 8-D state, loopback, "
@@ -231,6 +270,13 @@ def main() -> int:
               for size in (224, meta["image_size"]) for n in (1, 8)}
     finally:
         stop(ours)
+    model_p50 = float(np.percentile(results["ours"][1], 50))
+    echo = start("echo", free_port(), "--sleep-ms", f"{model_p50:.3f}")
+    try:
+        port = int(echo.args[echo.args.index("--port") + 1])
+        floor = bench_echo(port, args.requests, meta, model_p50)
+    finally:
+        stop(echo)
     oft = start("oft", free_port())
     try:
         port = int(oft.args[oft.args.index("--port") + 1])
@@ -241,6 +287,8 @@ def main() -> int:
 
     print(f"load average now {os.getloadavg()[0]:.1f}; model: {meta.get('model')} chunk {meta.get('chunk_size')}x{meta.get('action_dim')}, "
           f"its own time per request {pct(results['ours'][1])}")
+    print(f"(0) floor: bare ZMQ round trip, same frames, server idle for the model's p50 time: {pct(floor)}")
+    print(f"    ours, inside the server (decode, queue, hand-offs): {pct(meta['inside_ms'])}")
     names = {"ours": "(a) ours, ZMQ+msgpack      ", "oft": "(b) OFT-style, requests.post",
              "oft_session": "(b') OFT-style, keep-alive "}
     for key, label in names.items():
