@@ -52,6 +52,7 @@ def parse_sets(sets: list[str]) -> dict[str, dict]:
 
 def launch(args: argparse.Namespace) -> int:
     from vla_robot.config import ConfigError
+    from vla_robot.drivers.base import DriverError
 
     try:
         overrides = parse_sets(args.sets)
@@ -79,6 +80,9 @@ def launch(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"vla-robot launch: {e}", file=sys.stderr)
         return 2
+    except DriverError as e:
+        print(f"vla-robot launch: a device did not start: {e}", file=sys.stderr)
+        return 1
     try:
         if args.episodes:
             return _run_episodes(runner, args)

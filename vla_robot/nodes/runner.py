@@ -318,6 +318,8 @@ def run_single_node(cls: type, args: list[str] | None = None) -> None:
 
     Bad parameters stop the node at start with the key named (exit status 2).
     """
+    from vla_robot.drivers.base import DriverError
+
     rclpy.init(args=args)
     try:
         node = cls()
@@ -325,6 +327,10 @@ def run_single_node(cls: type, args: list[str] | None = None) -> None:
         print(f"[{cls.__name__}] bad parameters, not starting: {e}", file=sys.stderr)
         rclpy.try_shutdown()
         sys.exit(2)
+    except DriverError as e:
+        print(f"[{cls.__name__}] a device did not start: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        sys.exit(1)
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     try:
