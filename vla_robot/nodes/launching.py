@@ -24,7 +24,7 @@ def spec_to_node(spec: NodeSpec) -> Node:
         package=spec.package,
         executable=spec.executable,
         name=spec.name,
-        namespace=spec.namespace,
+        namespace=spec.namespace or None,
         parameters=parameters,
         remappings=list(spec.remappings),
         output="screen",
