@@ -163,7 +163,8 @@ class HttpEndpoint:
             self._sock.close()
             raise OSError(f"cannot listen for HTTP on {host}:{port}: {e}") from None
         self.port = self._sock.getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
+        bare = host.strip("[]")
+        self.url = f"http://[{bare}]:{self.port}" if ":" in bare else f"http://{bare}:{self.port}"
         config = uvicorn.Config(make_app(server), log_level="warning", lifespan="off", access_log=False)
         self._uv = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._uv.run, kwargs={"sockets": [self._sock]},
