@@ -465,7 +465,7 @@ def test_curve_rejects_clients_without_the_key(runtime, tmp_path):
     assert main(["keygen", str(tmp_path / "server"), "--name", "server"]) == 2  # never overwrites silently
     assert oct((tmp_path / "server" / "server.key_secret").stat().st_mode & 0o777) == "0o600"
     server_pub = tmp_path / "server" / "server.key"
-    with PolicyServer(runtime, bind=LOOPBACK, weights_bind=None,
+    with PolicyServer(runtime, bind=LOOPBACK, weights_bind=LOOPBACK,
                       curve_secret_key=tmp_path / "server" / "server.key_secret",
                       curve_authorized_keys=tmp_path / "allowed") as s:
         with PolicyClient(s.address, timeout_s=1.0) as plain:
@@ -479,6 +479,15 @@ def test_curve_rejects_clients_without_the_key(runtime, tmp_path):
                           curve_client_key=tmp_path / "allowed" / "robot1.key_secret") as robot:
             meta = robot.metadata()
             assert robot.act(make_obs(meta, 50))["actions"].shape == (meta["chunk_size"], meta["action_dim"])
+        # the weights socket is behind the same keys: only the holder of an allowed key can push
+        name = next(k for k in runtime.state_dict() if k.endswith("lm_head.weight"))
+        same = {name: runtime.state_dict()[name]}
+        with WeightPublisher(s.weights_address, timeout_s=1.0) as intruder:
+            with pytest.raises(PolicyTimeout):
+                intruder.push(same, runtime.version + 1)
+        with WeightPublisher(s.weights_address, timeout_s=30, curve_server_key=server_pub,
+                             curve_client_key=tmp_path / "allowed" / "robot1.key_secret") as learner:
+            assert learner.push(same, runtime.version + 1)["version"] == runtime.version
 
 
 def test_binding_beyond_loopback_needs_keys_or_consent(runtime):
