@@ -46,7 +46,7 @@ def test_session_turns_messages_into_episodes(tmp_path):
 
     assert [x["episode_index"] for x in saved] == [0] and saved[0]["length"] == 4
     (rec,) = read_journal(root)
-    assert rec.task == "wave hello" and rec.meta["task"] == "wave" and rec.start_condition == 7
+    assert rec.task == "wave hello" and rec.meta["task"] == "wave" and rec.start_condition == "7"
     assert rec.label == "failure" and rec.timeout and rec.meta["end_reason"] == "timeout"
     assert rec.latency_s == [0.25] and rec.interventions == 1 and rec.policy_versions == [3]
     f = load_episode(root, 0).frames

@@ -150,8 +150,7 @@ class Recorder:
                 json.dumps(meta)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"episode meta must be JSON-serializable: {e}") from e
-        # kept as given when JSON keeps it exactly (the twin's start ids are ints), else as its str()
-        sc = start_condition if start_condition is None or isinstance(start_condition, (int, str)) else str(start_condition)
+        sc = None if start_condition is None else str(start_condition)  # one type in the journal (GRPO groups)
         with self._cv:
             self._stats.episode_frames = 0
             self._stats.episode_dropped = 0

@@ -292,7 +292,7 @@ class EpisodeRecord:
     task: str
     label: str  # success | failure | unlabelled
     length: int
-    start_condition: int | str | None = None  # the twin's start id (int) or str() of another hashable
+    start_condition: str | None = None  # str() of the start id (the twin's: int(record.start_condition))
     policy_versions: list[int] = field(default_factory=list)  # distinct versions that acted
     dropped_frames: int = 0
     interventions: int = 0
