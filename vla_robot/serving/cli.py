@@ -29,7 +29,7 @@ def serve_args(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", help="an OpenVLA-OFT checkpoint folder")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    parser.add_argument("--seed", type=int, default=None, help="seed of a preset's random weights")
     parser.add_argument("--config", help=f"ROS 2 parameter YAML with a '{SECTION}' section (flags override it)")
     flags = {
         "bind": (str, "ZMQ endpoint for requests"),
