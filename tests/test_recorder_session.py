@@ -57,3 +57,38 @@ def test_session_turns_messages_into_episodes(tmp_path):
     assert f["control"].tolist() == [0, 0, 0, 1]
     assert f["action.policy"][0].tolist() == [0.5, 0.5] and f["action.policy"][3].tolist() == [0, 0]
     assert f["observation.stamp_ns"].tolist() == [1_000_000_000, 2_000_000_000, 3_000_000_000, 4_000_000_000]
+
+
+def test_messages_while_the_dataset_opens_are_replayed_in_order(tmp_path):
+    import threading
+
+    root = tmp_path / "ds"
+    gate = threading.Event()
+
+    def slow_open(schema):  # opening a dataset takes seconds on a robot PC (lerobot's import)
+        assert gate.wait(60)
+        return Recorder(root, schema)
+
+    saved = []
+    s = RecordingSession(slow_open, ["front"], joint_names=NAMES, on_saved=saved.append)
+    img = np.zeros((16, 24, 3), np.uint8)
+    s.on_image("front", img, 0.0)
+    s.on_joint_state(NAMES, np.zeros(2), 0.0, now=0.0)
+    assert not s.ready.is_set()
+    # a whole short episode, then the start of the next, before the dataset is open
+    s.on_event({"type": "start", "episode": 0, "instruction": "wave"})
+    for k in range(5):
+        s.on_joint_state(NAMES, np.array([k, k]), 1.0 + k, now=1.0 + k)
+        assert s.on_command(np.array([k, k]), 1.0 + k, "teleop", 1.0 + k)
+    s.on_event({"type": "end", "episode": 0, "reason": "success_check"})
+    s.on_event({"type": "save", "episode": 0, "label": "success"})
+    s.on_event({"type": "start", "episode": 1, "instruction": "wave"})
+    assert s.on_command(np.array([7, 7]), 9.0, "teleop", 9.0)
+    gate.set()
+    assert s.ready.wait(60)
+    s.on_command(np.array([8, 8]), 10.0, "teleop", 10.0)  # after the replay: goes straight in
+    s.on_event({"type": "save", "episode": 1, "label": "failure"})
+    s.close()
+    assert [(x["episode_index"], x["label"], x["length"]) for x in saved] == [(0, "success", 5), (1, "failure", 2)]
+    assert load_episode(root, 0).frames["action"][:, 0].tolist() == [0, 1, 2, 3, 4]
+    assert load_episode(root, 1).frames["action"][:, 0].tolist() == [7, 8]

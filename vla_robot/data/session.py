@@ -16,8 +16,9 @@ policy actions, policy chunks and their tokens, and the episode manager's events
 
 Events (``episode/event`` JSON): ``start`` opens an episode (task = instruction), ``end`` stops
 taking frames, ``save`` labels and saves it (``end`` reason ``timeout`` marks a timeout),
-``discard`` drops it. The Recorder is created on the first ``start``, with the image sizes and
-joint names seen on the wire.
+``discard`` drops it. The Recorder is created in the background as soon as every stream has been
+seen (image sizes and joint names come from the wire); events and frames that arrive while it opens
+wait in a bounded backlog and are replayed in order.
 """
 from __future__ import annotations
 
@@ -61,12 +62,16 @@ class RecordingSession:
         self._running = False
         self._open = False
         self._end_reason: str | None = None
-        self._episode_tag = None
         self.frames = 0
         self.skipped_episodes = 0
         self.saved: list[dict] = []
         self.finished = 0  # save requests completed (saved or failed)
         self._creating: threading.Thread | None = None
+        self._gate = threading.Lock()  # orders the backlog replay before newer messages
+        self._backlog: list[tuple[str, object, object]] = []  # events and frames while the dataset opens
+        self.max_backlog = 3000  # frames (about 100 s at 30 Hz, small images in sim; bounded memory)
+        self.backlog_dropped = 0
+        self._rec_open = False  # the Recorder has an open episode
         self._create_error: BaseException | None = None
         self.ready = threading.Event()  # the Recorder exists (set once; creation starts with the first full set of streams)
 
@@ -101,12 +106,20 @@ class RecordingSession:
         self._creating.start()
 
     def _create(self, schema: Schema) -> None:
+        rec = None
         try:
-            self.recorder = self.make_recorder(schema)
-        except BaseException as e:  # noqa: BLE001 - reported at the next start
+            rec = self.make_recorder(schema)
+        except BaseException as e:  # noqa: BLE001 - reported now and at every start
             self._create_error = e
             log.error("recorder: cannot open the dataset: %s", e)
-        finally:
+        with self._gate:  # replay what arrived while opening, in order, before anything newer
+            self.recorder = rec
+            backlog, self._backlog = self._backlog, []
+            for kind, item, extra in backlog:
+                if kind == "event":
+                    self._apply_event(item, extra)
+                else:
+                    self._submit(item)
             self.ready.set()
 
     def on_policy_action(self, raw: np.ndarray) -> None:
@@ -137,16 +150,15 @@ class RecordingSession:
                 del self._tokens[old]
 
     def on_command(self, q_target: np.ndarray, stamp: float, source: str, now: float) -> bool:
-        """One control step. Returns True when it became a frame."""
+        """One control step. Returns True when it became a frame (or waits in the backlog)."""
         if source not in COMMAND_SOURCES_RECORDED:
             return False
         with self._lock:
-            if not (self._running and self.recorder is not None):
+            if not (self._running and self._open):
                 return False
             if self._q is None or any(c not in self._images for c in self.cameras):
                 return False
             images = {c: self._images[c][0] for c in self.cameras}
-            q = self._q
             kw: dict = dict(stamp=stamp, action_stamp=now)
             if source == "teleop":
                 kw["control"] = CONTROL_TELEOP
@@ -163,9 +175,24 @@ class RecordingSession:
                         if cid in self._tokens:
                             kw["tokens"], kw["logprobs"] = self._tokens.pop(cid)
                     self._chunk_step += 1
+            frame = (images, self._q, np.asarray(q_target, np.float32), kw)
+        if not self.ready.is_set():
+            with self._gate:
+                if not self.ready.is_set():
+                    if len(self._backlog) >= self.max_backlog:
+                        self.backlog_dropped += 1
+                        return False
+                    self._backlog.append(("frame", frame, None))
+                    return True
+        return self._submit(frame)
+
+    def _submit(self, frame) -> bool:
+        if self.recorder is None or not self._rec_open:
+            return False
+        images, q, target, kw = frame
         try:
-            ok = self.recorder.add_frame(images, q, np.asarray(q_target, np.float32), **kw)
-        except ValueError as e:
+            ok = self.recorder.add_frame(images, q, target, **kw)
+        except (ValueError, RuntimeError) as e:
             log.error("recorder: frame rejected: %s", e)
             return False
         self.frames += int(ok)
@@ -173,57 +200,65 @@ class RecordingSession:
 
     # --- episode events ---------------------------------------------------------------------------
     def on_event(self, ev: dict) -> None:
+        """Episode events. The gating (which commands become frames) changes at once; what the
+        Recorder does (start/save/discard) waits in the backlog while the dataset is opening."""
         kind = ev.get("type")
-        if kind == "start":
-            self._start(ev)
-        elif kind == "end":
-            with self._lock:
+        if kind not in ("start", "end", "save", "discard"):
+            return
+        with self._lock:
+            if kind == "start":
+                if self._creating is None:
+                    self.skipped_episodes += 1
+                    self._running = self._open = False
+                    log.error("recorder: episode %s started before every camera (%s) and joint_states were seen; "
+                              "not recorded", ev.get("episode"), ", ".join(self.cameras))
+                    return
+                self._running = self._open = True
+                self._end_reason = None
+                self._chunk, self._tokens = None, {}
+            elif kind == "end":
                 self._running = False
                 self._end_reason = ev.get("reason")
-        elif kind == "save":
-            self._finish(ev, save=True)
-        elif kind == "discard":
-            self._finish(ev, save=False)
+            else:
+                if not self._open:
+                    return
+                self._running = self._open = False
+            end_reason = self._end_reason
+        if not self.ready.is_set():
+            with self._gate:
+                if not self.ready.is_set():
+                    self._backlog.append(("event", ev, end_reason))
+                    return
+        self._apply_event(ev, end_reason)
 
-    def _start(self, ev: dict) -> None:
-        if self._open:  # a start without save/discard: the old one is lost, say so
-            log.warning("recorder: episode started while the previous one was open; discarding it")
-            self.recorder.discard_episode(wait=False)
-            self._open = False
-        if self._creating is None:
-            self.skipped_episodes += 1
-            log.error("recorder: episode %s started before every camera (%s) and joint_states were seen; not recorded",
-                      ev.get("episode"), ", ".join(self.cameras))
-            return
-        if not self.ready.wait(120.0) or self.recorder is None:
-            self.skipped_episodes += 1
-            log.error("recorder: episode %s not recorded: the dataset is not open (%s)", ev.get("episode"),
-                      self._create_error or "still opening after 120 s")
-            return
-        task = ev.get("instruction") or ev.get("task") or self.default_task or "task"
-        meta = {k: ev[k] for k in ("episode", "mode", "task") if k in ev}
-        self.recorder.start_episode(task, start_condition=ev.get("start_condition"), meta=meta)
-        with self._lock:
-            self._open, self._running, self._end_reason = True, True, None
-            self._episode_tag = ev.get("episode")
-            self._chunk, self._tokens = None, {}
-
-    def _finish(self, ev: dict, save: bool) -> None:
-        with self._lock:
-            self._running = False
-            was_open, self._open = self._open, False
-        if not was_open:
-            return
+    def _apply_event(self, ev: dict, end_reason: str | None) -> None:
+        kind = ev["type"]
         rec = self.recorder
-        if save and rec.stats.episode_frames > 0:
-            fut = rec.save_episode(ev.get("label", "unlabelled"), timeout_reached=self._end_reason == "timeout",
-                                   meta={"label_source": ev.get("label_source"), "end_reason": self._end_reason},
-                                   wait=False)
-            fut.add_done_callback(self._saved)
-        else:
-            if save:
-                log.warning("recorder: episode %s had no frame; nothing saved", ev.get("episode"))
-            rec.discard_episode(wait=False)
+        if rec is None:
+            if kind == "start":
+                self.skipped_episodes += 1
+                log.error("recorder: episode %s not recorded: the dataset could not be opened (%s)",
+                          ev.get("episode"), self._create_error)
+            return
+        if kind == "start":
+            if self._rec_open:  # a start without save/discard: the old one is lost, say so
+                log.warning("recorder: episode started while the previous one was open; discarding it")
+                rec.discard_episode(wait=False)
+            task = ev.get("instruction") or ev.get("task") or self.default_task or "task"
+            meta = {k: ev[k] for k in ("episode", "mode", "task") if k in ev}
+            rec.start_episode(task, start_condition=ev.get("start_condition"), meta=meta)
+            self._rec_open = True
+        elif kind in ("save", "discard") and self._rec_open:
+            self._rec_open = False
+            if kind == "save" and rec.stats.episode_frames > 0:
+                fut = rec.save_episode(ev.get("label", "unlabelled"), timeout_reached=end_reason == "timeout",
+                                       meta={"label_source": ev.get("label_source"), "end_reason": end_reason},
+                                       wait=False)
+                fut.add_done_callback(self._saved)
+            else:
+                if kind == "save":
+                    log.warning("recorder: episode %s had no frame; nothing saved", ev.get("episode"))
+                rec.discard_episode(wait=False)
 
     def _saved(self, fut) -> None:
         try:
