@@ -88,7 +88,10 @@ def _overrides(args, n_episodes: int) -> dict:
           "autostart": False}  # episodes start once the dataset is open (see _run)
     if args.max_duration:
         em["max_duration_s"] = float(args.max_duration)
-    return {"recorder_node": rec, "episode_manager_node": em}
+    out = {"recorder_node": rec, "episode_manager_node": em}
+    if getattr(args, "teleop", None) and not args.sim:
+        out["teleop_node"] = {"device": args.teleop}
+    return out
 
 
 def _run(graph_name: str, args, serve_policy: str | None, expert: bool) -> tuple[list, int, float]:
@@ -146,6 +149,8 @@ def _run(graph_name: str, args, serve_policy: str | None, expert: bool) -> tuple
 
 def record_args(p: argparse.ArgumentParser) -> None:
     _common_args(p, "runs/demos/dataset")
+    p.add_argument("--teleop", choices=("keyboard", "gamepad", "leader"), default=None,
+                   help="operator device (default from the config; --sim: the twin's scripted expert)")
 
 
 def record(args) -> int:
