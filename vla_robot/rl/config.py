@@ -90,26 +90,26 @@ class RLFinetuneConfig:
     """The `rl-finetune --sim` run on the twin (the demo): SFT warm-up, GRPO rounds, evaluation."""
 
     task: str = "reach"
-    preset: str = "tiny"                # GRPO hyper-parameters (PRESETS)
+    preset: str = "tiny"                # GRPO hyper-parameters (PRESETS); the fields below override it
     image_size: int = 64
-    episode_s: float = 1.0              # twin episode length (the expert needs ~0.5 s)
+    episode_s: float = 2.0              # twin episode length (the expert needs ~0.5 s)
     seed: int = 0
-    demos: int = 40                     # scripted-expert episodes for the SFT warm-up
-    sft_steps: int = 300
+    demos: int = 150                    # scripted-expert episodes for the SFT warm-up
+    sft_steps: int = 400                # short on purpose: the SFT policy should succeed only sometimes
     sft_batch: int = 32
-    sft_lr: float = 1e-3
+    sft_lr: float = 2e-3
     group_size: int = 8
     groups_per_round: int = 6
-    rounds: int = 8
-    temperature: float = 1.0            # rollout temperature (1.6 for the 7B)
-    lr: float = 3e-4
+    rounds: int = 60                    # at most; the time budget usually ends RL first
+    temperature: float = 1.0            # rollout temperature (1.6 for the 7B, whose distributions are peaked)
+    lr: float = 1e-3
+    ppo_epochs: int = 2
     mini_batch_size: int = 16
-    mode: Mode = "hybrid"
-    eval_episodes: int = 60             # held-out start states, before and after
+    mode: Mode = "rl"
+    eval_episodes: int = 100            # held-out start states, before and after
     eval_mode: Literal["greedy", "sample"] = "greedy"
-    time_budget_s: float = 840.0        # stop starting RL rounds so that the whole run ends within this
-    rl_budget_fraction: float = 0.8
-    threads: int = 2
+    time_budget_s: float = 840.0        # no new RL round once it would push the run (with the final eval) past this
+    threads: int = 1
     served: bool = True                 # roll out through PolicyServer/PolicyClient over ZMQ, hot-swapping versions
     progress: bool = True
 

@@ -147,7 +147,8 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     grpo = preset(cfg.preset, group_size=cfg.group_size, temperature=cfg.temperature, lr=cfg.lr,
-                  batch_groups=cfg.groups_per_round, mode=cfg.mode, mini_batch_size=cfg.mini_batch_size)
+                  batch_groups=cfg.groups_per_round, mode=cfg.mode, mini_batch_size=cfg.mini_batch_size,
+                  ppo_epochs=cfg.ppo_epochs)
     envs = [make_env(cfg.task, seed=cfg.seed + i, image_size=(cfg.image_size, cfg.image_size), episode_s=cfg.episode_s)
             for i in range(cfg.group_size)]
     runtime = load_policy(preset="tiny", seed=cfg.seed)
@@ -200,8 +201,9 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     t_rl = time.perf_counter()
     for r in range(cfg.rounds):
         elapsed = time.perf_counter() - t_start
-        if elapsed > cfg.time_budget_s * cfg.rl_budget_fraction:
-            log(f"time budget: stopping RL after {r} rounds ({elapsed:.0f} s elapsed)")
+        last_round = rounds[-1]["rollout_s"] + rounds[-1]["update_s"] if rounds else 0.0
+        if elapsed + last_round + 1.2 * timings["eval_before_s"] > cfg.time_budget_s:
+            log(f"time budget: stopping RL after {r} rounds ({elapsed:.0f} s elapsed of {cfg.time_budget_s:.0f})")
             break
         t0 = time.perf_counter()
         episodes = []
