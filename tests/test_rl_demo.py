@@ -25,6 +25,8 @@ def test_demo_pipeline_writes_a_report_counted_from_its_episodes(tmp_path):
     assert r["episodes"] == 2 and 0 <= r["successes"] <= 2 and r["ci95"][0] <= r["success"] <= r["ci95"][1]
     for key in ("success_before", "success_after"):
         assert saved[key] in (0.0, 0.5, 1.0)  # fractions of 2 episodes
+    other = saved["other_eval"]
+    assert other["mode"] == "greedy" and other["before"]["episodes"] == other["after"]["episodes"] == 2
     assert (tmp_path / "rl_finetune.png").stat().st_size > 1000
     assert saved["served"] and any("policy served at tcp://127.0.0.1:" in x for x in lines)
     # the learner's final checkpoint loads back as a policy with its version

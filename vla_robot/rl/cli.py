@@ -23,7 +23,11 @@ def rl_finetune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demos", type=int, default=d.demos, help="scripted-expert demonstrations for the SFT warm-up")
     parser.add_argument("--sft-steps", type=int, default=d.sft_steps)
     parser.add_argument("--eval-episodes", type=int, default=d.eval_episodes, help="held-out start states, before and after")
-    parser.add_argument("--eval-mode", choices=("greedy", "sample"), default=d.eval_mode)
+    parser.add_argument("--eval-mode", choices=("greedy", "sample"), default=d.eval_mode,
+                        help="headline evaluation: sample (at the rollout temperature) or greedy")
+    parser.add_argument("--extra-eval-mode", choices=("", "greedy", "sample"), default=d.extra_eval_mode,
+                        help="also evaluate this way on the same start states ('' for none)")
+    parser.add_argument("--lr", type=float, default=d.lr, help="GRPO learning rate")
     parser.add_argument("--temperature", type=float, default=d.temperature, help="rollout temperature")
     parser.add_argument("--mode", choices=("rl", "sft", "hybrid"), default=d.mode)
     parser.add_argument("--time-budget", type=float, default=d.time_budget_s, help="seconds; later RL rounds are skipped to stay within")
@@ -45,6 +49,7 @@ def rl_finetune(args: argparse.Namespace) -> int:
     cfg = RLFinetuneConfig(seed=args.seed, rounds=args.rounds, groups_per_round=args.groups_per_round,
                            group_size=args.group_size, demos=args.demos, sft_steps=args.sft_steps,
                            eval_episodes=args.eval_episodes, eval_mode=args.eval_mode, temperature=args.temperature,
+                           extra_eval_mode=args.extra_eval_mode, lr=args.lr,
                            mode=args.mode, time_budget_s=args.time_budget, served=args.served,
                            progress=not args.no_progress)
     try:

@@ -107,7 +107,8 @@ class RLFinetuneConfig:
     mini_batch_size: int = 16
     mode: Mode = "rl"
     eval_episodes: int = 100            # held-out start states, before and after
-    eval_mode: Literal["greedy", "sample"] = "greedy"
+    eval_mode: Literal["greedy", "sample"] = "sample"   # sample: at the rollout temperature, what GRPO optimises
+    extra_eval_mode: Literal["", "greedy", "sample"] = "greedy"  # also reported (same start states), "" for none
     time_budget_s: float = 840.0        # no new RL round once it would push the run (with the final eval) past this
     threads: int = 1
     served: bool = True                 # roll out through PolicyServer/PolicyClient over ZMQ, hot-swapping versions
@@ -121,5 +122,6 @@ class RLFinetuneConfig:
             raise ValueError(f"image_size must be >= 14 pixels, got {self.image_size}")
         if not (self.temperature > 0 and self.lr > 0 and self.sft_lr > 0):
             raise ValueError("temperature, lr and sft_lr must be > 0")
-        if self.eval_mode not in ("greedy", "sample"):
-            raise ValueError(f"eval_mode must be 'greedy' or 'sample', got {self.eval_mode!r}")
+        if self.eval_mode not in ("greedy", "sample") or self.extra_eval_mode not in ("", "greedy", "sample"):
+            raise ValueError(f"eval_mode must be 'greedy' or 'sample' (extra_eval_mode also ''), got "
+                             f"{self.eval_mode!r} / {self.extra_eval_mode!r}")

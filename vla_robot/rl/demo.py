@@ -191,8 +191,10 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     t0 = time.perf_counter()
     with tqdm(total=len(eval_seeds), desc="eval before RL", unit="ep", disable=not cfg.progress) as bar:
         before = evaluate(envs, policy, eval_seeds, cfg.eval_mode, cfg.temperature, bar)
+    extra_before = evaluate(envs, policy, eval_seeds, cfg.extra_eval_mode, cfg.temperature) if cfg.extra_eval_mode else []
     timings["eval_before_s"] = time.perf_counter() - t0
-    log(f"before RL: {rate(before)['successes']}/{len(before)} ({cfg.eval_mode})")
+    log(f"before RL: {rate(before)['successes']}/{len(before)} ({cfg.eval_mode})"
+        + (f", {rate(extra_before)['successes']}/{len(extra_before)} ({cfg.extra_eval_mode})" if extra_before else ""))
 
     # 4. GRPO rounds
     learner = Learner(runtime, grpo, demos=demo_episodes(demos, runtime), seed=cfg.seed, publish=publish)
@@ -231,6 +233,7 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     t0 = time.perf_counter()
     with tqdm(total=len(eval_seeds), desc="eval after RL", unit="ep", disable=not cfg.progress) as bar:
         after = evaluate(envs, policy, eval_seeds, cfg.eval_mode, cfg.temperature, bar)
+    extra_after = evaluate(envs, policy, eval_seeds, cfg.extra_eval_mode, cfg.temperature) if cfg.extra_eval_mode else []
     timings["eval_after_s"] = time.perf_counter() - t0
     versions_served = sorted({e.version for e in after})
     if server is not None:
@@ -246,6 +249,9 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
         "success_before_ci95": rb["ci95"], "success_after_ci95": ra["ci95"],
         "improvement_points": 100 * (ra["success"] - rb["success"]),
         "eval_episodes": len(after), "eval_mode": cfg.eval_mode, "eval_seeds": [eval_seeds[0], eval_seeds[-1]],
+        "rollout_temperature": cfg.temperature,
+        "other_eval": ({"mode": cfg.extra_eval_mode, "before": rate(extra_before), "after": rate(extra_after)}
+                       if cfg.extra_eval_mode else None),
         "rounds": rounds, "policy_version": learner.version, "versions_in_eval_after": versions_served,
         "served": cfg.served, "demonstrations": len(demos),
         "sft_loss": {"first": sft_losses[0], "last20": float(np.mean(sft_losses[-20:]))},
@@ -254,8 +260,10 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     plot(report, out / "rl_finetune.png")
-    log(f"success {rb['success']:.2f} -> {ra['success']:.2f} on {len(after)} held-out episodes "
+    log(f"success ({cfg.eval_mode}) {rb['success']:.2f} -> {ra['success']:.2f} on {len(after)} held-out episodes "
         f"({report['improvement_points']:+.0f} points) in {timings['total_s']:.0f} s; report: {out / 'report.json'}")
+    if extra_after:
+        log(f"success ({cfg.extra_eval_mode}) {rate(extra_before)['success']:.2f} -> {rate(extra_after)['success']:.2f}")
     return report
 
 
