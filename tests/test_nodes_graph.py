@@ -184,7 +184,7 @@ def test_rl_finetune_sim_runs_episodes_end_to_end(ros_context, tmp_path):
         assert round(c["stamp"], 6) in js_stamps and c["frame_id"].startswith("v0/c")
 
 
-def _call(client, request, timeout=10.0):
+def _call(client, request, timeout=30.0):
     assert client.wait_for_service(timeout_sec=timeout)
     fut = client.call_async(request)  # the probe's thread spins the node
     deadline = time.monotonic() + timeout
@@ -280,6 +280,7 @@ def test_operator_takes_over_then_estop_ends_the_episode(ros_context):
                        "twin_node": {"realtime_factor": 2.0}},  # slow enough for the operator to act
         ) as g:
             probe.wait_for_publishers()
+            assert lifecycle.wait_for_service(timeout_sec=30)
             assert wait(lambda: keys.get_subscription_count() > 0 and estop.get_subscription_count() >= 2)
             assert wait(lambda: sources().count("policy") >= 5)
             keys.publish(String(data=" "))  # take over
