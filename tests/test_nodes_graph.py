@@ -131,7 +131,13 @@ def test_rl_finetune_sim_runs_episodes_end_to_end(ros_context, tmp_path):
             scheduler=groups,
         ) as g:
             probe.wait_for_publishers()
-            results = g.run_episodes(2, timeout_s=90)  # starts each episode (autostart is off)
+            results = g.run_episodes(1, timeout_s=90)  # starts the episode (autostart is off)
+            # the learner hot-swaps new weights between episodes; the next episode runs version 1
+            from vla_robot.serving.weights import WeightPublisher
+
+            pub = WeightPublisher(g.server.weights_address, timeout_s=60)
+            pub.push({k: v.detach().clone() for k, v in g.server.runtime.model.state_dict().items()}, version=1)
+            results += g.run_episodes(1, timeout_s=90)
             deadline = time.monotonic() + 30
             while sum(e["type"] == "saved" for e in saved) < 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -155,7 +161,7 @@ def test_rl_finetune_sim_runs_episodes_end_to_end(ros_context, tmp_path):
         assert r.index == i and r.mode == "rl" and r.saved
         assert r.end_reason in ("timeout", "success_check") and r.label in ("success", "failure")
         assert r.label_source == "auto" and r.instruction.startswith(("touch", "reach", "move"))
-        assert r.steps >= 25 and r.policy_versions == [0]
+        assert r.steps >= 25 and r.policy_versions == [i]  # versions 0, then 1 after the hot-swap
         assert r.start_condition == 11 and r.task == "reach"  # the twin reset to the scheduler's start
     assert groups.completed == [("reach", 11, [int(r.success) for r in results])]  # outcomes went back
     assert ctl["replies"] >= 6 and ctl["sources"].get("policy", 0) >= 50 and ctl["errors"] == 0
@@ -181,7 +187,8 @@ def test_rl_finetune_sim_runs_episodes_end_to_end(ros_context, tmp_path):
     assert len(chunks) >= 6
     for c in chunks:
         assert c["positions"].shape == (8, 6) and np.all(c["velocities"][-1] == 0.0)
-        assert round(c["stamp"], 6) in js_stamps and c["frame_id"].startswith("v0/c")
+        assert round(c["stamp"], 6) in js_stamps and c["frame_id"].startswith(("v0/c", "v1/c"))
+    assert {c["frame_id"].split("/")[0] for c in chunks} == {"v0", "v1"}
 
 
 def _call(client, request, timeout=30.0):
