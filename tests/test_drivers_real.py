@@ -280,3 +280,15 @@ def test_ros2_control_arm_reads_joint_states_and_commands_the_controller(ros_con
         node.destroy_node()
     with pytest.raises(DriverError, match="no joint state on /nothing"):
         make_arm("ros2_control", robot="panda", joint_states_topic="/nothing", timeout_s=0.5).connect()
+
+
+def test_driver_modules_stay_light():
+    """Importing the backends pulls in neither rclpy nor torch (ros2_control imports rclpy only in connect())."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vla_robot.drivers.ros2_control, vla_robot.drivers.opencv_camera, "
+            "vla_robot.drivers.realsense, vla_robot.drivers.lerobot_arm; "
+            "print(sorted(m for m in ('rclpy', 'torch', 'lerobot', 'pyrealsense2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
