@@ -73,7 +73,8 @@ class CameraModel:
 
     ``K`` 3x3, ``D`` distortion coefficients (plumb_bob: k1 k2 p1 p2 k3), ``width``/``height`` in
     pixels. ``R`` and ``P`` are the ROS rectification and projection matrices (identity and
-    ``[K|0]`` for a monocular camera).
+    ``[K|0]`` for a monocular camera). This is also what a camera driver reports
+    (``Camera.camera_info()``) and the camera node publishes as ``sensor_msgs/CameraInfo``.
     """
 
     K: np.ndarray
@@ -84,6 +85,7 @@ class CameraModel:
     camera_name: str = "camera"
     R: np.ndarray = field(default_factory=lambda: np.eye(3))
     P: np.ndarray | None = None
+    frame_id: str = ""  # optical frame of the images (header.frame_id); not part of camera_info YAML
 
     def __post_init__(self) -> None:
         self.K = np.asarray(self.K, dtype=np.float64).reshape(3, 3)

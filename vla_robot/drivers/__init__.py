@@ -7,7 +7,7 @@ import it only then, so this package stays light.
 from vla_robot.drivers.base import (
     Arm,
     Camera,
-    CameraInfo,
+    CameraModel,
     DriverError,
     available,
     backend_class,
@@ -24,7 +24,7 @@ register_arm("lerobot", "vla_robot.drivers.lerobot_arm:LeRobotArm")
 __all__ = [
     "Arm",
     "Camera",
-    "CameraInfo",
+    "CameraModel",
     "DriverError",
     "available",
     "backend_class",

@@ -18,7 +18,8 @@ string that is imported on first use.
 Conventions (docs/interfaces.md): images are ``uint8`` RGB ``H x W x 3``; joint vectors are 1-D
 float arrays in the robot's units with the gripper last; stamps are ``time.monotonic()`` seconds.
 
-This module imports only the standard library, numpy and :mod:`vla_robot.config`.
+This module imports only the standard library, numpy, PyYAML and :mod:`vla_robot.config`; intrinsics
+are :class:`vla_robot.calibration.camera_model.CameraModel`, the one camera model of the stack.
 """
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from vla_robot.calibration.camera_model import CameraModel
 from vla_robot.config import ConfigError, from_dict
 
 __all__ = [
     "Arm",
     "Camera",
-    "CameraInfo",
+    "CameraModel",
     "DriverError",
     "available",
     "backend_class",
@@ -50,37 +52,6 @@ __all__ = [
 
 class DriverError(RuntimeError):
     """A device failed at run time (disconnected, timed out, refused a command)."""
-
-
-@dataclass(frozen=True)
-class CameraInfo:
-    """Pinhole intrinsics in the OpenCV convention (pixel centres at integer coordinates).
-
-    ``K`` is the 3x3 camera matrix, ``D`` the distortion coefficients (plumb_bob / OpenCV order
-    k1 k2 p1 p2 k3; empty when the image is undistorted), ``frame_id`` names the optical frame.
-    """
-
-    width: int
-    height: int
-    K: np.ndarray
-    D: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(5))
-    frame_id: str = ""
-
-    @property
-    def fx(self) -> float:
-        return float(self.K[0, 0])
-
-    @property
-    def fy(self) -> float:
-        return float(self.K[1, 1])
-
-    @property
-    def cx(self) -> float:
-        return float(self.K[0, 2])
-
-    @property
-    def cy(self) -> float:
-        return float(self.K[1, 2])
 
 
 class _Device(abc.ABC):
@@ -119,8 +90,8 @@ class Camera(_Device):
         Raises :class:`DriverError` when no frame arrives in the backend's timeout.
         """
 
-    def camera_info(self) -> CameraInfo | None:
-        """Intrinsics of the images ``read()`` returns, when known."""
+    def camera_info(self) -> CameraModel | None:
+        """Intrinsics of the images ``read()`` returns (the calibration module's model), when known."""
         return None
 
 

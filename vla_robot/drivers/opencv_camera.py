@@ -10,6 +10,8 @@ scaled to the delivered resolution, or are absent.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import threading
 import time
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from vla_robot.drivers.base import Camera, CameraInfo, DriverError, register_camera
+from vla_robot.drivers.base import Camera, CameraModel, DriverError, register_camera
 
 
 @dataclass
@@ -63,7 +65,7 @@ class OpenCVCamera(Camera):
         self._seq = 0
         self._read_seq = 0
         self._error: Optional[str] = None
-        self._info: Optional[CameraInfo] = None
+        self._info: Optional[CameraModel] = None
         self.frames = 0
 
     @property
@@ -149,7 +151,7 @@ class OpenCVCamera(Camera):
             self._read_seq = self._seq
             return self._frame, self._stamp
 
-    def camera_info(self) -> Optional[CameraInfo]:
+    def camera_info(self) -> Optional[CameraModel]:
         return self._info
 
     def close(self) -> None:
@@ -162,11 +164,10 @@ class OpenCVCamera(Camera):
             self._cap = None
 
 
-def _load_info(path: str, width: int, height: int, frame_id: str) -> CameraInfo:
+def _load_info(path: str, width: int, height: int, frame_id: str) -> CameraModel:
     from vla_robot.calibration import load_camera_info
 
     model = load_camera_info(path)
     if (model.width, model.height) != (width, height):
         model = model.scaled(width, height)
-    return CameraInfo(width=width, height=height, K=np.asarray(model.K, dtype=float),
-                      D=np.asarray(model.D, dtype=float), frame_id=frame_id or model.camera_name)
+    return dataclasses.replace(model, frame_id=frame_id or model.camera_name)

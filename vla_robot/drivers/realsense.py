@@ -8,13 +8,15 @@ a ``rs.software_device`` in tests.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from dataclasses import dataclass
 from typing import Literal, Optional
 
 import numpy as np
 
-from vla_robot.drivers.base import Camera, CameraInfo, DriverError, register_camera
+from vla_robot.drivers.base import Camera, CameraModel, DriverError, register_camera
 
 
 @dataclass
@@ -53,7 +55,7 @@ class RealSenseCamera(Camera):
         self.name = self.config.serial or "realsense"
         self._sensor = None
         self._queue = None
-        self._info: Optional[CameraInfo] = None
+        self._info: Optional[CameraModel] = None
         self._last_number = -1
 
     @property
@@ -95,11 +97,13 @@ class RealSenseCamera(Camera):
         sensor.open(profile)
         sensor.start(self._queue)
         self._sensor = sensor
+        from vla_robot.calibration.realsense import camera_model_from_intrinsics
+
         intr = profile.as_video_stream_profile().get_intrinsics()
-        K = np.array([[intr.fx, 0.0, intr.ppx], [0.0, intr.fy, intr.ppy], [0.0, 0.0, 1.0]])
-        self._info = CameraInfo(width=intr.width, height=intr.height, K=K,
-                                D=np.asarray(list(intr.coeffs), dtype=float),
-                                frame_id=self.config.frame_id or f"realsense_{self.name}_color_optical")
+        self._info = dataclasses.replace(
+            camera_model_from_intrinsics(intr, camera_name=self.name),
+            frame_id=self.config.frame_id or f"realsense_{self.name}_color_optical",
+        )
         self._rs = rs
 
     def read(self) -> tuple[np.ndarray, float]:
@@ -131,7 +135,7 @@ class RealSenseCamera(Camera):
         self._last_number = frame.get_frame_number()
         return img, stamp
 
-    def camera_info(self) -> Optional[CameraInfo]:
+    def camera_info(self) -> Optional[CameraModel]:
         return self._info
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from vla_robot.drivers.base import Arm, Camera, CameraInfo, DriverError, register_arm, register_camera
+from vla_robot.drivers.base import Arm, Camera, CameraModel, DriverError, register_arm, register_camera
 from vla_robot.twin.config import TwinArmConfig, TwinCameraConfig, TwinConfig
 
 __all__ = ["TwinArm", "TwinCamera", "TwinSession", "twin_session", "close_session"]
@@ -212,11 +212,11 @@ class TwinCamera(Camera):
             image = self.session.env.render([self.name])[self.name]
         return image, stamp
 
-    def camera_info(self) -> CameraInfo:
+    def camera_info(self) -> CameraModel:
         env = self.session.env
         h, w = env.image_size
-        return CameraInfo(width=w, height=h, K=env.camera_matrix(self.name), D=np.zeros(5),
-                          frame_id=f"{self.name}_optical")
+        return CameraModel(K=env.camera_matrix(self.name), D=np.zeros(5), width=w, height=h,
+                           camera_name=self.name, frame_id=f"{self.name}_optical")
 
     def close(self) -> None:
         if not self._closed:

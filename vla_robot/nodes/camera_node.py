@@ -79,7 +79,8 @@ class CameraNode(common.ConfiguredNode):
                 info = cam.camera_info()
                 h, w = img.shape[:2]
                 if info is not None:
-                    msg = convert.camera_info_msg(info.width, info.height, ros_stamp, frame, k=info.K, d=info.D)
+                    msg = convert.camera_info_msg(info.width, info.height, ros_stamp, frame, k=info.K, d=info.D,
+                                                   distortion_model=info.distortion_model)
                 else:
                     msg = convert.camera_info_msg(w, h, ros_stamp, frame)
                 info_pub.publish(msg)
