@@ -155,3 +155,12 @@ def test_messages_cross_real_dds(ros_context):
     np.testing.assert_allclose(q, chunk[0])
     np.testing.assert_allclose(dq, chunk[1])
     np.testing.assert_allclose(convert.msg_to_trajectory(got["traj"][0], NAMES)["positions"], chunk)
+
+
+def test_policy_command_names_its_chunk_and_action():
+    msg = convert.command_to_msg(np.ones(6), NAMES, 4.0, 1 / 30, source="policy", chunk=(12, 3))
+    q, stamp, source = convert.msg_to_command(msg, NAMES)
+    assert source == "policy" and msg.header.frame_id == "policy/c12/s3"
+    assert convert.command_chunk(msg.header.frame_id) == (12, 3)
+    for untagged in ("policy", "hold", "teleop", "policy/cx/s1", "v1/c3", "policy/c1/t2"):
+        assert convert.command_chunk(untagged) is None

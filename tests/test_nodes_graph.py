@@ -178,8 +178,12 @@ def test_rl_finetune_sim_runs_episodes_end_to_end(ros_context, tmp_path):
     assert img.shape == (64, 64, 3) and img.dtype == np.uint8 and img.std() > 0
     cmds = [m for _, m in probe.got["cmd"]]
     assert len(cmds) >= 50
-    sources = {m.header.frame_id for m in cmds}
+    sources = {m.header.frame_id.split("/")[0] for m in cmds}
     assert "policy" in sources and sources <= {"policy", "hold"}
+    # every policy command names the chunk and the action of it that the arm executes (the RL
+    # executed-token mask), and that chunk was published before the command
+    refs = [convert.command_chunk(m.header.frame_id) for m in cmds if m.header.frame_id.startswith("policy")]
+    assert refs and all(r is not None and 0 <= r[1] < 8 for r in refs), refs[:10]
     cmd_stamps = [round(convert.from_stamp(m.header.stamp), 6) for m in cmds]
     assert set(cmd_stamps) <= js_stamps
     assert all(b >= a for a, b in zip(cmd_stamps, cmd_stamps[1:]))
@@ -189,6 +193,8 @@ def test_rl_finetune_sim_runs_episodes_end_to_end(ros_context, tmp_path):
         assert c["positions"].shape == (8, 6) and np.all(c["velocities"][-1] == 0.0)
         assert round(c["stamp"], 6) in js_stamps and c["frame_id"].startswith(("v0/c", "v1/c"))
     assert {c["frame_id"].split("/")[0] for c in chunks} == {"v0", "v1"}
+    published = {int(c["frame_id"].split("/c")[1]) for c in chunks}
+    assert {cid for cid, _ in refs} <= published
 
 
 def _call(client, request, timeout=30.0):
@@ -269,7 +275,7 @@ def test_operator_takes_over_then_estop_ends_the_episode(ros_context):
 
     def sources():
         with probe._lock:
-            return [m.header.frame_id for _, m in probe.got["cmd"]]
+            return [m.header.frame_id.split("/")[0] for _, m in probe.got["cmd"]]
 
     def wait(cond, timeout=30.0):
         deadline = time.monotonic() + timeout

@@ -92,3 +92,31 @@ def test_messages_while_the_dataset_opens_are_replayed_in_order(tmp_path):
     assert [(x["episode_index"], x["label"], x["length"]) for x in saved] == [(0, "success", 5), (1, "failure", 2)]
     assert load_episode(root, 0).frames["action"][:, 0].tolist() == [0, 1, 2, 3, 4]
     assert load_episode(root, 1).frames["action"][:, 0].tolist() == [7, 8]
+
+
+def test_tagged_commands_mark_exactly_the_executed_actions(tmp_path):
+    """The policy node tags each command with (chunk, action index). An executor that drops the
+    actions whose time has passed starts a chunk at index 1: only the actions that ran are marked
+    executed, and the tokens still go on the chunk's first frame."""
+    root = tmp_path / "ds"
+    s = RecordingSession(lambda schema: Recorder(root, schema), ["front"], token_dim=6, joint_names=NAMES)
+    img = np.zeros((16, 24, 3), np.uint8)
+    s.on_image("front", img, 0.0)
+    s.on_joint_state(NAMES, np.zeros(2), 0.0, now=0.0)
+    assert s.ready.wait(60)
+    s.on_event({"type": "start", "episode": 0, "instruction": "wave"})
+    s.on_chunk(1, 0, obs_stamp=0.0, now=0.1)  # a chunk of 3 actions x 2 dims
+    s.on_tokens(1, 0, np.arange(6), np.zeros(6, np.float32))
+    for step in (1, 2):  # action 0 was already in the past when the chunk arrived
+        assert s.on_command(np.zeros(2), 0.1 * step, "policy", 0.2 * step, chunk=(1, step))
+    s.on_chunk(2, 0, obs_stamp=0.2, now=0.5)  # the next chunk arrived; the arm follows it from index 0
+    s.on_tokens(2, 0, np.arange(6) + 10, np.zeros(6, np.float32))
+    assert s.on_command(np.zeros(2), 0.3, "policy", 0.6, chunk=(2, 0))
+    s.on_event({"type": "end", "episode": 0})
+    s.on_event({"type": "save", "episode": 0, "label": "success"})
+    s.close()
+    f = load_episode(root, 0).frames
+    assert f["action.chunk_id"].tolist() == [1, 1, 2] and f["action.chunk_step"].tolist() == [1, 2, 0]
+    assert f["action.tokens"][0].tolist() == list(range(6)) and f["action.tokens"][2].tolist() == list(range(10, 16))
+    assert f["action.executed"][0].tolist() == [False, False, True, True, True, True]  # actions 1 and 2 of chunk 1
+    assert f["action.executed"][2].tolist() == [True, True, False, False, False, False]  # action 0 of chunk 2

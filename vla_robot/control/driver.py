@@ -42,6 +42,9 @@ class TickResult:
     # every reply that arrived this tick (several requests may be in flight), with the stamp of
     # the observation it was computed from, oldest request first
     arrivals: tuple = ()
+    # the hold (or e-stop) comes from the watchdog: a fault (stale observation, no chunk in time,
+    # e-stop), not an executor that is merely waiting for its next chunk
+    watchdog_hold: bool = False
 
 
 @dataclass
@@ -230,6 +233,7 @@ class ChunkController:
             requested=requested,
             received=received,
             arrivals=tuple(self._arrivals),
+            watchdog_hold=source == "estop" or (source == "hold" and not ok),
         )
 
     def _teleop_tick(self, now: float, teleop) -> TickResult:

@@ -9,10 +9,12 @@ policy actions, policy chunks and their tokens, and the episode manager's events
 * observation = the newest image of each camera and the newest joint state; ``stamp`` = the
   command's stamp (the observation it was computed from), ``action_stamp`` = when it was seen;
 * ``control`` = teleop when the command's source is ``teleop``, policy otherwise;
-* chunk bookkeeping: a ``policy/chunk`` message starts chunk ``c``; policy frames after it get
-  ``chunk_id = c`` and ``chunk_step = 0, 1, ...``; the chunk's tokens/log-probs go on its first frame.
-  (The policy node publishes a chunk after the command of the tick that received it, so steps are
-  counted from the next command: the executed mask can be one action late at the seam.)
+* chunk bookkeeping: the policy node tags each policy command with the chunk and the index of the
+  action it executes (``policy/c<id>/s<index>`` in ``header.frame_id``), and publishes a chunk (and
+  its tokens/log-probs) before the first command taken from it; the frame gets ``chunk_id`` and
+  ``chunk_step`` = that index, exactly, whichever executor ran (actions dropped because their time
+  had passed are never marked executed). The chunk's tokens/log-probs go on its first frame.
+  Untagged policy commands fall back to counting steps from the chunk's arrival.
 
 Events (``episode/event`` JSON): ``start`` opens an episode (task = instruction), ``end`` stops
 taking frames, ``save`` labels and saves it (``end`` reason ``timeout`` marks a timeout),
@@ -58,6 +60,8 @@ class RecordingSession:
         self._version = -1
         self._chunk: tuple[int, float | None] | None = None  # (chunk id, latency)
         self._chunk_step = 0
+        self._chunk_seen: set[int] = set()  # chunk ids that already have a frame in this episode
+        self.late_tokens = 0  # token sets that arrived after the first frame of their chunk
         self._tokens: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._running = False
         self._open = False
@@ -145,12 +149,24 @@ class RecordingSession:
                         chunk_id, np.asarray(tokens).size, self.token_dim)
             return
         with self._lock:
+            if int(chunk_id) in self._chunk_seen:
+                # its first frame is already written: tokens on a later frame would pair them with the
+                # wrong observation, so this chunk does not train (counted, not hidden)
+                self.late_tokens += 1
+                log.warning("recorder: tokens of chunk %d arrived after its first command; not recorded "
+                            "(%d so far)", chunk_id, self.late_tokens)
+                return
             self._tokens[int(chunk_id)] = (np.asarray(tokens, np.int64), np.asarray(logprobs, np.float32))
             for old in [c for c in self._tokens if c < chunk_id - 8]:
                 del self._tokens[old]
 
-    def on_command(self, q_target: np.ndarray, stamp: float, source: str, now: float) -> bool:
-        """One control step. Returns True when it became a frame (or waits in the backlog)."""
+    def on_command(self, q_target: np.ndarray, stamp: float, source: str, now: float,
+                   chunk: tuple[int, int] | None = None) -> bool:
+        """One control step. Returns True when it became a frame (or waits in the backlog).
+
+        ``chunk`` = (chunk id, index of the action in it), as the policy node tags its commands; without
+        it, steps are counted from the chunk's arrival (a producer that does not tag its commands).
+        """
         if source not in COMMAND_SOURCES_RECORDED:
             return False
         with self._lock:
@@ -167,7 +183,16 @@ class RecordingSession:
                 kw["policy_version"] = self._version
                 if self._raw is not None and source == "policy":
                     kw["action_policy"] = self._raw
-                if self._chunk is not None and source == "policy":
+                if source == "policy" and chunk is not None:
+                    cid, step = int(chunk[0]), int(chunk[1])
+                    kw["chunk_id"], kw["chunk_step"] = cid, step
+                    if cid not in self._chunk_seen:  # first frame of this chunk: its tokens and latency
+                        self._chunk_seen.add(cid)
+                        if self._chunk is not None and self._chunk[0] == cid:
+                            kw["latency"] = self._chunk[1]
+                        if cid in self._tokens:
+                            kw["tokens"], kw["logprobs"] = self._tokens.pop(cid)
+                elif self._chunk is not None and source == "policy":
                     cid, latency = self._chunk
                     kw["chunk_id"], kw["chunk_step"] = cid, self._chunk_step
                     if self._chunk_step == 0:
@@ -216,6 +241,7 @@ class RecordingSession:
                 self._running = self._open = True
                 self._end_reason = None
                 self._chunk, self._tokens = None, {}
+                self._chunk_seen = set()
             elif kind == "end":
                 self._running = False
                 self._end_reason = ev.get("reason")

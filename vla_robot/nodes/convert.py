@@ -43,6 +43,7 @@ __all__ = [
     "event_to_msg",
     "msg_to_event",
     "COMMAND_SOURCES",
+    "command_chunk",
 ]
 
 # header.frame_id of an arm command says who produced it (recorded as the `control` column).
@@ -238,17 +239,38 @@ def chunk_to_msg(positions: Any, dt: float, names: Sequence[str], stamp: float, 
     return trajectory_to_msg(chunk_to_trajectory(positions, dt, list(names), start_q=start_q), stamp, frame_id)
 
 
-def command_to_msg(q_target: Any, names: Sequence[str], stamp: float, dt: float, source: str = "policy") -> JointTrajectory:
+def command_to_msg(
+    q_target: Any,
+    names: Sequence[str],
+    stamp: float,
+    dt: float,
+    source: str = "policy",
+    chunk: tuple[int, int] | None = None,
+) -> JointTrajectory:
     """One arm command: reach ``q_target`` in ``dt`` and stop there (a single point at rest).
 
     ``stamp`` is the stamp of the observation the command came from; ``source`` (policy, teleop,
-    hold, reset, estop) goes into ``header.frame_id``. A joint trajectory controller stops the arm
-    at the target if no further command arrives.
+    hold, reset, estop) goes into ``header.frame_id``. For a policy command, ``chunk`` = (chunk id,
+    index of the action in that chunk) is appended as ``policy/c<id>/s<index>``, so whoever records
+    knows exactly which action of which chunk the arm executed. A joint trajectory controller stops
+    the arm at the target if no further command arrives.
     """
     if source not in COMMAND_SOURCES:
         raise ValueError(f"command source must be one of {COMMAND_SOURCES}, got {source!r}")
     q = _vector(q_target, len(list(names)), "command target")
-    return chunk_to_msg(q[None], dt, names, stamp, frame_id=source)
+    frame_id = source if chunk is None else f"{source}/c{int(chunk[0])}/s{int(chunk[1])}"
+    return chunk_to_msg(q[None], dt, names, stamp, frame_id=frame_id)
+
+
+def command_chunk(frame_id: str) -> tuple[int, int] | None:
+    """(chunk id, action index) of a command's ``header.frame_id`` (``policy/c<id>/s<index>``), or None."""
+    parts = frame_id.split("/")
+    if len(parts) != 3 or not parts[1].startswith("c") or not parts[2].startswith("s"):
+        return None
+    try:
+        return int(parts[1][1:]), int(parts[2][1:])
+    except ValueError:
+        return None
 
 
 def msg_to_trajectory(msg: JointTrajectory, names: Sequence[str] | None = None) -> dict:
@@ -284,9 +306,9 @@ def msg_to_trajectory(msg: JointTrajectory, names: Sequence[str] | None = None) 
 
 
 def msg_to_command(msg: JointTrajectory, names: Sequence[str] | None = None) -> tuple[np.ndarray, float, str]:
-    """An arm command -> (target of its first point, stamp, source)."""
+    """An arm command -> (target of its first point, stamp, source); see :func:`command_chunk` for the rest."""
     traj = msg_to_trajectory(msg, names)
-    return traj["positions"][0], traj["stamp"], traj["frame_id"]
+    return traj["positions"][0], traj["stamp"], traj["frame_id"].split("/", 1)[0]
 
 
 # --- action tokens of a chunk (RL) --------------------------------------------------------------

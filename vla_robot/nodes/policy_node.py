@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -31,9 +30,6 @@ from vla_robot.nodes import common, convert
 from vla_robot.nodes.config import PolicyNodeConfig
 from vla_robot.serving.client import PolicyClient, PolicyTimeout
 from vla_robot.twin.robots import robot_spec
-
-# TickResult.reason prefixes that come from the watchdog (not from an executor waiting for a chunk)
-_WATCHDOG_REASONS = ("no new chunk", "observation is", "no observation", "e-stop", "watchdog")
 
 
 class _LockstepClient:
@@ -91,7 +87,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         self._faulted = False
         self._version = None
         self._chunk_id = 0
-        self._request_stamps: deque[float] = deque(maxlen=8)
+        self._chunk_ids: dict[int, int] = {}  # id(reply) -> chunk id, for the commands taken from it
         self.ticks = 0
 
         inputs = ReentrantCallbackGroup()
@@ -298,20 +294,27 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
 
         r = self.controller.tick(now, obs_stamp, observation, teleop=teleop)
         self.ticks += 1
-        if r.requested and obs_stamp is not None:
-            self._request_stamps.append(obs_stamp)
-        self.command_pub.publish(convert.command_to_msg(r.command, self.names, q_stamp, self.dt, source=r.source))
-        if r.raw is not None and r.source == "policy":
+        # chunks first, each stamped with its own observation: a recorder then knows the chunk
+        # before the first command taken from it
+        for reply, reply_obs_stamp in r.arrivals:
+            self._publish_chunk(reply, reply_obs_stamp)
+        ref = None
+        if r.source == "policy" and r.chunk is not None and r.index is not None and not r.blended:
+            cid = self._chunk_ids.get(id(r.chunk))
+            ref = (cid, r.index) if cid is not None else None
+        if r.raw is not None and r.source == "policy":  # the raw action of this very command, before it
             self.action_pub.publish(convert.joint_state_to_msg(self.names, r.raw, q_stamp))
-        if r.received is not None:
-            self._publish_chunk(r.received, now)
-        if r.source in ("hold", "estop") and r.reason.startswith(_WATCHDOG_REASONS):
+        self.command_pub.publish(
+            convert.command_to_msg(r.command, self.names, q_stamp, self.dt, source=r.source, chunk=ref))
+        if r.watchdog_hold:
             self._report_fault(f"watchdog: {r.reason}")
 
-    def _publish_chunk(self, reply: dict, now: float) -> None:
+    def _publish_chunk(self, reply: dict, stamp: float) -> None:
         self.mon["chunks"].tick(now=time.monotonic())
-        stamp = self._request_stamps.popleft() if self._request_stamps else now
         self._chunk_id += 1
+        self._chunk_ids[id(reply)] = self._chunk_id
+        while len(self._chunk_ids) > 16:  # the controller keeps the last 8 replies
+            self._chunk_ids.pop(next(iter(self._chunk_ids)))
         version = int(reply.get("version", 0) or 0)
         try:
             traj = self.controller.trajectory(reply["actions"])

@@ -60,13 +60,16 @@ class RecorderNode(common.ConfiguredNode):
                                      common.IMAGE_QOS, callback_group=streams)
         self.create_subscription(JointState, common.JOINT_STATES, self._on_joint_state, common.STATE_QOS,
                                  callback_group=streams)
-        self.create_subscription(JointTrajectory, common.ARM_COMMAND, self._on_command, common.COMMAND_QOS,
-                                 callback_group=events)
-        self.create_subscription(JointState, common.POLICY_ACTION, self._on_policy_action, common.STATE_QOS,
-                                 callback_group=streams)
+        # The policy node publishes a chunk, its tokens and the raw action before the command of the
+        # same tick; these subscriptions come first so that an executor serving several ready
+        # messages at once (in subscription order) hands them over before the command.
         self.create_subscription(JointTrajectory, common.POLICY_CHUNK, self._on_chunk, common.COMMAND_QOS,
                                  callback_group=events)
         self.create_subscription(Float64MultiArray, common.POLICY_TOKENS, self._on_tokens, common.EVENT_QOS,
+                                 callback_group=events)
+        self.create_subscription(JointState, common.POLICY_ACTION, self._on_policy_action, common.STATE_QOS,
+                                 callback_group=events)
+        self.create_subscription(JointTrajectory, common.ARM_COMMAND, self._on_command, common.COMMAND_QOS,
                                  callback_group=events)
         self.create_subscription(String, common.EPISODE_EVENTS, self._on_event, common.EVENT_QOS,
                                  callback_group=events)
@@ -127,7 +130,7 @@ class RecorderNode(common.ConfiguredNode):
         except ValueError as e:
             self.get_logger().warning(f"arm command not recorded: {e}", throttle_duration_sec=5.0)
             return
-        self.session.on_command(q, stamp, source, self._now())
+        self.session.on_command(q, stamp, source, self._now(), chunk=convert.command_chunk(msg.header.frame_id))
 
     def _on_event(self, msg: String) -> None:
         try:
@@ -150,7 +153,7 @@ class RecorderNode(common.ConfiguredNode):
         return level, f"{s.episodes_saved} episodes saved", {
             "episodes_saved": s.episodes_saved, "frames_written": s.frames_written, "frames_dropped": s.frames_dropped,
             "episode_frames": s.episode_frames, "episode_dropped": s.episode_dropped, "backlog": s.pending,
-            "last_durable_s": f"{s.last_durable_s:.3f}",
+            "last_durable_s": f"{s.last_durable_s:.3f}", "late_tokens": self.session.late_tokens,
         }
 
     def close(self) -> None:
