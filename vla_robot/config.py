@@ -293,6 +293,8 @@ NODE_CONFIGS: dict[str, str] = {
     "episode_manager_node": "vla_robot.nodes.config:EpisodeManagerNodeConfig",
     "twin_node": "vla_robot.nodes.config:TwinNodeConfig",
     "recorder_node": "vla_robot.data.config:RecorderNodeConfig",
+    # not a ROS node: the section `vla-robot serve --config FILE` reads
+    "policy_server": "vla_robot.serving.config:ServerConfig",
 }
 
 
