@@ -279,7 +279,13 @@ def plot(report: dict, path: Path) -> None:
     ys = [r["success"] for r in rounds]
     err = np.array([[r["success"] - r["ci95"][0] for r in rounds], [r["ci95"][1] - r["success"] for r in rounds]])
     if rounds:
-        ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, label="GRPO rollouts (sampled, training starts)")
+        ax.errorbar(xs, ys, yerr=err, fmt="o", markersize=3, capsize=0, alpha=0.35, color="tab:blue",
+                    label="GRPO rollouts per round (48 episodes, training starts)")
+        k = np.cumsum([r["successes"] for r in rounds])
+        n = np.cumsum([r["episodes"] for r in rounds])
+        w = 10
+        pooled = [(k[i] - (k[i - w] if i >= w else 0)) / (n[i] - (n[i - w] if i >= w else 0)) for i in range(len(rounds))]
+        ax.plot(xs, pooled, "-", color="tab:blue", lw=2, label=f"rollouts pooled over the last {w} rounds")
     n_r = (xs[-1] if xs else 0) + 1
     for x, key, label in ((0, "before", "before RL"), (n_r, "after", "after RL")):
         s, ci = report[f"success_{key}"], report[f"success_{key}_ci95"]
@@ -289,7 +295,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_ylabel("success rate (95 % Wilson)")
     ax.set_ylim(0, 1)
     ax.set_title(f"RL fine-tuning on the twin: {report['success_before']:.2f} -> {report['success_after']:.2f}")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
