@@ -100,7 +100,7 @@ class RLFinetuneConfig:
     sft_lr: float = 2e-3
     group_size: int = 8
     groups_per_round: int = 6
-    rounds: int = 120                   # at most; the time budget ends RL first on a busy machine
+    rounds: int = 60                    # at most; the time budget ends RL first on a busy machine
     temperature: float = 1.0            # rollout temperature (1.6 for the 7B, whose distributions are peaked)
     lr: float = 1e-3
     ppo_epochs: int = 2
