@@ -143,7 +143,7 @@ def grpo_update(
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
-            totals["loss"] += float(loss)
+            totals["loss"] += float(loss.detach())
             totals["clip_frac"] += st["clip_frac"]
             totals["approx_kl"] += st["approx_kl"]
             totals["grad_norm"] += float(gn)
