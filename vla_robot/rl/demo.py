@@ -106,9 +106,9 @@ def sft_warmup(runtime, demos: Sequence[dict], steps: int, batch_size: int, lr: 
     model.train()
     for _ in range(steps):
         idx = torch.randint(len(tokens), (batch_size,), generator=gen)
-        # cross-entropy over the 256-bin action slice (what sampling uses); OFT's full-vocabulary
-        # loss (model.sft_loss) costs ~6x more on a CPU for the tiny model and adds nothing to actions
-        loss = -model.token_logprobs(batch.select(idx), tokens[idx], 1.0).mean()
+        # cross-entropy over the 256 action bins (what sampling uses); the full-vocabulary loss costs
+        # ~6x more on a CPU for the tiny model and adds nothing to its actions
+        loss = model.sft_loss(batch.select(idx), tokens[idx], vocab="bins")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -152,11 +152,12 @@ class Learner:
                     out["clip_frac"] += st["clip_frac"]
                     out["approx_kl"] += st["approx_kl"]
                     out["tokens"] += st["tokens"]
-                if sf:  # SFT on the demonstrations: cross-entropy over the 256 action bins (T = 1)
-                    logp, _, mask = self.trajectory_logprobs(sf, 1.0)
-                    loss_sft = (-(logp * mask).sum(-1) / mask.sum(-1).clamp_min(1)).mean()
+                if sf:  # the policy's SFT loss on the demonstrations (cross-entropy over the 256 action bins)
+                    obs = [s.observation for e in sf for s in e.steps]
+                    toks = torch.from_numpy(np.stack([s.tokens for e in sf for s in e.steps]))
+                    loss_sft = self.runtime.model.sft_loss(self.runtime.processor(obs), toks, vocab="bins")
                     total = total + cfg.sft_coef * loss_sft * len(sf)
-                    out["tokens"] += float(mask.sum())
+                    out["tokens"] += float(toks.numel())
                 loss = total / len(mb)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
