@@ -78,6 +78,17 @@ class PolicyBatch:
         return PolicyBatch(torch.cat([b.pixel_values for b in batches]), ids, torch.cat([b.prompt_lengths for b in batches]), proprio)
 
 
+def bin_logprobs(logits: torch.Tensor, bins: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) over the 256-bin action slice, at the given bin indices (0..255).
+
+    The token log-probability of SimpleVLA-RL (``logits[..., -320:-64] / T`` → log_softmax →
+    gather); the model's teacher forcing and the GRPO loss both use this one function.
+    """
+    if logits.shape[-1] != N_ACTION_BINS:
+        raise ValueError(f"logits must end in the {N_ACTION_BINS}-bin action slice, got shape {tuple(logits.shape)}")
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return torch.gather(logp, -1, bins.long()[..., None])[..., 0]
+
 class LayerScale(nn.Module):
     """timm's LayerScale with its parameter named ``scale_factor`` (HF renames ``gamma``; OFT patches it)."""
 
@@ -389,9 +400,7 @@ class OFTModel(nn.Module):
     def token_logprobs(self, batch: PolicyBatch, tokens: torch.Tensor, temperature: float = 1.6) -> torch.Tensor:
         """Teacher-forced log-probs ``[B, chunk·dim]`` of given action ids over the 256-bin slice at
         ``temperature`` (SimpleVLA-RL's ``logits[..., -320:-64] / T`` → log_softmax → gather)."""
-        bins = self._bins(tokens, len(batch))
-        logits = self.action_logits(batch).float() / temperature
-        return torch.gather(torch.log_softmax(logits, -1), -1, bins[..., None])[..., 0]
+        return bin_logprobs(self.action_logits(batch), self._bins(tokens, len(batch)), temperature)
 
     def token_entropy(self, batch: PolicyBatch, temperature: float = 1.6) -> torch.Tensor:
         logp = torch.log_softmax(self.action_logits(batch).float() / temperature, -1)

@@ -22,17 +22,14 @@ from dataclasses import dataclass
 
 import torch
 
+from vla_robot.policy.modeling import bin_logprobs
 from vla_robot.rl.config import GRPOConfig
 
-NUM_BINS = 256
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / T) at the chosen bins. logits [..., 256], tokens [...] bin indices 0..255."""
-    if logits.shape[-1] != NUM_BINS:
-        raise ValueError(f"logits must end in the {NUM_BINS}-bin action slice, got shape {tuple(logits.shape)}")
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
+# log softmax(logits / T) at the chosen bins: logits [..., 256], tokens [...] bin indices 0..255
+# (the policy model's own function, so the loss and teacher forcing cannot drift apart)
+token_logprobs = bin_logprobs
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
