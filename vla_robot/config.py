@@ -35,6 +35,7 @@ __all__ = [
     "ConfigError",
     "config_dir",
     "read_parameter_file",
+    "read_yaml",
     "from_dict",
     "load_node_config",
     "to_ros_parameters",
@@ -182,18 +183,27 @@ def from_dict(cls: type[T], data: dict, *, source: str = "<config>", prefix: str
     return obj
 
 
+def read_yaml(path: str | os.PathLike, what: str = "file", hint: str = "", error: type[Exception] = ConfigError) -> Any:
+    """Parse a YAML file; a missing file or bad YAML raises ``error`` naming the path and ``what`` it is.
+
+    ``hint`` (e.g. where examples are) is appended to the not-found message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} not found" + (f" ({hint})" if hint else ""))
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {e}") from None
+
+
 def read_parameter_file(path: str | os.PathLike) -> dict[str, dict]:
     """Read a ROS 2 parameter file into ``{node_name: parameters}``.
 
     Accepts ``node: {ros__parameters: {...}}`` and the wildcard ``/**: {ros__parameters: ...}``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: parameter file not found")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    doc = read_yaml(path, "parameter file")
     if doc is None:
         return {}
     if not isinstance(doc, dict):

@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 
 from vla_robot.calibration.config import BoardConfig
-from vla_robot.config import ConfigError, from_dict
+from vla_robot.config import from_dict, read_yaml
 
 __all__ = ["Board", "Detection", "load_board", "save_board"]
 
@@ -39,12 +39,7 @@ class Detection:
 def load_board(path: str | os.PathLike) -> "Board":
     """Read a board definition YAML (the keys of :class:`BoardConfig`)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: board file not found (examples are in calibration/boards/)")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    doc = read_yaml(path, "board file", hint="examples are in calibration/boards/")
     cfg = from_dict(BoardConfig, doc if doc is not None else {}, source=str(path))
     if not cfg.name:
         cfg.name = path.stem

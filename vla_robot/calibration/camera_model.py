@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from vla_robot.config import read_yaml
+
 __all__ = [
     "CameraModel",
     "Extrinsics",
@@ -189,12 +191,8 @@ def _matrix(doc: dict, key: str, rows: int, cols: int | None, path: Path) -> np.
 def load_camera_info(path: str | os.PathLike) -> CameraModel:
     """Read a ROS camera_info YAML file into a :class:`CameraModel` (every key checked)."""
     path = Path(path)
-    if not path.is_file():
-        raise CameraFileError(f"{path}: camera_info file not found (write one with 'vla-robot calibrate intrinsics' or 'calibrate realsense')")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CameraFileError(f"{path}: not valid YAML: {e}") from None
+    doc = read_yaml(path, "camera_info file", error=CameraFileError,
+                    hint="write one with 'vla-robot calibrate intrinsics' or 'calibrate realsense'")
     if not isinstance(doc, dict):
         raise CameraFileError(f"{path}: expected a camera_info mapping with keys {sorted(_CAMERA_INFO_KEYS)}")
     unknown = sorted(set(doc) - _CAMERA_INFO_KEYS)
@@ -280,12 +278,7 @@ def load_extrinsics(path: str | os.PathLike) -> Extrinsics:
     from scipy.spatial.transform import Rotation
 
     path = Path(path)
-    if not path.is_file():
-        raise CameraFileError(f"{path}: extrinsics file not found (write one with 'vla-robot calibrate handeye')")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CameraFileError(f"{path}: not valid YAML: {e}") from None
+    doc = read_yaml(path, "extrinsics file", error=CameraFileError, hint="write one with 'vla-robot calibrate handeye'")
     if not isinstance(doc, dict):
         raise CameraFileError(f"{path}: expected a mapping with keys {sorted(_EXTRINSICS_KEYS)}")
     unknown = sorted(set(doc) - _EXTRINSICS_KEYS)
