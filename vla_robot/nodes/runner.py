@@ -151,6 +151,11 @@ class GraphRunner:
         from vla_robot.policy import load_policy
         from vla_robot.serving.server import PolicyServer
 
+        import torch
+
+        # The model shares this process with every node's threads: one intra-op thread, so torch's
+        # spinning OpenMP workers do not starve the camera, arm and control loops of CPU.
+        torch.set_num_threads(1)
         src = self.serve_policy
         runtime = load_policy(checkpoint=src) if os.path.isdir(src) else load_policy(preset=src, seed=0)
         self.server = PolicyServer(runtime, bind="tcp://127.0.0.1:*", weights_bind="tcp://127.0.0.1:*").start()
@@ -309,6 +314,9 @@ class GraphRunner:
             done = len(self.results)
             self.wait_for_results(done + 1, timeout_s=min(1.0, max(0.0, deadline - time.monotonic())))
             if em.core.state == em.core.DONE:
+                # the manager turns DONE as it closes its last episode, a moment before that episode's
+                # result reaches us: give it time to arrive instead of returning without it
+                self.wait_for_results(target, timeout_s=min(5.0, max(0.0, deadline - time.monotonic())))
                 break
         return self.results[target - n:]
 
