@@ -4,6 +4,7 @@ Backends (``realsense``, ``opencv``, ``lerobot``, ``twin`` …) live in ``vla_ro
 and register themselves by name; :func:`make_camera` / :func:`make_arm` pick one by that name and
 import it only then, so this package stays light.
 """
+from vla_robot.drivers import base
 from vla_robot.drivers.base import (
     Arm,
     Camera,
@@ -21,15 +22,4 @@ from vla_robot.drivers.base import (
 register_camera("opencv", "vla_robot.drivers.opencv_camera:OpenCVCamera")
 register_arm("lerobot", "vla_robot.drivers.lerobot_arm:LeRobotArm")
 
-__all__ = [
-    "Arm",
-    "Camera",
-    "CameraModel",
-    "DriverError",
-    "available",
-    "backend_class",
-    "make_arm",
-    "make_camera",
-    "register_arm",
-    "register_camera",
-]
+__all__ = base.__all__  # the public names are base's

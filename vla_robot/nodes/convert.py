@@ -51,14 +51,20 @@ COMMAND_SOURCES = ("policy", "teleop", "hold", "reset", "estop")
 
 
 # --- time ---------------------------------------------------------------------------------------
-def to_stamp(t: float) -> Time:
-    """Seconds (float, >= 0) -> builtin_interfaces/Time."""
+def _sec_nanosec(t: float, what: str) -> tuple[int, int]:
+    """Seconds (float, >= 0) -> (sec, nanosec) with nanosec < 1e9."""
     if not math.isfinite(t) or t < 0:
-        raise ValueError(f"stamp must be a finite, non-negative number of seconds, got {t!r}")
+        raise ValueError(f"{what} must be a finite, non-negative number of seconds, got {t!r}")
     sec = int(math.floor(t))
     nanosec = int(round((t - sec) * 1e9))
     if nanosec >= 1_000_000_000:
         sec, nanosec = sec + 1, nanosec - 1_000_000_000
+    return sec, nanosec
+
+
+def to_stamp(t: float) -> Time:
+    """Seconds (float, >= 0) -> builtin_interfaces/Time."""
+    sec, nanosec = _sec_nanosec(t, "stamp")
     return Time(sec=sec, nanosec=nanosec)
 
 
@@ -67,12 +73,7 @@ def from_stamp(stamp: Time) -> float:
 
 
 def to_duration(t: float) -> Duration:
-    if not math.isfinite(t) or t < 0:
-        raise ValueError(f"duration must be a finite, non-negative number of seconds, got {t!r}")
-    sec = int(math.floor(t))
-    nanosec = int(round((t - sec) * 1e9))
-    if nanosec >= 1_000_000_000:
-        sec, nanosec = sec + 1, nanosec - 1_000_000_000
+    sec, nanosec = _sec_nanosec(t, "duration")
     return Duration(sec=sec, nanosec=nanosec)
 
 

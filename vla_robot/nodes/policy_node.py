@@ -87,7 +87,6 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         self._faulted = False
         self._version = None
         self._chunk_id = 0
-        self._chunk_ids: dict[int, int] = {}  # id(reply) -> chunk id, for the commands taken from it
         self.ticks = 0
 
         inputs = ReentrantCallbackGroup()
@@ -300,7 +299,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             self._publish_chunk(reply, reply_obs_stamp)
         ref = None
         if r.source == "policy" and r.chunk is not None and r.index is not None and not r.blended:
-            cid = self._chunk_ids.get(id(r.chunk))
+            cid = r.chunk.get("chunk_id")
             ref = (cid, r.index) if cid is not None else None
         if r.raw is not None and r.source == "policy":  # the raw action of this very command, before it
             self.action_pub.publish(convert.joint_state_to_msg(self.names, r.raw, q_stamp))
@@ -312,9 +311,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
     def _publish_chunk(self, reply: dict, stamp: float) -> None:
         self.mon["chunks"].tick(now=time.monotonic())
         self._chunk_id += 1
-        self._chunk_ids[id(reply)] = self._chunk_id
-        while len(self._chunk_ids) > 16:  # the controller keeps the last 8 replies
-            self._chunk_ids.pop(next(iter(self._chunk_ids)))
+        reply["chunk_id"] = self._chunk_id  # the controller hands this reply back with each action from it
         version = int(reply.get("version", 0) or 0)
         try:
             traj = self.controller.trajectory(reply["actions"])
