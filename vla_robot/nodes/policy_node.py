@@ -298,9 +298,16 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         for reply, reply_obs_stamp in r.arrivals:
             self._publish_chunk(reply, reply_obs_stamp)
         ref = None
-        if r.source == "policy" and r.chunk is not None and r.index is not None and not r.blended:
-            cid = r.chunk.get("chunk_id")
-            ref = (cid, r.index) if cid is not None else None
+        if r.source == "policy" and r.chunk is not None:
+            # announce the version that acts, not that of every arrival (a stale in-flight reply from
+            # the previous version can arrive after a hot-swap and be dropped unexecuted)
+            version = int(r.chunk.get("version", 0) or 0)
+            if version != self._version:
+                self._version = version
+                self.events_pub.publish(convert.event_to_msg({"type": "version", "version": version}))
+            if r.index is not None and not r.blended:
+                cid = r.chunk.get("chunk_id")
+                ref = (cid, r.index) if cid is not None else None
         if r.raw is not None and r.source == "policy":  # the raw action of this very command, before it
             self.action_pub.publish(convert.joint_state_to_msg(self.names, r.raw, q_stamp))
         self.command_pub.publish(
@@ -320,9 +327,6 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             self.get_logger().warning(f"chunk {self._chunk_id} not published: {e}", throttle_duration_sec=5.0)
         if reply.get("tokens") is not None and reply.get("logprobs") is not None:
             self.tokens_pub.publish(convert.tokens_to_msg(self._chunk_id, version, reply["tokens"], reply["logprobs"]))
-        if version != self._version:
-            self._version = version
-            self.events_pub.publish(convert.event_to_msg({"type": "version", "version": version}))
 
     def _report_fault(self, reason: str) -> None:
         if self._faulted:
