@@ -126,6 +126,23 @@ def test_reach_touching_the_wrong_cube_is_no_success(reach):
     assert reach.success()
 
 
+def test_fewer_cubes_put_only_those_in_the_scene_and_the_expert_still_solves_it():
+    env = make_env(task="reach", cubes=1, seed=0, image_size=(48, 48))
+    assert env.task.colours == ["red"]
+    assert [env.model.body(i).name for i in range(env.model.nbody) if env.model.body(i).name.startswith("cube_")] == ["cube_red"]
+    wins = sum(_run_episode(env, lambda e: e.expert_action(), start=s) for s in range(1000, 1010))
+    assert env.instruction == "touch the red cube" and wins >= 9
+    env.close()
+    two = make_env(task="reach", cubes=2, image_size=(32, 32))
+    two.reset(start=3)
+    assert two.task.colours == ["red", "green"] and two.start.target in ("red", "green")
+    two.close()
+    with pytest.raises(ConfigError, match=r"cubes must be 0 \(all\) or 1..3 for task 'reach', got 4"):
+        make_env(task="reach", cubes=4)
+    with pytest.raises(ConfigError, match=r"1..2 for task 'pick_place'"):
+        make_env(task="pick_place", cubes=3)
+
+
 def test_observation_format_and_instruction(reach):
     obs = reach.reset(start=3)
     assert set(obs) == {"images", "state", "time"}

@@ -104,6 +104,7 @@ class TwinConfig:
 
     robot: Literal["so101", "panda"] = "so101"
     task: Literal["reach", "pick_place"] = "reach"
+    cubes: int = 0  # how many of the task's cubes are on the table (reach: 1..3, pick_place: 1..2); 0 = all
     seed: int = 0
     image_size: list[int] = field(default_factory=lambda: [128, 128])  # height, width
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
@@ -135,6 +136,9 @@ class TwinConfig:
                 raise ValueError(f"camera_calibration names camera {c.camera!r}, which is not in cameras {self.cameras}")
         if self.episode_s < 0:
             raise ValueError(f"episode_s must be >= 0 (0 = task default), got {self.episode_s}")
+        most = {"reach": 3, "pick_place": 2}[self.task]
+        if not 0 <= self.cubes <= most:
+            raise ValueError(f"cubes must be 0 (all) or 1..{most} for task {self.task!r}, got {self.cubes}")
 
 
 @dataclass

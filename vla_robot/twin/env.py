@@ -51,7 +51,7 @@ class TwinEnv:
     def __init__(self, config: TwinConfig):
         self.config = config
         self.robot: RobotSpec = robot_spec(config.robot)
-        self.task = TASK_CLASSES[config.task](self.robot)
+        self.task = TASK_CLASSES[config.task](self.robot, config.cubes)
         self.randomization = (load_randomization(config.randomization_file) if config.randomization_file
                               else config.randomization)
         self.image_size = (int(config.image_size[0]), int(config.image_size[1]))

@@ -1,10 +1,10 @@
 """Tasks of the twin: objects, seeded start states, language instruction, success check, expert.
 
-``reach``: three cubes of different colours; "touch the red cube" succeeds when the tool centre
+``reach``: three cubes of different colours (``cubes`` fewer: red first, then green); "touch the red cube" succeeds when the tool centre
 point is within ``touch_radius`` of the point just above the named cube's top face. The cubes are
 fixed to the table (mocap bodies) so a touch does not move them.
 
-``pick_place``: two free cubes and a plate; "put the red cube on the plate" succeeds when the
+``pick_place``: two free cubes (red, blue; ``cubes=1``: red only) and a plate; "put the red cube on the plate" succeeds when the
 named cube rests on the plate (centre over the plate, at table height, nearly still) and the
 gripper has let go.
 
@@ -76,10 +76,15 @@ class Start:
 class _Task:
     name = ""
     default_episode_s = 2.0
+    all_colours: tuple[str, ...] = ()  # the cubes the task can place, in order
 
-    def __init__(self, robot):
+    def __init__(self, robot, cubes: int = 0):
         self.robot = robot
         self.geo = GEOMETRY[robot.name]
+        n = cubes or len(self.all_colours)
+        if not 1 <= n <= len(self.all_colours):
+            raise ValueError(f"{self.name}: cubes must be 1..{len(self.all_colours)} (0 for all), got {cubes}")
+        self.colours = list(self.all_colours[:n])
 
     # --- scene --------------------------------------------------------------------------------
     def build(self, spec: mujoco.MjSpec) -> None:
@@ -122,10 +127,10 @@ def _step_towards(q: np.ndarray, goal: np.ndarray, max_step: np.ndarray) -> np.n
 class ReachTask(_Task):
     name = "reach"
     default_episode_s = 2.0
+    all_colours = tuple(COLOURS)
 
-    def __init__(self, robot):
-        super().__init__(robot)
-        self.colours = list(COLOURS)
+    def __init__(self, robot, cubes: int = 0):
+        super().__init__(robot, cubes)
         # the touch point sits this far above the top face (m): the tcp is between the fingertips
         # on the SO-101, between the pads (a little above the tips) on the Robotiq 2F-85
         self.touch_offset = {"so101": 0.012, "panda": 0.025}[robot.name]
@@ -187,12 +192,12 @@ class ReachTask(_Task):
 
 class PickPlaceTask(_Task):
     name = "pick_place"
+    all_colours = ("red", "blue")
 
-    def __init__(self, robot):
-        super().__init__(robot)
+    def __init__(self, robot, cubes: int = 0):
+        super().__init__(robot, cubes)
         # the expert needs at most ~3.9 s (SO-101) / ~5.8 s (Panda, slower joints) over 40 starts
         self.default_episode_s = {"so101": 5.0, "panda": 8.0}[robot.name]
-        self.colours = ["red", "blue"]
         self.geo = dataclasses.replace(self.geo, cube_half=self.geo.pick_cube_half)
 
     def build(self, spec):
