@@ -65,6 +65,22 @@ def test_same_seed_same_weights_and_sampling_reproducible(rt):
     assert np.array_equal(g1[1]["tokens"], g2[1]["tokens"])
 
 
+def test_per_observation_seeds_sample_the_same_chunk_in_any_batch(rt):
+    obs = make_obs(n=3)
+    alone = rt.predict(obs[1:2], mode="sample", return_tokens=True, seeds=[11])[0]
+    batched = rt.predict(obs, mode="sample", return_tokens=True, seeds=[5, 11, None])
+    assert np.array_equal(alone["tokens"], batched[1]["tokens"])  # independent of its neighbours
+    np.testing.assert_allclose(alone["logprobs"], batched[1]["logprobs"], atol=1e-5)
+    other = rt.predict(obs[1:2], mode="sample", return_tokens=True, seeds=[12])[0]
+    assert not np.array_equal(alone["tokens"], other["tokens"])
+    greedy = rt.predict(obs[1:2], return_tokens=True, seeds=[11])[0]  # greedy ignores seeds
+    assert np.array_equal(greedy["tokens"], rt.predict(obs[1:2], return_tokens=True)[0]["tokens"])
+    with pytest.raises(ValueError, match="one per observation expected, got 2 for 3"):
+        rt.predict(obs, mode="sample", seeds=[1, 2])
+    with pytest.raises(ValueError, match="either generator or seeds"):
+        rt.predict(obs[:1], mode="sample", seeds=[1], generator=torch.Generator())
+
+
 def test_attention_is_bidirectional(rt):
     m = rt.model
     batch = rt.batch(make_obs())

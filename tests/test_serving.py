@@ -152,6 +152,23 @@ def test_a_group_submitted_by_one_client_is_batched(runtime):
         assert sum(sizes.values()) < 3 * 8 and max(sizes) > 1, sizes
 
 
+def test_a_seeded_request_samples_the_same_chunk_batched_or_alone(runtime):
+    """Reproducible evaluations through the server: the seed, not the batch, decides the sample."""
+    with PolicyServer(runtime, bind=LOOPBACK, weights_bind=None, max_batch=8, max_wait_ms=50) as s, \
+            PolicyClient(s.address, timeout_s=20) as c:
+        meta = c.metadata()
+        group = [make_obs(meta, 40 + i) for i in range(4)]
+        ids = [c.submit(o, mode="sample", temperature=1.0, return_tokens=True, seed=100 + i) for i, o in enumerate(group)]
+        batched = [c.wait(i) for i in ids]
+        alone = c.act(group[2], mode="sample", temperature=1.0, return_tokens=True, seed=102)
+        again = c.act(group[2], mode="sample", temperature=1.0, return_tokens=True, seed=103)
+        assert max(int(k) for k in s.stats_snapshot()["batch_sizes"]) > 1  # the group did share a forward pass
+    np.testing.assert_array_equal(batched[2]["tokens"], alone["tokens"])
+    assert not np.array_equal(alone["tokens"], again["tokens"])
+    local = runtime.predict([group[2]], mode="sample", temperature=1.0, return_tokens=True, seeds=[102])[0]
+    np.testing.assert_array_equal(local["tokens"], alone["tokens"])
+
+
 def test_batches_split_by_sampling_options(runtime):
     with PolicyServer(runtime, bind=LOOPBACK, weights_bind=None, max_batch=8, max_wait_ms=500) as s:
         clients = [PolicyClient(s.address, timeout_s=10) for _ in range(3)]

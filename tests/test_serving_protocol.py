@@ -104,6 +104,10 @@ def test_a_good_act_request_is_normalised():
     # requests whose options match can share a forward pass; greedy ignores the temperature
     assert protocol.ActOptions("greedy", 1.0).key() == protocol.ActOptions("greedy", 2.0).key()
     assert protocol.ActOptions("sample", 1.0).key() != protocol.ActOptions("sample", 2.0).key()
+    # a seed is per request (its own generator), so seeded requests still share a forward pass
+    seeded = protocol.parse_request(roundtrip(protocol.request("act", 6, obs(), {"mode": "sample", "seed": 2**40})), META)
+    assert seeded.options.seed == 2**40 and seeded.options.key() == protocol.ActOptions("sample", 1.6).key()
+    assert protocol.parse_request(roundtrip(protocol.request("act", 7, obs(), {"seed": None})), META).options.seed is None
 
 
 @pytest.mark.parametrize(
@@ -125,7 +129,10 @@ def test_a_good_act_request_is_normalised():
         ({"v": 1, "type": "act", "id": 1, "obs": {**obs(), "depth": 1}}, "bad_request", "unknown observation field"),
         ({"v": 1, "type": "act", "id": 1, "obs": obs(), "options": {"mode": "beam"}}, "bad_request", "'greedy' or 'sample'"),
         ({"v": 1, "type": "act", "id": 1, "obs": obs(), "options": {"temperature": 0}}, "bad_request", "temperature"),
-        ({"v": 1, "type": "act", "id": 1, "obs": obs(), "options": {"seed": 0}}, "bad_request", "unknown option"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(), "options": {"beam_width": 4}}, "bad_request", "unknown option"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(), "options": {"seed": -1}}, "bad_request", "'seed' is -1; expected an integer"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(), "options": {"seed": True}}, "bad_request", "'seed' is True"),
+        ({"v": 1, "type": "act", "id": 1, "obs": obs(), "options": {"seed": 1.5}}, "bad_request", "'seed' is 1.5"),
     ],
 )
 def test_each_bad_request_gets_its_own_error(header, code, match):

@@ -17,6 +17,7 @@ hidden state *before* each action slot predicts it (causal-LM shift), as OFT rea
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -378,10 +379,14 @@ class OFTModel(nn.Module):
         return self.bin_logits(self.action_hidden_states(batch))
 
     def sample_tokens(
-        self, batch: PolicyBatch, mode: str = "greedy", temperature: float = 1.6, generator: torch.Generator | None = None
+        self, batch: PolicyBatch, mode: str = "greedy", temperature: float = 1.6,
+        generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Action token ids ``[B, A]`` (greedy: argmax; sample: categorical at ``temperature``) and
-        their log-probs over the 256-bin slice at ``temperature``."""
+        their log-probs over the 256-bin slice at ``temperature``.
+
+        ``generator``: one for the batch, or one per row (``None`` rows use the global RNG), so that a
+        row's sample does not depend on what else is in the batch."""
         logits = self.action_logits(batch).float()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -389,10 +394,19 @@ class OFTModel(nn.Module):
         if mode == "greedy":
             bins = logits.argmax(-1)
         elif mode == "sample":
-            probs = logp.exp().reshape(-1, N_ACTION_BINS)
-            if generator is not None and generator.device != probs.device:
-                probs = probs.to(generator.device)  # e.g. a CPU generator with a CUDA model
-            bins = torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:2]).to(logits.device)
+            probs = logp.exp()
+            if generator is None or isinstance(generator, torch.Generator):
+                rows = [(probs.reshape(-1, N_ACTION_BINS), generator)]
+            else:
+                if len(generator) != len(probs):
+                    raise ValueError(f"one generator per row expected, got {len(generator)} for {len(probs)} rows")
+                rows = [(probs[i], g) for i, g in enumerate(generator)]
+            picked = []
+            for p, g in rows:
+                if g is not None and g.device != p.device:
+                    p = p.to(g.device)  # e.g. a CPU generator with a CUDA model
+                picked.append(torch.multinomial(p, 1, generator=g).to(logits.device))
+            bins = torch.cat(picked).reshape(logits.shape[:2])
         else:
             raise ValueError(f"mode must be 'greedy' or 'sample', got {mode!r}")
         return bins + ACTION_TOKEN_MIN, torch.gather(logp, -1, bins[..., None])[..., 0]

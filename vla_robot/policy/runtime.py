@@ -155,15 +155,26 @@ class PolicyRuntime:
         temperature: float = 1.6,
         return_tokens: bool = False,
         generator: torch.Generator | None = None,
+        seeds: Sequence[int | None] | None = None,
     ) -> list[dict[str, Any]]:
         """One action chunk per observation: ``{"actions": float32 [chunk, action_dim] (unnormalised),
-        "tokens": int64 [chunk·action_dim] | None, "logprobs": float32 [chunk·action_dim] | None}``."""
+        "tokens": int64 [chunk·action_dim] | None, "logprobs": float32 [chunk·action_dim] | None}``.
+
+        ``seeds``: one per observation (or ``None``): with ``mode="sample"`` that observation's tokens
+        come from its own generator, so the same seed gives the same chunk whatever the batch."""
         if mode not in ("greedy", "sample"):
             raise ValueError(f"mode must be 'greedy' or 'sample', got {mode!r}")
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
         if self.cfg.head == "l1" and mode == "sample":
             raise ValueError("mode='sample' needs the discrete head; this policy has the L1 regression head (deterministic)")
+        if seeds is not None:
+            if len(seeds) != len(observations):
+                raise ValueError(f"seeds: one per observation expected, got {len(seeds)} for {len(observations)}")
+            if generator is not None:
+                raise ValueError("give either generator or seeds, not both")
+            if any(s is not None for s in seeds):
+                generator = [None if s is None else torch.Generator().manual_seed(int(s)) for s in seeds]
         batch = self.batch(observations)
         with self.lock, torch.inference_mode():
             if self.cfg.head == "l1":

@@ -15,9 +15,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# policy(observations, mode, temperature) -> one result per observation:
+# policy(observations, mode, temperature[, seeds]) -> one result per observation:
 #   {"actions": float32 [H, D], "tokens": int64 [H*D], "logprobs": float32 [H*D], "version": int}
-PolicyFn = Callable[[list[dict], str, float], list[dict]]
+# seeds (only passed when a rollout asks for reproducible sampling): one int per observation
+PolicyFn = Callable[..., list[dict]]
+
+
+def chunk_seed(base: int, start: int, chunk: int) -> int:
+    """The sampling seed of one chunk query: a pure function of (base, start state, chunk index), so
+    two evaluations of different policy versions on the same start states share random numbers."""
+    return int(np.random.SeedSequence([int(base), int(start), int(chunk)]).generate_state(1, np.uint64)[0] >> 1)
 
 
 @dataclass
@@ -68,9 +75,13 @@ def rollout_group(envs: Sequence, policy: PolicyFn, start: int, **kwargs) -> lis
 
 def rollout(
     envs: Sequence, policy: PolicyFn, starts: Sequence[int], *, mode: str = "sample", temperature: float = 1.6,
-    task: str = "", keep_steps: bool = True,
+    task: str = "", keep_steps: bool = True, sample_seed: int | None = None,
 ) -> list[Episode]:
-    """Env i from start state ``starts[i]`` until success or ``max_steps``, one batched policy call per chunk."""
+    """Env i from start state ``starts[i]`` until success or ``max_steps``, one batched policy call per chunk.
+
+    ``sample_seed``: each chunk query gets the seed :func:`chunk_seed` (base, start, chunk index), so the
+    same policy samples the same episode again (for evaluations; GRPO groups leave it out, their members
+    must differ)."""
     if len(starts) != len(envs):
         raise ValueError(f"rollout: one start state per env expected, got {len(starts)} for {len(envs)} envs")
     obs = [policy_observation(env.reset(start=int(s)), env.instruction) for env, s in zip(envs, starts)]
@@ -81,10 +92,17 @@ def rollout(
     success = [False] * n
     t = [0] * n
     versions = [0] * n
+    queries = [0] * n  # chunk queries so far, per env
     while not all(done):
         active = [i for i in range(n) if not done[i]]
         queried = [obs[i] for i in active]
-        results = policy(queried, mode, temperature)
+        if sample_seed is None:
+            results = policy(queried, mode, temperature)
+        else:
+            results = policy(queried, mode, temperature, seeds=[chunk_seed(sample_seed, starts[i], queries[i])
+                                                                for i in active])
+        for i in active:
+            queries[i] += 1
         for i, query, res in zip(active, queried, results):
             versions[i] = int(res.get("version", 0))
             chunk = np.asarray(res["actions"])

@@ -301,6 +301,8 @@ class Batcher:
         kwargs: dict[str, Any] = {"mode": opts.mode, "return_tokens": opts.return_tokens}
         if opts.mode == "sample":
             kwargs["temperature"] = opts.temperature
+            if any(j.options.seed is not None for j in jobs):
+                kwargs["seeds"] = [j.options.seed for j in jobs]
         results = self.runtime.predict([j.obs for j in jobs], **kwargs)
         if len(results) != len(jobs):
             raise RuntimeError(f"runtime.predict returned {len(results)} results for {len(jobs)} observations")

@@ -120,11 +120,16 @@ class PolicyClient:
     # --- non-blocking form ----------------------------------------------------------------------
 
     def submit(self, observation: dict, *, mode: str = "greedy", temperature: float | None = None,
-               return_tokens: bool = False) -> int:
-        """Send an ``act`` request without waiting; returns its id for :meth:`poll`. Never blocks."""
+               return_tokens: bool = False, seed: int | None = None) -> int:
+        """Send an ``act`` request without waiting; returns its id for :meth:`poll`. Never blocks.
+
+        ``seed``: with ``mode="sample"`` the server draws this chunk from its own generator, so the
+        same seed, weights and observation give the same chunk."""
         options: dict[str, Any] = {"mode": mode, "return_tokens": return_tokens}
         if temperature is not None:
             options["temperature"] = float(temperature)
+        if seed is not None:
+            options["seed"] = int(seed)
         return self._send("act", obs=_as_wire_observation(observation), options=options)
 
     def poll(self, request_id: int) -> dict | None:
@@ -149,12 +154,12 @@ class PolicyClient:
     # --- blocking form --------------------------------------------------------------------------
 
     def act(self, observation: dict, *, mode: str = "greedy", temperature: float | None = None,
-            return_tokens: bool = False, timeout_s: float | None = None) -> dict:
+            return_tokens: bool = False, seed: int | None = None, timeout_s: float | None = None) -> dict:
         """Ask for one action chunk and wait for it (at most ``timeout_s``, default the client's).
 
         Returns ``{"actions": float32 [H, D], "tokens", "logprobs", "version", "timings"}``.
         """
-        rid = self.submit(observation, mode=mode, temperature=temperature, return_tokens=return_tokens)
+        rid = self.submit(observation, mode=mode, temperature=temperature, return_tokens=return_tokens, seed=seed)
         return self.wait(rid, timeout_s)
 
     def wait(self, request_id: int, timeout_s: float | None = None) -> dict:

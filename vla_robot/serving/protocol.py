@@ -16,7 +16,8 @@ Requests (client → server), every one with ``v`` (protocol version) and ``type
 - ``{"v": 1, "type": "ping", "id": int}``                          → stats
 - ``{"v": 1, "type": "act", "id": int, "obs": {"images": {cam: uint8 HxWx3}, "state": float[P],
   "instruction": str}, "options": {"mode": "greedy"|"sample", "temperature": float,
-  "return_tokens": bool}}``  (``options`` and each option may be left out)
+  "return_tokens": bool, "seed": int}}``  (``options`` and each option may be left out; ``seed``
+  makes a sampled chunk reproducible: that request draws from its own generator)
 
 Replies (server → client):
 
@@ -198,9 +199,10 @@ class ActOptions:
     mode: str = "greedy"
     temperature: float = 1.6
     return_tokens: bool = False
+    seed: int | None = None  # mode "sample": this request's own generator (requests still batch together)
 
     def key(self) -> tuple:
-        """Requests with equal keys can share one batched forward pass."""
+        """Requests with equal keys can share one batched forward pass (the seed is per row)."""
         return (self.mode, self.temperature if self.mode == "sample" else None, self.return_tokens)
 
 
@@ -257,10 +259,10 @@ def parse_options(options: Any) -> ActOptions:
     if options is None:
         options = {}
     if not isinstance(options, dict):
-        raise ValueError(f"'options' must be a map of mode/temperature/return_tokens, got {type(options).__name__}")
-    unknown = sorted(str(k) for k in set(options) - {"mode", "temperature", "return_tokens"})
+        raise ValueError(f"'options' must be a map of mode/temperature/return_tokens/seed, got {type(options).__name__}")
+    unknown = sorted(str(k) for k in set(options) - {"mode", "temperature", "return_tokens", "seed"})
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; allowed: mode, temperature, return_tokens")
+        raise ValueError(f"unknown option(s) {unknown}; allowed: mode, temperature, return_tokens, seed")
     out = ActOptions()
     if "mode" in options:
         if options["mode"] not in SAMPLING_MODES:
@@ -275,6 +277,11 @@ def parse_options(options: Any) -> ActOptions:
         if not isinstance(options["return_tokens"], bool):
             raise ValueError(f"option 'return_tokens' is {options['return_tokens']!r}; expected true or false")
         out.return_tokens = options["return_tokens"]
+    if options.get("seed") is not None:
+        seed = options["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"option 'seed' is {seed!r}; expected an integer in [0, 2**63) or null")
+        out.seed = seed
     return out
 
 
