@@ -17,6 +17,8 @@ def rl_finetune_args(parser: argparse.ArgumentParser) -> None:
                         help="run on the MuJoCo twin (SFT warm-up on scripted demonstrations, GRPO, evaluation)")
     parser.add_argument("--out", default="runs/rl_finetune", help="folder for report.json, the plot and the checkpoint")
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--cubes", type=int, default=d.cubes,
+                        help="cubes on the table: 1 (touch the cube) .. 3 (touch the named one of red, green, blue)")
     parser.add_argument("--rounds", type=int, default=d.rounds, help="GRPO rounds")
     parser.add_argument("--groups-per-round", type=int, default=d.groups_per_round)
     parser.add_argument("--group-size", type=int, default=d.group_size)
@@ -46,7 +48,7 @@ def rl_finetune(args: argparse.Namespace) -> int:
     from vla_robot.rl import demo
     from vla_robot.rl.config import RLFinetuneConfig
 
-    cfg = RLFinetuneConfig(seed=args.seed, rounds=args.rounds, groups_per_round=args.groups_per_round,
+    cfg = RLFinetuneConfig(seed=args.seed, cubes=args.cubes, rounds=args.rounds, groups_per_round=args.groups_per_round,
                            group_size=args.group_size, demos=args.demos, sft_steps=args.sft_steps,
                            eval_episodes=args.eval_episodes, eval_mode=args.eval_mode, temperature=args.temperature,
                            extra_eval_mode=args.extra_eval_mode, lr=args.lr,

@@ -90,6 +90,7 @@ class RLFinetuneConfig:
     """The `rl-finetune --sim` run on the twin (the demo): SFT warm-up, GRPO rounds, evaluation."""
 
     task: str = "reach"
+    cubes: int = 3                      # cubes on the table (reach: 1..3); 1: no distractor to tell apart by colour
     preset: str = "tiny"                # GRPO hyper-parameters (PRESETS); the fields below override it
     image_size: int = 64
     episode_s: float = 2.0              # twin episode length (the expert needs ~0.5 s)
@@ -118,6 +119,8 @@ class RLFinetuneConfig:
         if self.eval_episodes < 1 or self.demos < 1 or self.group_size < 2 or self.rounds < 0:
             raise ValueError("eval_episodes and demos must be >= 1, group_size >= 2, rounds >= 0; got "
                              f"{self.eval_episodes}, {self.demos}, {self.group_size}, {self.rounds}")
+        if not 1 <= self.cubes <= 3:
+            raise ValueError(f"cubes must be 1..3 (the reach task's red, green, blue), got {self.cubes}")
         if self.image_size < 14:
             raise ValueError(f"image_size must be >= 14 pixels, got {self.image_size}")
         if not (self.temperature > 0 and self.lr > 0 and self.sft_lr > 0):

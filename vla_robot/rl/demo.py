@@ -40,9 +40,10 @@ def rate(episodes: Sequence[Episode]) -> dict:
 def local_policy(runtime, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
 
-    def act(observations: list[dict], mode: str, temperature: float) -> list[dict]:
+    def act(observations: list[dict], mode: str, temperature: float, seeds=None) -> list[dict]:
         with torch.no_grad():
-            out = runtime.predict(observations, mode=mode, temperature=temperature, return_tokens=True, generator=gen)
+            out = runtime.predict(observations, mode=mode, temperature=temperature, return_tokens=True,
+                                  **({"seeds": seeds} if seeds is not None else {"generator": gen}))
         return [dict(r, version=runtime.version) for r in out]
 
     return act
@@ -51,8 +52,9 @@ def local_policy(runtime, seed: int = 0):
 def served_policy(client, poll_s: float = 0.001):
     """The same call over ZMQ: one request per observation, batched by the server."""
 
-    def act(observations: list[dict], mode: str, temperature: float) -> list[dict]:
-        ids = [client.submit(o, mode=mode, temperature=temperature, return_tokens=True) for o in observations]
+    def act(observations: list[dict], mode: str, temperature: float, seeds=None) -> list[dict]:
+        ids = [client.submit(o, mode=mode, temperature=temperature, return_tokens=True,
+                             seed=None if seeds is None else seeds[i]) for i, o in enumerate(observations)]
         out: list = [None] * len(ids)
         while True:
             for i, rid in enumerate(ids):
@@ -122,11 +124,15 @@ def sft_warmup(runtime, demos: Sequence[dict], steps: int, batch_size: int, lr: 
 
 
 # ---- 3/5. evaluation --------------------------------------------------------------------------
-def evaluate(envs, policy, seeds: Sequence[int], mode: str, temperature: float, progress=None) -> list[Episode]:
+def evaluate(envs, policy, seeds: Sequence[int], mode: str, temperature: float, progress=None,
+             sample_seed: int = 0) -> list[Episode]:
+    """One episode per held-out start state. Sampling is seeded per (start, chunk): the same version
+    gives the same episodes again, and before/after share their random numbers."""
     episodes = []
     for i in range(0, len(seeds), len(envs)):
         batch = list(seeds[i: i + len(envs)])
-        episodes += rollout(envs[: len(batch)], policy, batch, mode=mode, temperature=temperature, keep_steps=False)
+        episodes += rollout(envs[: len(batch)], policy, batch, mode=mode, temperature=temperature, keep_steps=False,
+                            sample_seed=sample_seed)
         if progress is not None:
             progress.update(len(batch))
     return episodes
@@ -149,8 +155,8 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     grpo = preset(cfg.preset, group_size=cfg.group_size, temperature=cfg.temperature, lr=cfg.lr,
                   batch_groups=cfg.groups_per_round, mode=cfg.mode, mini_batch_size=cfg.mini_batch_size,
                   ppo_epochs=cfg.ppo_epochs)
-    envs = [make_env(cfg.task, seed=cfg.seed + i, image_size=(cfg.image_size, cfg.image_size), episode_s=cfg.episode_s)
-            for i in range(cfg.group_size)]
+    envs = [make_env(cfg.task, seed=cfg.seed + i, image_size=(cfg.image_size, cfg.image_size), episode_s=cfg.episode_s,
+                     cubes=cfg.cubes) for i in range(cfg.group_size)]
     runtime = load_policy(preset="tiny", seed=cfg.seed)
     timings = {}
 
@@ -190,8 +196,8 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     # 3. before
     t0 = time.perf_counter()
     with tqdm(total=len(eval_seeds), desc="eval before RL", unit="ep", disable=not cfg.progress) as bar:
-        before = evaluate(envs, policy, eval_seeds, cfg.eval_mode, cfg.temperature, bar)
-    extra_before = evaluate(envs, policy, eval_seeds, cfg.extra_eval_mode, cfg.temperature) if cfg.extra_eval_mode else []
+        before = evaluate(envs, policy, eval_seeds, cfg.eval_mode, cfg.temperature, bar, sample_seed=cfg.seed)
+    extra_before = evaluate(envs, policy, eval_seeds, cfg.extra_eval_mode, cfg.temperature, sample_seed=cfg.seed) if cfg.extra_eval_mode else []
     timings["eval_before_s"] = time.perf_counter() - t0
     log(f"before RL: {rate(before)['successes']}/{len(before)} ({cfg.eval_mode})"
         + (f", {rate(extra_before)['successes']}/{len(extra_before)} ({cfg.extra_eval_mode})" if extra_before else ""))
@@ -232,8 +238,8 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     # 5. after
     t0 = time.perf_counter()
     with tqdm(total=len(eval_seeds), desc="eval after RL", unit="ep", disable=not cfg.progress) as bar:
-        after = evaluate(envs, policy, eval_seeds, cfg.eval_mode, cfg.temperature, bar)
-    extra_after = evaluate(envs, policy, eval_seeds, cfg.extra_eval_mode, cfg.temperature) if cfg.extra_eval_mode else []
+        after = evaluate(envs, policy, eval_seeds, cfg.eval_mode, cfg.temperature, bar, sample_seed=cfg.seed)
+    extra_after = evaluate(envs, policy, eval_seeds, cfg.extra_eval_mode, cfg.temperature, sample_seed=cfg.seed) if cfg.extra_eval_mode else []
     timings["eval_after_s"] = time.perf_counter() - t0
     versions_served = sorted({e.version for e in after})
     if server is not None:
