@@ -118,30 +118,20 @@ def _run(graph_name: str, args, serve_policy: str | None, expert: bool) -> tuple
             SimExpertTeleop(helper, runner.nodes["twin_node"])
             runner.nodes[helper.get_name()] = helper  # the runner shuts it down with the graph
             runner.executor.add_node(helper)
-        session = runner.nodes["recorder_node"].session
         print("waiting for the cameras and joint states, opening the dataset ...", file=sys.stderr)
-        if not session.ready.wait(max(1.0, min(180.0, t0 + args.timeout - time.monotonic()))) or session.recorder is None:
-            raise RuntimeError("the recorder could not open the dataset (no camera images / joint states, or an error above)")
         bar = tqdm(total=args.episodes, desc=graph_name, unit="episode")
-        results: list = []
-        deadline = t0 + args.timeout
+
+        def shown(results, rec):
+            s = rec.stats if rec is not None else None
+            elapsed = time.monotonic() - t0
+            bar.set_postfix_str(
+                f"last={results[-1].label}{'' if results[-1].saved else ' (discarded)'} time={elapsed:.0f}s "
+                f"fps={(s.frames_queued / elapsed) if s else 0:.1f} dropped={s.frames_dropped if s else 0}")
+            bar.update(1)
+
         try:
-            while len(results) < args.episodes and time.monotonic() < deadline:
-                got = runner.run_episodes(1, timeout_s=max(1.0, deadline - time.monotonic()))
-                if not got:
-                    break
-                results += got
-                rec = session.recorder
-                s = rec.stats if rec is not None else None
-                elapsed = time.monotonic() - t0
-                bar.set_postfix_str(
-                    f"last={got[-1].label}{'' if got[-1].saved else ' (discarded)'} time={elapsed:.0f}s "
-                    f"fps={(s.frames_queued / elapsed) if s else 0:.1f} dropped={s.frames_dropped if s else 0}")
-                bar.update(len(got))
-            # the recorder saves after the episode manager's save event: wait until it has done so
-            want = sum(r.saved for r in results)
-            while session.finished < want and time.monotonic() < deadline + 60:
-                time.sleep(0.05)
+            results = runner.record_episodes(args.episodes, timeout_s=max(1.0, t0 + args.timeout - time.monotonic()),
+                                             on_episode=shown)
         finally:
             bar.close()
     return results, before, time.monotonic() - t0

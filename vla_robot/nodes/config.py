@@ -168,6 +168,7 @@ class TwinNodeConfig:
     mode: Literal["sim", "mirror"] = "sim"
     robot: str = "so101"
     task: str = "reach"
+    cubes: int = 0  # cubes on the table (reach 1..3, pick_place 1..2); 0 = all of the task's
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     image_size: list[int] = field(default_factory=lambda: [128, 128])
     control_hz: float = 30.0

@@ -320,6 +320,32 @@ class GraphRunner:
                 break
         return self.results[target - n:]
 
+    def record_episodes(self, n: int, timeout_s: float = 600.0, on_episode: Callable | None = None) -> list:
+        """:meth:`run_episodes` with the recorder: wait until it has opened its dataset, run ``n``
+        episodes one by one (``on_episode(results, recorder)`` after each), then wait until it has
+        saved every episode the manager kept. Raises ``RuntimeError`` if the recorder never opens."""
+        session = self.nodes["recorder_node"].session
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        if not session.ready.wait(max(1.0, min(180.0, deadline - t0))) or session.recorder is None:
+            raise RuntimeError("the recorder could not open the dataset (no camera images / joint states, or an error above)")
+        first = seen = len(self.results)  # with autostart episodes also end between our calls: count them all
+        while seen - first < n and time.monotonic() < deadline:
+            self.run_episodes(1, timeout_s=max(1.0, deadline - time.monotonic()))
+            now = min(len(self.results), first + n)
+            if now == seen:
+                break
+            for i in range(seen + 1, now + 1):
+                if on_episode is not None:
+                    on_episode(self.results[first:i], session.recorder)
+            seen = now
+        results = self.results[first:seen]
+        # the recorder saves after the episode manager's save event: wait until it has done so
+        want = sum(r.saved for r in results)
+        while session.finished < want and time.monotonic() < deadline + 60:
+            time.sleep(0.05)
+        return results
+
 
 def run_single_node(cls: type, args: list[str] | None = None) -> None:
     """``main()`` of every node: rclpy.init, build, spin on a MultiThreadedExecutor, clean shutdown.

@@ -38,7 +38,7 @@ class TwinNode(common.ConfiguredNode):
         # MuJoCo's EGL context belongs to the thread that made it: one thread owns the env.
         self._env_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin_env")
         self._make_env = lambda task: make_env(
-            task=task, robot=cfg.robot, seed=cfg.seed, image_size=tuple(cfg.image_size),
+            task=task, robot=cfg.robot, seed=cfg.seed, image_size=tuple(cfg.image_size), cubes=cfg.cubes,
             cameras=tuple(cfg.cameras), control_hz=cfg.control_hz, randomization=cfg.randomization,
         )
         self.task = cfg.task
