@@ -15,8 +15,8 @@ torch.set_num_threads(1)
 
 @pytest.mark.slow
 def test_demo_pipeline_writes_a_report_counted_from_its_episodes(tmp_path):
-    cfg = RLFinetuneConfig(demos=2, sft_steps=3, sft_batch=4, group_size=2, groups_per_round=1, rounds=1,
-                           eval_episodes=2, episode_s=0.6, threads=1, progress=False, served=True)
+    cfg = RLFinetuneConfig(demos=2, sft_steps=3, sft_batch=4, group_size=2, groups_per_round=1, rounds=1, cubes=1,
+                           eval_episodes=2, episode_s=0.6, threads=1, progress=False, served=True, graph_episodes=3)
     lines = []
     report = demo.run(cfg, tmp_path, log=lines.append)
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -30,6 +30,15 @@ def test_demo_pipeline_writes_a_report_counted_from_its_episodes(tmp_path):
     assert other["mode"] == "greedy" and other["before"]["episodes"] == other["after"]["episodes"] == 2
     assert (tmp_path / "rl_finetune.png").stat().st_size > 1000
     assert saved["served"] and any("policy served at tcp://127.0.0.1:" in x for x in lines)
+    # the fine-tuned policy ran through the ROS graph; the recorder's dataset holds those episodes with
+    # their tokens, and the learner reads every one of them back
+    graph = saved["graph"]
+    assert graph["episodes"] == graph["saved"] == graph["learner_episodes"] == 3
+    assert graph["policy_versions"] == [saved["policy_version"]] and graph["learner_tokens"] > 0
+    assert 0 <= graph["successes"] <= 3 and any("ROS graph:" in x for x in lines)
+    from vla_robot.data import reader
+
+    assert len(reader.read_journal(tmp_path / "dataset")) == 3
     # the learner's final checkpoint loads back as a policy with its version
     ckpt = load_policy(checkpoint=str(tmp_path / "checkpoint"))
     assert ckpt.metadata["action_dim"] == 6

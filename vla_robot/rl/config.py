@@ -113,9 +113,12 @@ class RLFinetuneConfig:
     time_budget_s: float = 840.0        # no new RL round once it would push the run (with the final eval) past this
     threads: int = 1
     served: bool = True                 # roll out through PolicyServer/PolicyClient over ZMQ, hot-swapping versions
+    graph_episodes: int = 8             # then this many episodes through the rl_finetune ROS graph (needs served); 0: none
     progress: bool = True
 
     def validate(self) -> None:
+        if self.graph_episodes < 0:
+            raise ValueError(f"graph_episodes must be >= 0 (0: no ROS graph episodes), got {self.graph_episodes}")
         if self.eval_episodes < 1 or self.demos < 1 or self.group_size < 2 or self.rounds < 0:
             raise ValueError("eval_episodes and demos must be >= 1, group_size >= 2, rounds >= 0; got "
                              f"{self.eval_episodes}, {self.demos}, {self.group_size}, {self.rounds}")

@@ -7,6 +7,8 @@
    twin's success check, fed to the :class:`~vla_robot.rl.learner.Learner` (dynamic sampling, clip
    0.8/1.28, executed-token masks, hybrid SFT for groups that never succeed).
 5. Evaluation on the same held-out start states, after RL; report.json and a plot.
+6. The fine-tuned policy in the rl_finetune ROS graph (twin_node, policy_node, episode_manager_node,
+   recorder_node) for a few episodes, recorded to a LeRobotDataset that the learner reads back.
 
 Every figure in the report is counted from the episodes run here.
 """
@@ -138,6 +140,37 @@ def evaluate(envs, policy, seeds: Sequence[int], mode: str, temperature: float, 
     return episodes
 
 
+# ---- 6. the fine-tuned policy through the ROS graph --------------------------------------------
+def graph_episodes(cfg: RLFinetuneConfig, policy_server: str, root: Path, first_seed: int,
+                   action_dim: int, timeout_s: float = 300.0) -> dict:
+    """``cfg.graph_episodes`` episodes of the rl_finetune graph as ``ros2 launch vla_robot
+    rl_finetune.launch.py use_sim:=true`` runs it: twin_node (arm, cameras, success check), policy_node
+    asking this run's policy server (sampling, tokens and log-probs), episode_manager_node labelling with
+    the twin's check, recorder_node writing a LeRobotDataset; then the learner reads that dataset back."""
+    from vla_robot.nodes.runner import GraphRunner
+    from vla_robot.rl.dataset import follow_dataset
+
+    overrides = {
+        "twin_node": {"task": cfg.task, "cubes": cfg.cubes, "image_size": [cfg.image_size, cfg.image_size]},
+        "policy_node": {"temperature": cfg.temperature},
+        "episode_manager_node": {"episodes": cfg.graph_episodes, "max_duration_s": cfg.episode_s,
+                                 "label_source": "auto", "prompt": False, "seed": first_seed},
+        "recorder_node": {"root": str(root)},
+    }
+    t0 = time.perf_counter()
+    with GraphRunner("rl_finetune", sim=True, task=cfg.task, policy_server=policy_server, overrides=overrides,
+                     exclude=("teleop_node",)) as g:
+        results = g.record_episodes(cfg.graph_episodes, timeout_s=timeout_s)
+    learned = list(follow_dataset(root, action_dim, follow=False))
+    k = sum(r.label == "success" for r in results)
+    lo, hi = wilson_interval(k, len(results))
+    return {"episodes": len(results), "successes": k, "success": k / len(results) if results else float("nan"),
+            "ci95": [lo, hi], "saved": sum(r.saved for r in results), "dataset": str(root),
+            "policy_versions": sorted({v for r in results for v in r.policy_versions}),
+            "learner_episodes": len(learned), "learner_tokens": int(sum(s.executed.sum() for e in learned for s in e.steps)),
+            "seconds": time.perf_counter() - t0}
+
+
 # ---- the whole run ----------------------------------------------------------------------------
 def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable | None = None,
         log: Callable[[str], None] = print) -> dict:
@@ -242,6 +275,16 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     extra_after = evaluate(envs, policy, eval_seeds, cfg.extra_eval_mode, cfg.temperature, sample_seed=cfg.seed) if cfg.extra_eval_mode else []
     timings["eval_after_s"] = time.perf_counter() - t0
     versions_served = sorted({e.version for e in after})
+    graph = None
+    if server is not None and cfg.graph_episodes:
+        with tqdm(total=1, desc="ROS graph episodes", unit="run", disable=not cfg.progress) as bar:
+            graph = graph_episodes(cfg, server.address, out / "dataset", EVAL_SEED_OFFSET // 2 + cfg.seed * 10_000,
+                                   runtime.metadata["action_dim"])
+            bar.update(1)
+        timings["graph_s"] = graph["seconds"]
+        log(f"ROS graph: {graph['successes']}/{graph['episodes']} episodes succeeded with policy version(s) "
+            f"{graph['policy_versions']}; {graph['saved']} recorded to {graph['dataset']}, "
+            f"{graph['learner_episodes']} read back by the learner")
     if server is not None:
         publisher.close()
         client.close()
@@ -259,7 +302,7 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
         "other_eval": ({"mode": cfg.extra_eval_mode, "before": rate(extra_before), "after": rate(extra_after)}
                        if cfg.extra_eval_mode else None),
         "rounds": rounds, "policy_version": learner.version, "versions_in_eval_after": versions_served,
-        "served": cfg.served, "demonstrations": len(demos),
+        "served": cfg.served, "graph": graph, "demonstrations": len(demos),
         "sft_loss": {"first": sft_losses[0], "last20": float(np.mean(sft_losses[-20:]))},
         "timings_s": timings, "config": asdict(cfg), "grpo": asdict(grpo),
         "checkpoint": str(out / "checkpoint"),
