@@ -44,6 +44,22 @@ def test_demo_pipeline_writes_a_report_counted_from_its_episodes(tmp_path):
     assert ckpt.metadata["action_dim"] == 6
 
 
+def test_learner_updates_while_the_next_round_rolls_out(tmp_path):
+    """Served, round r+1 rolls out (with the version before) while the learner trains on round r."""
+    cfg = RLFinetuneConfig(demos=2, sft_steps=3, sft_batch=4, group_size=2, groups_per_round=1, rounds=3, cubes=1,
+                           eval_episodes=2, episode_s=0.6, threads=1, progress=False, served=True, graph_episodes=0,
+                           extra_eval_mode="", mode="hybrid")  # hybrid: every group trains, so every round updates
+    report = demo.run(cfg, tmp_path, log=lambda _: None)
+    rounds = report["rounds"]
+    assert [r["version"] for r in rounds] == [1, 2, 3]
+    # round r rolls out while update r-1 runs: its episodes were acted by version r-2 (or r-1, once
+    # that update has been hot-swapped in mid-round), never by anything older or newer
+    assert rounds[0]["acted_by"] == [0]
+    for r in rounds[1:]:
+        assert set(r["acted_by"]) <= {r["round"] - 2, r["round"] - 1}, r
+    assert report["policy_version"] == 3 and report["versions_in_eval_after"] == [3]
+
+
 def test_seeded_evaluation_replays_the_same_episodes_and_groups_still_differ():
     from vla_robot.rl.episodes import rollout
     from vla_robot.twin import make_env

@@ -113,6 +113,7 @@ class RLFinetuneConfig:
     time_budget_s: float = 840.0        # no new RL round once it would push the run (with the final eval) past this
     threads: int = 1
     served: bool = True                 # roll out through PolicyServer/PolicyClient over ZMQ, hot-swapping versions
+    overlap: bool = True                # served: the learner updates while the next round rolls out (staleness 1)
     graph_episodes: int = 8             # then this many episodes through the rl_finetune ROS graph (needs served); 0: none
     progress: bool = True
 

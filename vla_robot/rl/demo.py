@@ -18,6 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from vla_robot.rl.episodes import Episode, demo_chunks, demo_episodes, policy_ob
 from vla_robot.rl.learner import Learner
 
 EVAL_SEED_OFFSET = 1_000_000  # held-out start states: seeds from here on; training seeds below
+GRAPH_START_S, GRAPH_EPISODE_S = 15.0, 4.0  # the ROS graph phase on the 2-core CPU: start-up, per episode
 
 
 def rate(episodes: Sequence[Episode]) -> dict:
@@ -235,37 +237,60 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     log(f"before RL: {rate(before)['successes']}/{len(before)} ({cfg.eval_mode})"
         + (f", {rate(extra_before)['successes']}/{len(extra_before)} ({cfg.extra_eval_mode})" if extra_before else ""))
 
-    # 4. GRPO rounds
+    # 4. GRPO rounds. Served, the learner updates on round r while round r+1 rolls out with the version
+    # before it, as on the robot, where episodes keep coming while the learner trains: the stored
+    # behaviour log-probs and versions keep each update right for the version that acted (staleness 1).
     learner = Learner(runtime, grpo, demos=demo_episodes(demos, runtime), seed=cfg.seed, publish=publish)
-    rounds = []
+    overlap = cfg.overlap and cfg.served  # in-process rollouts would share the learner's model
+    updates = ThreadPoolExecutor(1, thread_name_prefix="learner") if overlap else None
+    rounds: list[dict] = []
+    pending: tuple[dict, Future] | None = None
     train_seed = cfg.seed * 10_000 + cfg.demos  # fresh start states, never the demonstrations' ones
     t_rl = time.perf_counter()
+    # what must still fit after the last round: the evaluation again, and the ROS graph episodes
+    reserve = 1.2 * timings["eval_before_s"] + (GRAPH_START_S + GRAPH_EPISODE_S * cfg.graph_episodes
+                                                 if cfg.served and cfg.graph_episodes else 0.0)
+
+    def finish(fig: dict, stats: dict | None) -> None:
+        stats = stats or {}
+        fig.update(version=learner.version, update_s=stats.get("seconds", 0.0),
+                   **{k: stats.get(k) for k in ("groups_rl", "groups_sft", "groups_dropped", "clip_frac", "approx_kl",
+                                                "grad_norm", "loss", "tokens_per_s")})
+        rounds.append(fig)
+        log(f"round {fig['round']}: rollout success {fig['successes']}/{fig['episodes']} "
+            f"[{fig['ci95'][0]:.2f}, {fig['ci95'][1]:.2f}], groups rl/sft/drop "
+            f"{fig['groups_rl']}/{fig['groups_sft']}/{fig['groups_dropped']}, clip {fig['clip_frac'] or 0:.3f}, "
+            f"v{learner.version}")
+
+    last_round = 0.0
     for r in range(cfg.rounds):
         elapsed = time.perf_counter() - t_start
-        last_round = rounds[-1]["rollout_s"] + rounds[-1]["update_s"] if rounds else 0.0
-        if elapsed + last_round + 1.2 * timings["eval_before_s"] > cfg.time_budget_s:
+        if elapsed + last_round + reserve > cfg.time_budget_s:
             log(f"time budget: stopping RL after {r} rounds ({elapsed:.0f} s elapsed of {cfg.time_budget_s:.0f})")
             break
         t0 = time.perf_counter()
         episodes = []
         for _ in tqdm(range(cfg.groups_per_round), desc=f"round {r + 1}/{cfg.rounds} rollouts", unit="group",
                       disable=not cfg.progress):
-            group = rollout_group(envs, policy, train_seed, mode="sample", temperature=cfg.temperature)
+            episodes += rollout_group(envs, policy, train_seed, mode="sample", temperature=cfg.temperature)
             train_seed += 1
-            for e in group:
-                learner.add(e)
-            episodes += group
-        t_roll = time.perf_counter() - t0
-        stats = learner.step(force=True) or {}
         fig = rate(episodes)
-        fig.update(round=r + 1, version=learner.version, rollout_s=t_roll, update_s=stats.get("seconds", 0.0),
-                   **{k: stats.get(k) for k in ("groups_rl", "groups_sft", "groups_dropped", "clip_frac", "approx_kl",
-                                                "grad_norm", "loss", "tokens_per_s")})
-        rounds.append(fig)
-        log(f"round {r + 1}: rollout success {fig['successes']}/{fig['episodes']} "
-            f"[{fig['ci95'][0]:.2f}, {fig['ci95'][1]:.2f}], groups rl/sft/drop "
-            f"{fig['groups_rl']}/{fig['groups_sft']}/{fig['groups_dropped']}, clip {fig['clip_frac'] or 0:.3f}, "
-            f"v{learner.version}")
+        fig.update(round=r + 1, rollout_s=time.perf_counter() - t0,
+                   acted_by=sorted({e.version for e in episodes}))
+        if pending is not None:  # the update on the round before has to end before its learner takes more
+            finish(pending[0], pending[1].result())
+            pending = None
+        for e in episodes:
+            learner.add(e)
+        if updates is not None:
+            pending = (fig, updates.submit(learner.step, True))
+        else:
+            finish(fig, learner.step(force=True))
+        last_round = time.perf_counter() - t0
+    if pending is not None:
+        finish(pending[0], pending[1].result())
+    if updates is not None:
+        updates.shutdown()
     timings["rl_s"] = time.perf_counter() - t_rl
 
     # 5. after
@@ -329,7 +354,7 @@ def plot(report: dict, path: Path) -> None:
     err = np.array([[r["success"] - r["ci95"][0] for r in rounds], [r["ci95"][1] - r["success"] for r in rounds]])
     if rounds:
         ax.errorbar(xs, ys, yerr=err, fmt="o", markersize=3, capsize=0, alpha=0.35, color="tab:blue",
-                    label="GRPO rollouts per round (48 episodes, training starts)")
+                    label=f"GRPO rollouts per round ({rounds[0]['episodes']} episodes, fresh training starts)")
         k = np.cumsum([r["successes"] for r in rounds])
         n = np.cumsum([r["episodes"] for r in rounds])
         w = 10
