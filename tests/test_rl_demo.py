@@ -36,6 +36,7 @@ def test_demo_pipeline_writes_a_report_counted_from_its_episodes(tmp_path):
     assert graph["episodes"] == graph["saved"] == graph["learner_episodes"] == 3
     assert graph["policy_versions"] == [saved["policy_version"]] and graph["learner_tokens"] > 0
     assert 0 <= graph["successes"] <= 3 and any("ROS graph:" in x for x in lines)
+    assert graph["control_ticks"] > 0 and all(v > 0 for v in graph["safety_clamps"].values())
     from vla_robot.data import reader
 
     assert len(reader.read_journal(tmp_path / "dataset")) == 3

@@ -35,6 +35,8 @@ def rl_finetune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", type=float, default=d.time_budget_s, help="seconds; later RL rounds are skipped to stay within")
     parser.add_argument("--served", action=argparse.BooleanOptionalAction, default=d.served,
                         help="roll out through a PolicyServer over ZMQ on 127.0.0.1 with hot-swapped versions (default on)")
+    parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=d.overlap,
+                        help="served: the learner updates while the next round rolls out (worth it on more than 2 cores)")
     parser.add_argument("--graph-episodes", type=int, default=d.graph_episodes,
                         help="after RL, run this many episodes through the rl_finetune ROS graph (0: none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -55,7 +57,7 @@ def rl_finetune(args: argparse.Namespace) -> int:
                            eval_episodes=args.eval_episodes, eval_mode=args.eval_mode, temperature=args.temperature,
                            extra_eval_mode=args.extra_eval_mode, lr=args.lr,
                            mode=args.mode, time_budget_s=args.time_budget, served=args.served,
-                           graph_episodes=args.graph_episodes,
+                           graph_episodes=args.graph_episodes, overlap=args.overlap,
                            progress=not args.no_progress)
     try:
         cfg.validate()

@@ -163,6 +163,7 @@ def graph_episodes(cfg: RLFinetuneConfig, policy_server: str, root: Path, first_
     with GraphRunner("rl_finetune", sim=True, task=cfg.task, policy_server=policy_server, overrides=overrides,
                      exclude=("teleop_node",)) as g:
         results = g.record_episodes(cfg.graph_episodes, timeout_s=timeout_s)
+        control = g.nodes["policy_node"].controller.report()
     learned = list(follow_dataset(root, action_dim, follow=False))
     k = sum(r.label == "success" for r in results)
     lo, hi = wilson_interval(k, len(results))
@@ -170,6 +171,9 @@ def graph_episodes(cfg: RLFinetuneConfig, policy_server: str, root: Path, first_
             "ci95": [lo, hi], "saved": sum(r.saved for r in results), "dataset": str(root),
             "policy_versions": sorted({v for r in results for v in r.policy_versions}),
             "learner_episodes": len(learned), "learner_tokens": int(sum(s.executed.sum() for e in learned for s in e.steps)),
+            # the safety filter between policy and arm (the twin rollouts above have none): ticks it changed
+            "control_ticks": control["safety"]["ticks"],
+            "safety_clamps": {k: v for k, v in control["safety"].items() if k != "ticks" and v},
             "seconds": time.perf_counter() - t0}
 
 
@@ -309,7 +313,8 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
         timings["graph_s"] = graph["seconds"]
         log(f"ROS graph: {graph['successes']}/{graph['episodes']} episodes succeeded with policy version(s) "
             f"{graph['policy_versions']}; {graph['saved']} recorded to {graph['dataset']}, "
-            f"{graph['learner_episodes']} read back by the learner")
+            f"{graph['learner_episodes']} read back by the learner; the safety filter clamped "
+            f"{graph['safety_clamps'].get('velocity', 0)}/{graph['control_ticks']} ticks for velocity")
     if server is not None:
         publisher.close()
         client.close()
