@@ -370,6 +370,12 @@ def plot(report: dict, path: Path) -> None:
         s, ci = report[f"success_{key}"], report[f"success_{key}_ci95"]
         ax.errorbar([x], [s], yerr=[[s - ci[0]], [ci[1] - s]], fmt="s", capsize=4, markersize=8,
                     label=f"{label}: held-out eval ({report['eval_mode']}, n={report['eval_episodes']})")
+    other = report.get("other_eval")
+    if other:  # the other evaluation mode (greedy: SimpleVLA-RL's validation), same start states
+        for x, key in ((0, "before"), (n_r, "after")):
+            s, ci = other[key]["success"], other[key]["ci95"]
+            ax.errorbar([x + 0.25 * n_r / 10], [s], yerr=[[s - ci[0]], [ci[1] - s]], fmt="D", mfc="none", capsize=3,
+                        color="tab:gray", label=f"{other['mode']} eval (same starts)" if key == "before" else None)
     ax.set_xlabel("GRPO round")
     ax.set_ylabel("success rate (95 % Wilson)")
     ax.set_ylim(0, 1)
