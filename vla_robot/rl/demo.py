@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -160,8 +161,10 @@ def graph_episodes(cfg: RLFinetuneConfig, policy_server: str, root: Path, first_
         "recorder_node": {"root": str(root)},
     }
     t0 = time.perf_counter()
+    # a simulation: never on the domain of a real robot's graph, nor of another demo running beside it
+    domain = 1 + os.getpid() % 100
     with GraphRunner("rl_finetune", sim=True, task=cfg.task, policy_server=policy_server, overrides=overrides,
-                     exclude=("teleop_node",)) as g:
+                     exclude=("teleop_node",), domain_id=domain) as g:
         results = g.record_episodes(cfg.graph_episodes, timeout_s=timeout_s)
         control = g.nodes["policy_node"].controller.report()
     learned = list(follow_dataset(root, action_dim, follow=False))
