@@ -93,6 +93,10 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     assert "eval_episodes" in capsys.readouterr().err
     assert main(["rl-finetune", "--sim", "--cubes", "4", "--out", str(tmp_path)]) == 2
     assert "cubes must be 1..3" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="task must be one of reach, pick_place, got 'dance'"):
+        RLFinetuneConfig(task="dance").validate()
+    with pytest.raises(ValueError, match=r"cubes must be 1..2 \(the pick_place task's red, blue\), got 3"):
+        RLFinetuneConfig(task="pick_place", cubes=3).validate()
     assert main(["learn", "--dataset", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["learn", "--dataset", str(tmp_path), "--set", "group_size=1"]) == 2

@@ -124,8 +124,13 @@ class RLFinetuneConfig:
         if self.eval_episodes < 1 or self.demos < 1 or self.group_size < 2 or self.rounds < 0:
             raise ValueError("eval_episodes and demos must be >= 1, group_size >= 2, rounds >= 0; got "
                              f"{self.eval_episodes}, {self.demos}, {self.group_size}, {self.rounds}")
-        if not 1 <= self.cubes <= 3:
-            raise ValueError(f"cubes must be 1..3 (the reach task's red, green, blue), got {self.cubes}")
+        from vla_robot.twin.config import TASK_CUBES  # standard library only, like this module
+
+        if self.task not in TASK_CUBES:
+            raise ValueError(f"task must be one of {', '.join(TASK_CUBES)}, got {self.task!r}")
+        cubes = TASK_CUBES[self.task]
+        if not 1 <= self.cubes <= len(cubes):
+            raise ValueError(f"cubes must be 1..{len(cubes)} (the {self.task} task's {', '.join(cubes)}), got {self.cubes}")
         if self.image_size < 14:
             raise ValueError(f"image_size must be >= 14 pixels, got {self.image_size}")
         if not (self.temperature > 0 and self.lr > 0 and self.sft_lr > 0):

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = ["TwinConfig", "RandomizationConfig", "MirrorConfig", "CameraCalibrationFiles", "TwinArmConfig",
-           "TwinCameraConfig", "TWIN_CAMERAS", "TASKS"]
+           "TwinCameraConfig", "TWIN_CAMERAS", "TASKS", "TASK_CUBES"]
 
 TWIN_CAMERAS = ("front", "wrist", "side", "top")
 TASKS = ("reach", "pick_place")
+TASK_CUBES = {"reach": ("red", "green", "blue"), "pick_place": ("red", "blue")}  # each task's cubes, in order
 
 
 def _range(name: str, value: list[float], lo: float = 0.0) -> None:
@@ -136,7 +137,7 @@ class TwinConfig:
                 raise ValueError(f"camera_calibration names camera {c.camera!r}, which is not in cameras {self.cameras}")
         if self.episode_s < 0:
             raise ValueError(f"episode_s must be >= 0 (0 = task default), got {self.episode_s}")
-        most = {"reach": 3, "pick_place": 2}[self.task]
+        most = len(TASK_CUBES[self.task])
         if not 0 <= self.cubes <= most:
             raise ValueError(f"cubes must be 0 (all) or 1..{most} for task {self.task!r}, got {self.cubes}")
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
+from vla_robot.twin.config import TASK_CUBES
+
 __all__ = ["TaskGeometry", "ReachTask", "PickPlaceTask", "TASK_CLASSES", "COLOURS"]
 
 COLOURS = {
@@ -127,7 +129,7 @@ def _step_towards(q: np.ndarray, goal: np.ndarray, max_step: np.ndarray) -> np.n
 class ReachTask(_Task):
     name = "reach"
     default_episode_s = 2.0
-    all_colours = tuple(COLOURS)
+    all_colours = TASK_CUBES["reach"]
 
     def __init__(self, robot, cubes: int = 0):
         super().__init__(robot, cubes)
@@ -192,7 +194,7 @@ class ReachTask(_Task):
 
 class PickPlaceTask(_Task):
     name = "pick_place"
-    all_colours = ("red", "blue")
+    all_colours = TASK_CUBES["pick_place"]
 
     def __init__(self, robot, cubes: int = 0):
         super().__init__(robot, cubes)
