@@ -36,7 +36,11 @@ GRAPH_START_S, GRAPH_EPISODE_S = 15.0, 4.0  # the ROS graph phase on the 2-core 
 
 
 def rate(episodes: Sequence[Episode]) -> dict:
-    k, n = sum(e.label == 1 for e in episodes), len(episodes)
+    return success_rate([e.label == 1 for e in episodes])
+
+
+def success_rate(outcomes: Sequence[bool]) -> dict:
+    k, n = sum(bool(o) for o in outcomes), len(outcomes)
     lo, hi = wilson_interval(k, n)
     return {"success": k / n if n else float("nan"), "successes": k, "episodes": n, "ci95": [lo, hi]}
 
@@ -168,10 +172,8 @@ def graph_episodes(cfg: RLFinetuneConfig, policy_server: str, root: Path, first_
         results = g.record_episodes(cfg.graph_episodes, timeout_s=timeout_s)
         control = g.nodes["policy_node"].controller.report()
     learned = list(follow_dataset(root, action_dim, follow=False))
-    k = sum(r.label == "success" for r in results)
-    lo, hi = wilson_interval(k, len(results))
-    return {"episodes": len(results), "successes": k, "success": k / len(results) if results else float("nan"),
-            "ci95": [lo, hi], "saved": sum(r.saved for r in results), "dataset": str(root),
+    return {**success_rate([r.label == "success" for r in results]), "saved": sum(r.saved for r in results),
+            "dataset": str(root),
             "policy_versions": sorted({v for r in results for v in r.policy_versions}),
             "learner_episodes": len(learned), "learner_tokens": int(sum(s.executed.sum() for e in learned for s in e.steps)),
             # the safety filter between policy and arm (the twin rollouts above have none): ticks it changed
@@ -235,12 +237,18 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
         policy = (policy_factory or local_policy)(runtime)
     eval_seeds = [EVAL_SEED_OFFSET + cfg.seed * 10_000 + i for i in range(cfg.eval_episodes)]
 
+    def evaluate_both(when: str) -> tuple[list[Episode], list[Episode]]:
+        """The headline evaluation and the extra one, on the held-out starts with the same sampling seeds."""
+        t0 = time.perf_counter()
+        with tqdm(total=len(eval_seeds), desc=f"eval {when} RL", unit="ep", disable=not cfg.progress) as bar:
+            main = evaluate(envs, policy, eval_seeds, cfg.eval_mode, cfg.temperature, bar, sample_seed=cfg.seed)
+        extra = (evaluate(envs, policy, eval_seeds, cfg.extra_eval_mode, cfg.temperature, sample_seed=cfg.seed)
+                 if cfg.extra_eval_mode else [])
+        timings[f"eval_{when}_s"] = time.perf_counter() - t0
+        return main, extra
+
     # 3. before
-    t0 = time.perf_counter()
-    with tqdm(total=len(eval_seeds), desc="eval before RL", unit="ep", disable=not cfg.progress) as bar:
-        before = evaluate(envs, policy, eval_seeds, cfg.eval_mode, cfg.temperature, bar, sample_seed=cfg.seed)
-    extra_before = evaluate(envs, policy, eval_seeds, cfg.extra_eval_mode, cfg.temperature, sample_seed=cfg.seed) if cfg.extra_eval_mode else []
-    timings["eval_before_s"] = time.perf_counter() - t0
+    before, extra_before = evaluate_both("before")
     log(f"before RL: {rate(before)['successes']}/{len(before)} ({cfg.eval_mode})"
         + (f", {rate(extra_before)['successes']}/{len(extra_before)} ({cfg.extra_eval_mode})" if extra_before else ""))
 
@@ -301,11 +309,7 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     timings["rl_s"] = time.perf_counter() - t_rl
 
     # 5. after
-    t0 = time.perf_counter()
-    with tqdm(total=len(eval_seeds), desc="eval after RL", unit="ep", disable=not cfg.progress) as bar:
-        after = evaluate(envs, policy, eval_seeds, cfg.eval_mode, cfg.temperature, bar, sample_seed=cfg.seed)
-    extra_after = evaluate(envs, policy, eval_seeds, cfg.extra_eval_mode, cfg.temperature, sample_seed=cfg.seed) if cfg.extra_eval_mode else []
-    timings["eval_after_s"] = time.perf_counter() - t0
+    after, extra_after = evaluate_both("after")
     versions_served = sorted({e.version for e in after})
     graph = None
     if server is not None and cfg.graph_episodes:
