@@ -405,7 +405,7 @@ def test_real_robot_graph_on_the_wall_clock(tmp_path):
         q1 = g.nodes["arm_node"].arm.read()[0]
         report = g.nodes["policy_node"].controller.report()
         frames = dict(g.nodes["camera_node"].frames)
-        commands = g.nodes["arm_node"].commands
+        received = dict(g.nodes["arm_node"].received)
     (r,) = results
     assert (r.end_reason, r.label, r.label_source) == ("timeout", "unlabelled", "timeout")
     # wall-clock seconds; the rates depend on how loaded the machine is, so only lower bounds that
@@ -414,5 +414,8 @@ def test_real_robot_graph_on_the_wall_clock(tmp_path):
     c = report["controller"]
     assert c["sources"].get("policy", 0) >= 5 and c["replies"] >= 2 and c["errors"] == 0, c
     assert not any(k.startswith(("no new chunk", "observation")) for k in c["holds"]), c["holds"]
-    assert min(frames.values()) >= 5 and commands >= 5
+    # the policy's commands reach the arm (each node here shares one process and its GIL, and commands
+    # keep only the newest few, so fewer arrive than were sent on a loaded machine; none arrived when
+    # the arm node's state timer starved its command subscription)
+    assert min(frames.values()) >= 5 and received.get("policy", 0) >= 3, received
     assert np.abs(q1 - q0).max() > 1e-3  # the policy moved the arm

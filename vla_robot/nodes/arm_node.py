@@ -8,6 +8,8 @@ For ros2_control arms no arm_node runs: commands go to the controller directly (
 """
 from __future__ import annotations
 
+import threading
+from collections import Counter
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -41,45 +43,55 @@ class ArmNode(common.ConfiguredNode):
                               f"{list(self.spec.joint_names)}")
         self._offset = common.wall_offset()
         self._homing: list[np.ndarray] = []
-        self.commands = 0
-        group = MutuallyExclusiveCallbackGroup()  # one caller of the device at a time
+        self.commands = 0  # sent to the device (homing included)
+        self.received: Counter[str] = Counter()  # commands taken from arm/command, by source
+        # One caller of the device at a time, but not one callback group: rclpy's executor offers a
+        # group's ready timer before its ready subscriptions, so with the state timer and the command
+        # subscription in one group a read that takes a tick (a loaded machine, a slow bus) starves
+        # every command. Separate groups, one lock around the device.
+        self._device = threading.RLock()
         self.js_pub = self.create_publisher(JointState, common.JOINT_STATES, common.STATE_QOS)
         self.create_subscription(JointTrajectory, common.ARM_COMMAND, self._on_command, common.COMMAND_QOS,
-                                 callback_group=group)
+                                 callback_group=MutuallyExclusiveCallbackGroup())
         self.create_subscription(String, common.EPISODE_EVENTS, self._on_episode_event, common.EVENT_QOS,
-                                 callback_group=group)
-        self.create_timer(1.0 / cfg.state_hz, self._on_timer, callback_group=group)
+                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0 / cfg.state_hz, self._on_timer, callback_group=MutuallyExclusiveCallbackGroup())
         self.diagnostics = common.Diagnostics(self)
         self.mon_cmd = self.diagnostics.monitor("commands", max(cfg.command_timeout_s, 0.5))
-        self.diagnostics.extra = lambda: (common.OK, "ok", {"commands": self.commands, "backend": cfg.backend})
+        self.diagnostics.extra = lambda: (common.OK, "ok", {"commands": self.commands, "received": dict(self.received),
+                                                            "backend": cfg.backend})
         self.get_logger().info(f"arm: {cfg.backend} ({cfg.robot}), joints {self.names}, state at {cfg.state_hz:g} Hz")
 
     def _on_timer(self) -> None:
-        try:
-            q, dq, stamp = self.arm.read()
-        except DriverError as e:
-            self.get_logger().error(f"arm read failed: {e}", throttle_duration_sec=2.0)
-            return
+        with self._device:
+            try:
+                q, dq, stamp = self.arm.read()
+            except DriverError as e:
+                self.get_logger().error(f"arm read failed: {e}", throttle_duration_sec=2.0)
+                return
+            if self._homing:  # under the lock: a command that takes over cannot be overwritten by a step home
+                self._send(self._homing.pop(0))
         self.js_pub.publish(convert.joint_state_to_msg(self.names, q, stamp + self._offset, velocity=dq))
-        if self._homing:
-            self._send(self._homing.pop(0))
 
     def _on_command(self, msg: JointTrajectory) -> None:
         try:
-            q = convert.msg_to_command(msg, self.names)[0]
+            q, _, source = convert.msg_to_command(msg, self.names)
         except ValueError as e:
             self.get_logger().warning(f"dropping a bad arm command: {e}", throttle_duration_sec=5.0)
             return
-        self._homing = []  # a commander took over
+        with self._device:
+            self._homing = []  # a commander took over
         self.mon_cmd.tick()
+        self.received[source] += 1
         self._send(q)
 
     def _send(self, q) -> None:
-        try:
-            self.arm.command(q)
-            self.commands += 1
-        except (DriverError, ValueError) as e:
-            self.get_logger().error(f"arm command refused: {e}", throttle_duration_sec=2.0)
+        with self._device:
+            try:
+                self.arm.command(q)
+                self.commands += 1
+            except (DriverError, ValueError) as e:
+                self.get_logger().error(f"arm command refused: {e}", throttle_duration_sec=2.0)
 
     def _on_episode_event(self, msg: String) -> None:
         try:
@@ -89,7 +101,8 @@ class ArmNode(common.ConfiguredNode):
         if ev["type"] != "reset":
             return
         try:
-            q, _, _ = self.arm.read()
+            with self._device:
+                q, _, _ = self.arm.read()
         except DriverError as e:
             self.get_logger().error(f"cannot home the arm: {e}")
             return
@@ -97,7 +110,8 @@ class ArmNode(common.ConfiguredNode):
         home = self.spec.home
         dist = np.abs(home - q) / (0.25 * self.spec.max_velocity)
         n = max(1, int(np.ceil(dist.max() * self.config.state_hz)))
-        self._homing = [q + (home - q) * (i + 1) / n for i in range(n)]
+        with self._device:
+            self._homing = [q + (home - q) * (i + 1) / n for i in range(n)]
         self.get_logger().info(f"homing the arm over {n / self.config.state_hz:.1f} s")
 
     def close(self) -> None:
