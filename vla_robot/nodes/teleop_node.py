@@ -100,14 +100,16 @@ class TeleopNode(common.ConfiguredNode):
             self.leader.connect()
         elif cfg.device == "gamepad":
             self.gamepad = _open_gamepad(cfg.gamepad_path)
-        group = MutuallyExclusiveCallbackGroup()
+        # the inputs and the timer share state only under self._lock; one group for all would let the
+        # timer (a leader-arm read every tick) starve the joint states and keys (see arm_node)
+        inputs = MutuallyExclusiveCallbackGroup()
         self.command_pub = self.create_publisher(JointTrajectory, common.TELEOP_COMMAND, common.COMMAND_QOS)
         self.intervention_pub = self.create_publisher(Bool, common.TELEOP_INTERVENTION, common.LATCHED_QOS)
         self.intervention_pub.publish(Bool(data=False))
         self.create_subscription(JointState, common.JOINT_STATES, self._on_joint_state, common.STATE_QOS,
-                                 callback_group=group)
-        self.create_subscription(String, "teleop/keys", self._on_keys, common.EVENT_QOS, callback_group=group)
-        self.create_timer(1.0 / cfg.rate_hz, self._on_timer, callback_group=group)
+                                 callback_group=inputs)
+        self.create_subscription(String, "teleop/keys", self._on_keys, common.EVENT_QOS, callback_group=inputs)
+        self.create_timer(1.0 / cfg.rate_hz, self._on_timer, callback_group=MutuallyExclusiveCallbackGroup())
         self._stop = threading.Event()
         self._tty_thread = None
         if use_terminal and cfg.device == "keyboard" and sys.stdin is not None and sys.stdin.isatty():
