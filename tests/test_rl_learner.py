@@ -142,3 +142,24 @@ def test_hot_swapped_versions_appear_in_the_servers_replies(runtime):
         client.close()
     finally:
         server.stop()
+
+
+def test_gradients_left_on_the_model_do_not_leak_into_an_update():
+    """Whoever trained the model before (the demo's SFT warm-up) may leave .grad on it; the
+    learner's update must be the same as on a clean model, and it leaves no gradients behind."""
+    results = []
+    for leftover in (False, True):
+        rt = load_policy(preset="tiny", seed=0)
+        rng = np.random.default_rng(0)
+        gen = torch.Generator().manual_seed(0)
+        learner = Learner(rt, preset("tiny", group_size=4, batch_groups=1, mini_batch_size=2, mode="rl", lr=1e-3))
+        for e in make_group(rt, 0, [1, 0, 0, 1], rng, gen=gen):
+            learner.add(e)
+        if leftover:
+            for p in learner.params:
+                p.grad = torch.full_like(p, 100.0)
+        assert learner.step()["opt_steps"] == 2
+        assert all(p.grad is None for p in learner.params)
+        results.append(params(rt))
+    clean, dirty = results
+    assert all(torch.equal(clean[k], dirty[k]) for k in clean)

@@ -109,7 +109,7 @@ def sft_warmup(runtime, demos: Sequence[dict], steps: int, batch_size: int, lr: 
     runtime.processor.set_norm_stats(compute_statistics(actions, states, num_trajectories=len(demos)), "twin_reach")
     obs, chunks = demo_chunks(demos, h)
     tokens = torch.from_numpy(runtime.processor.actions_to_tokens(chunks))
-    batch = runtime.processor(obs)  # preprocess every frame once
+    batch = runtime.batch(obs)  # preprocess every frame once
     model = runtime.model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)

@@ -77,7 +77,7 @@ def grpo_loss(
     """
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
-    A = advantages.to(logp.dtype)[:, None]
+    A = advantages.to(logp.device, logp.dtype)[:, None]
     pg_unclipped = -A * ratio
     pg_clipped = -A * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     pg = torch.maximum(pg_unclipped, pg_clipped)

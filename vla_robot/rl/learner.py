@@ -112,7 +112,9 @@ class Learner:
             self.version += 1
             self.runtime.version = self.version
             if self.publish is not None:
-                self.publish({k: v.detach().clone() for k, v in self.runtime.model.state_dict().items()}, self.version)
+                # a copy on the CPU: what the publisher sends from, and no second model on the GPU
+                self.publish({k: v.detach().to("cpu", copy=True) for k, v in self.runtime.model.state_dict().items()},
+                             self.version)
         elapsed = time.perf_counter() - t0
         stats.update(
             version=self.version, groups=len(keys), groups_rl=sum(m == "rl" for m in modes.values()),
@@ -137,13 +139,14 @@ class Learner:
         if not items:
             return out
         self.runtime.model.train()
+        self.optimizer.zero_grad(set_to_none=True)  # nothing left over from whoever trained the model before
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(len(items), generator=self.generator).tolist()
             for s in range(0, len(perm), cfg.mini_batch_size):
                 mb = [items[j] for j in perm[s: s + cfg.mini_batch_size]]
                 rl = [(e, a) for k, e, a in mb if k == "rl"]
                 sf = [e for k, e, _ in mb if k == "sft"]
-                total = torch.zeros(())
+                total = torch.zeros((), device=self.runtime.device)
                 if rl:
                     logp, old, mask = self.trajectory_logprobs([e for e, _ in rl], cfg.temperature)
                     loss_rl, st = grpo_loss(logp, old, torch.tensor([a for _, a in rl]), mask,
@@ -155,14 +158,16 @@ class Learner:
                 if sf:  # the policy's SFT loss on the demonstrations (cross-entropy over the 256 action bins)
                     obs = [s.observation for e in sf for s in e.steps]
                     toks = torch.from_numpy(np.stack([s.tokens for e in sf for s in e.steps]))
-                    loss_sft = self.runtime.model.sft_loss(self.runtime.processor(obs), toks, vocab="bins")
+                    loss_sft = self.runtime.model.sft_loss(self.runtime.batch(obs), toks, vocab="bins")
                     total = total + cfg.sft_coef * loss_sft * len(sf)
                     out["tokens"] += float(toks.numel())
                 loss = total / len(mb)
-                self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 gn = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
                 self.optimizer.step()
+                # free the gradients now, not before the next backward: the next forward then runs
+                # without them (a 7B model's bf16 gradients are 15 GB)
+                self.optimizer.zero_grad(set_to_none=True)
                 out["loss"] += float(loss.detach())
                 out["grad_norm"] += float(gn)
                 out["opt_steps"] += 1
@@ -176,22 +181,22 @@ class Learner:
         """Current log-probs, behaviour log-probs and executed mask, each [B, T] (T padded)."""
         obs = [s.observation for e in episodes for s in e.steps]
         toks = np.stack([s.tokens for e in episodes for s in e.steps])
-        model, processor = self.runtime.model, self.runtime.processor
-        parts = [model.token_logprobs(processor(obs[i: i + self.forward_batch]),
+        model, batch = self.runtime.model, self.runtime.batch  # on the model's device and dtype
+        parts = [model.token_logprobs(batch(obs[i: i + self.forward_batch]),
                                       torch.from_numpy(toks[i: i + self.forward_batch]), temperature)
                  for i in range(0, len(obs), self.forward_batch)]
         flat = torch.cat(parts)  # [sum K_i, H*D]
         lengths = [len(e.steps) * toks.shape[1] for e in episodes]
         t_max = max(lengths)
         logp = flat.new_zeros(len(episodes), t_max)
-        old = torch.zeros(len(episodes), t_max)
-        mask = torch.zeros(len(episodes), t_max, dtype=torch.bool)
+        old = torch.zeros(len(episodes), t_max, device=flat.device)
+        mask = torch.zeros(len(episodes), t_max, dtype=torch.bool, device=flat.device)
         row = 0
         for b, e in enumerate(episodes):
             k = len(e.steps)
             logp[b, : lengths[b]] = flat[row: row + k].reshape(-1)
-            old[b, : lengths[b]] = torch.from_numpy(np.concatenate([s.logprobs for s in e.steps]))
-            mask[b, : lengths[b]] = torch.from_numpy(np.concatenate([s.executed for s in e.steps]))
+            old[b, : lengths[b]] = torch.from_numpy(np.concatenate([s.logprobs for s in e.steps])).to(flat.device)
+            mask[b, : lengths[b]] = torch.from_numpy(np.concatenate([s.executed for s in e.steps])).to(flat.device)
             row += k
         return logp, old, mask
 
