@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vla_robot.policy import load_policy
+from vla_robot.policy.normalization import identity_statistics
 from vla_robot.rl.config import preset
 from vla_robot.rl.episodes import Episode, Step, executed_mask
 from vla_robot.rl.learner import Learner
@@ -37,24 +38,38 @@ def synthetic_episodes(runtime, n: int, steps: int, group_size: int, rng: np.ran
     return out
 
 
-def bench(runtime, episodes: list[Episode], group_size: int, repeats: int, lr: float, mini_batch: int) -> dict:
-    cfg = preset("tiny", group_size=group_size, batch_groups=len(episodes) // group_size, mini_batch_size=mini_batch,
-                 lr=lr, mode="rl")
+def big_runtime(name: str, device: str, overrides: dict | None = None):
+    """The big preset with random weights in bf16, with the discrete head GRPO needs (OFT's
+    published checkpoints have the L1 head; the RL recipe samples tokens)."""
+    rt = load_policy(preset=name, device=device, dtype="bfloat16", seed=0, overrides={"head": "discrete", **(overrides or {})})
+    if rt.processor.norm_stats is None:  # random weights: any bounds cost the same
+        rt.set_norm_stats(identity_statistics(rt.cfg.action_dim, rt.cfg.proprio_dim), "identity")
+    return rt
+
+
+def bench(runtime, episodes: list[Episode], group_size: int, repeats: int, preset_name: str, mini_batch: int) -> dict:
+    """Median seconds of one GRPO update (the learner's) and of an SFT pass over the same sequences."""
+    cfg = preset(preset_name, group_size=group_size, batch_groups=len(episodes) // group_size,
+                 mini_batch_size=mini_batch, mode="rl")
     learner = Learner(runtime, cfg)
     sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
-    # baseline: a teacher-forced SFT step over the same (observation, tokens) pairs
+    # baseline: a teacher-forced SFT step over the same (observation, tokens) pairs, with the
+    # learner's own optimizer (a second AdamW state would not fit beside a 7B model on one GPU)
     obs = [s.observation for e in episodes for s in e.steps]
     toks = torch.from_numpy(np.stack([s.tokens for e in episodes for s in e.steps]))
-    opt = torch.optim.AdamW(learner.params, lr=lr)
+    opt = learner.optimizer
+    per_step = max(1, mini_batch * len(obs) // len(episodes))  # sequences per SFT step = the GRPO mini-batch's
     base, grpo = [], []
     for _ in range(repeats):
         sync()
         t = time.perf_counter()
-        for i in range(0, len(obs), mini_batch):
-            loss = -runtime.model.token_logprobs(runtime.batch(obs[i:i + mini_batch]), toks[i:i + mini_batch].to(runtime.device), 1.0).mean()
-            opt.zero_grad(set_to_none=True)
+        runtime.model.train()
+        for i in range(0, len(obs), per_step):
+            loss = -runtime.model.token_logprobs(runtime.batch(obs[i:i + per_step]), toks[i:i + per_step], 1.0).mean()
             loss.backward()
             opt.step()
+            opt.zero_grad(set_to_none=True)  # as the learner does: no gradients alive during the next forward
+        runtime.model.eval()
         sync()
         base.append(time.perf_counter() - t)
         for e in episodes:
@@ -79,6 +94,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-gpu", action="store_true")
+    ap.add_argument("--gpu-preset", default="oft-7b")
+    ap.add_argument("--gpu-episodes", type=int, default=8, help="one group of this many rollouts")
+    ap.add_argument("--gpu-steps", type=int, default=2, help="chunk queries per episode on the GPU")
+    ap.add_argument("--gpu-mini-batch", type=int, default=2, help="trajectories per optimizer step on the GPU")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -86,16 +105,20 @@ def main() -> None:
     rows = []
     rt = load_policy(preset="tiny", seed=0)
     eps = synthetic_episodes(rt, args.episodes, args.steps, 8, rng)
-    r = bench(rt, eps, 8, args.repeats, 3e-4, 16)
+    r = bench(rt, eps, 8, args.repeats, "tiny", 16)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows.append(("tiny", "cpu", r, f"{rss:.0f} MiB RSS"))
 
     if torch.cuda.is_available() and not args.skip_gpu:
+        big = big_runtime(args.gpu_preset, "cuda")
+        weights = torch.cuda.memory_allocated() / 2**30
         torch.cuda.reset_peak_memory_stats()
-        big = load_policy(preset="oft-7b", device="cuda", dtype="bfloat16", seed=0)
-        eps = synthetic_episodes(big, 2, 1, 2, rng)
-        r = bench(big, eps, 2, max(1, args.repeats - 1), 5e-6, 1)
-        rows.append(("oft-7b", torch.cuda.get_device_name(), r, f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB GPU peak"))
+        eps = synthetic_episodes(big, args.gpu_episodes, args.gpu_steps, args.gpu_episodes, rng)
+        r = bench(big, eps, args.gpu_episodes, max(1, args.repeats - 1), args.gpu_preset, args.gpu_mini_batch)
+        n = sum(p.numel() for p in big.model.parameters()) / 1e9
+        rows.append((args.gpu_preset, torch.cuda.get_device_name(), r,
+                     f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB GPU peak ({n:.2f}B params, weights {weights:.1f} GiB;"
+                     f" AdamW, mini-batch {args.gpu_mini_batch} x {args.gpu_steps} chunks)"))
     else:
         print("oft-7b: no GPU here (or --skip-gpu); tiny on the CPU only")
 
