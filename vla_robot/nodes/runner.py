@@ -325,11 +325,13 @@ class GraphRunner:
         episodes one by one (``on_episode(results, recorder)`` after each), then wait until it has
         saved every episode the manager kept. Raises ``RuntimeError`` if the recorder never opens."""
         session = self.nodes["recorder_node"].session
+        # count from now: with autostart, episodes also end between our calls, and on a loaded machine the
+        # first one can end before the recorder reports ready (it records it all the same)
+        first = seen = len(self.results)
         t0 = time.monotonic()
         deadline = t0 + timeout_s
         if not session.ready.wait(max(1.0, min(180.0, deadline - t0))) or session.recorder is None:
             raise RuntimeError("the recorder could not open the dataset (no camera images / joint states, or an error above)")
-        first = seen = len(self.results)  # with autostart episodes also end between our calls: count them all
         while seen - first < n and time.monotonic() < deadline:
             self.run_episodes(1, timeout_s=max(1.0, deadline - time.monotonic()))
             now = min(len(self.results), first + n)
