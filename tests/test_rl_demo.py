@@ -16,7 +16,8 @@ torch.set_num_threads(1)
 @pytest.mark.slow
 def test_demo_pipeline_writes_a_report_counted_from_its_episodes(tmp_path):
     cfg = RLFinetuneConfig(demos=2, sft_steps=3, sft_batch=4, group_size=2, groups_per_round=1, rounds=1, cubes=1,
-                           eval_episodes=2, episode_s=0.6, threads=1, progress=False, served=True, graph_episodes=3)
+                           eval_episodes=2, episode_s=0.6, threads=1, progress=False, served=True, graph_episodes=3,
+                           safety=True, velocity_scale=0.8, acceleration_scale=0.6)
     lines = []
     report = demo.run(cfg, tmp_path, log=lines.append)
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -37,6 +38,9 @@ def test_demo_pipeline_writes_a_report_counted_from_its_episodes(tmp_path):
     assert graph["policy_versions"] == [saved["policy_version"]] and graph["learner_tokens"] > 0
     assert 0 <= graph["successes"] <= 3 and any("ROS graph:" in x for x in lines)
     assert graph["control_ticks"] > 0 and all(v > 0 for v in graph["safety_clamps"].values())
+    # the graph executed as the twin rollouts did: whole chunks, within the same safety limits
+    assert graph["control"] == {"executor": "open_loop", "velocity_scale": 0.8, "acceleration_scale": 0.6}
+    assert all(0 <= r["clamped"] <= 1 for r in saved["rounds"]) and saved["rounds"][0]["clamped"] > 0
     from vla_robot.data import reader
 
     assert len(reader.read_journal(tmp_path / "dataset")) == 3
@@ -86,6 +90,41 @@ def test_seeded_evaluation_replays_the_same_episodes_and_groups_still_differ():
             e.close()
 
 
+def test_rollouts_through_the_safety_filter_execute_only_what_the_arm_may():
+    """A policy whose targets jump far further per tick than the arm's velocity limit allows: with the
+    control core's SafetyFilter in the rollout the twin only ever gets commands within the limits (as
+    the robot behind policy_node does) and the episode counts the clamped steps; without it the twin
+    gets the raw targets."""
+    from vla_robot.control import SafetyConfig
+    from vla_robot.rl.episodes import rollout
+    from vla_robot.twin import make_env
+
+    env = make_env("reach", cubes=1, seed=0, image_size=(32, 32), episode_s=0.6)
+    robot = env.robot
+    far = [robot.lower + 0.1 * (robot.upper - robot.lower), robot.upper - 0.1 * (robot.upper - robot.lower)]
+
+    def jumpy(observations, mode, temperature, seeds=None):  # alternates between two far-apart poses
+        return [{"actions": np.stack([far[i % 2] for i in range(8)]).astype(np.float32), "version": 0}
+                for _ in observations]
+
+    sent = []
+    advance = env.advance
+    env.advance = lambda q: (sent.append(np.asarray(q, float)), advance(q))[-1]
+    try:
+        for scale in (1.0, 0.5):
+            sent.clear()
+            (ep,) = rollout([env], jumpy, [3], safety=SafetyConfig(velocity_scale=scale), keep_steps=False)
+            steps = np.abs(np.diff(np.stack(sent), axis=0))
+            assert ep.length == len(sent) == 18 and 0 < ep.clamped <= ep.length
+            assert (steps <= scale * robot.max_velocity * env.control_dt + 1e-9).all()
+        sent.clear()
+        (raw,) = rollout([env], jumpy, [3], keep_steps=False)
+        assert raw.clamped == 0
+        np.testing.assert_allclose(sent[1], far[1])  # the raw target, a jump no arm makes in one tick
+    finally:
+        env.close()
+
+
 def test_cli_rejects_bad_input(tmp_path, capsys):
     assert main(["rl-finetune", "--out", str(tmp_path)]) == 2
     assert "add --sim" in capsys.readouterr().err
@@ -93,6 +132,8 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     assert "eval_episodes" in capsys.readouterr().err
     assert main(["rl-finetune", "--sim", "--cubes", "4", "--out", str(tmp_path)]) == 2
     assert "cubes must be 1..3" in capsys.readouterr().err
+    assert main(["rl-finetune", "--sim", "--velocity-scale", "1.5", "--out", str(tmp_path)]) == 2
+    assert "velocity_scale is a fraction of the robot's limit and must be <= 1, got 1.5" in capsys.readouterr().err
     with pytest.raises(ValueError, match="task must be one of reach, pick_place, got 'dance'"):
         RLFinetuneConfig(task="dance").validate()
     with pytest.raises(ValueError, match=r"cubes must be 1..2 \(the pick_place task's red, blue\), got 3"):

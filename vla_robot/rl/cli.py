@@ -39,6 +39,13 @@ def rl_finetune_args(parser: argparse.ArgumentParser) -> None:
                         help="served: the learner updates while the next round rolls out (worth it on more than 2 cores)")
     parser.add_argument("--graph-episodes", type=int, default=d.graph_episodes,
                         help="after RL, run this many episodes through the rl_finetune ROS graph (0: none)")
+    parser.add_argument("--safety", action=argparse.BooleanOptionalAction, default=d.safety,
+                        help="every twin action through the control core's safety filter, as on the robot")
+    parser.add_argument("--velocity-scale", type=float, default=d.velocity_scale,
+                        help="safety filter: fraction of the arm's velocity limits")
+    parser.add_argument("--acceleration-scale", type=float, default=d.acceleration_scale,
+                        help="safety filter: fraction of the arm's acceleration limits")
+    parser.add_argument("--episode-s", type=float, default=d.episode_s, help="twin episode length, seconds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -58,8 +65,9 @@ def rl_finetune(args: argparse.Namespace) -> int:
                            eval_episodes=args.eval_episodes, eval_mode=args.eval_mode, temperature=args.temperature,
                            extra_eval_mode=args.extra_eval_mode, lr=args.lr,
                            mode=args.mode, time_budget_s=args.time_budget, served=args.served,
-                           graph_episodes=args.graph_episodes, overlap=args.overlap,
-                           progress=not args.no_progress)
+                           graph_episodes=args.graph_episodes, overlap=args.overlap, safety=args.safety,
+                           velocity_scale=args.velocity_scale, acceleration_scale=args.acceleration_scale,
+                           episode_s=args.episode_s, progress=not args.no_progress)
     try:
         cfg.validate()
     except ValueError as e:

@@ -36,7 +36,9 @@ GRAPH_START_S, GRAPH_EPISODE_S = 15.0, 4.0  # the ROS graph phase on the 2-core 
 
 
 def rate(episodes: Sequence[Episode]) -> dict:
-    return success_rate([e.label == 1 for e in episodes])
+    """Success with its interval, and the fraction of executed steps the safety filter changed."""
+    return {**success_rate([e.label == 1 for e in episodes]),
+            "clamped": sum(e.clamped for e in episodes) / max(1, sum(e.length for e in episodes))}
 
 
 def success_rate(outcomes: Sequence[bool]) -> dict:
@@ -134,14 +136,14 @@ def sft_warmup(runtime, demos: Sequence[dict], steps: int, batch_size: int, lr: 
 
 # ---- 3/5. evaluation --------------------------------------------------------------------------
 def evaluate(envs, policy, seeds: Sequence[int], mode: str, temperature: float, progress=None,
-             sample_seed: int = 0) -> list[Episode]:
+             sample_seed: int = 0, safety=None) -> list[Episode]:
     """One episode per held-out start state. Sampling is seeded per (start, chunk): the same version
     gives the same episodes again, and before/after share their random numbers."""
     episodes = []
     for i in range(0, len(seeds), len(envs)):
         batch = list(seeds[i: i + len(envs)])
         episodes += rollout(envs[: len(batch)], policy, batch, mode=mode, temperature=temperature, keep_steps=False,
-                            sample_seed=sample_seed)
+                            sample_seed=sample_seed, safety=safety)
         if progress is not None:
             progress.update(len(batch))
     return episodes
@@ -159,7 +161,11 @@ def graph_episodes(cfg: RLFinetuneConfig, policy_server: str, root: Path, first_
 
     overrides = {
         "twin_node": {"task": cfg.task, "cubes": cfg.cubes, "image_size": [cfg.image_size, cfg.image_size]},
-        "policy_node": {"temperature": cfg.temperature},
+        # as the twin rollouts execute: each chunk whole (open loop), within the safety limits they use
+        # (policy_node always filters: with cfg.safety off the rollouts do not, and the report shows the gap)
+        "policy_node": {"temperature": cfg.temperature, "control": {
+            "executor": {"kind": "open_loop"},
+            "safety": {"velocity_scale": cfg.velocity_scale, "acceleration_scale": cfg.acceleration_scale}}},
         "episode_manager_node": {"episodes": cfg.graph_episodes, "max_duration_s": cfg.episode_s,
                                  "label_source": "auto", "prompt": False, "seed": first_seed},
         "recorder_node": {"root": str(root)},
@@ -171,13 +177,16 @@ def graph_episodes(cfg: RLFinetuneConfig, policy_server: str, root: Path, first_
                      exclude=("teleop_node",), domain_id=domain) as g:
         results = g.record_episodes(cfg.graph_episodes, timeout_s=timeout_s)
         control = g.nodes["policy_node"].controller.report()
+        used = g.nodes["policy_node"].config.control
     learned = list(follow_dataset(root, action_dim, follow=False))
     return {**success_rate([r.label == "success" for r in results]), "saved": sum(r.saved for r in results),
             "dataset": str(root),
             "policy_versions": sorted({v for r in results for v in r.policy_versions}),
             "learner_episodes": len(learned), "learner_tokens": int(sum(s.executed.sum() for e in learned for s in e.steps)),
-            # the safety filter between policy and arm (the twin rollouts above have none): ticks it changed
+            # the safety filter between policy and arm (the twin rollouts pass one only with cfg.safety)
             "control_ticks": control["safety"]["ticks"],
+            "control": {"executor": used.executor.kind, "velocity_scale": used.safety.velocity_scale,
+                        "acceleration_scale": used.safety.acceleration_scale},
             "safety_clamps": {k: v for k, v in control["safety"].items() if k != "ticks" and v},
             "seconds": time.perf_counter() - t0}
 
@@ -236,13 +245,16 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     else:
         policy = (policy_factory or local_policy)(runtime)
     eval_seeds = [EVAL_SEED_OFFSET + cfg.seed * 10_000 + i for i in range(cfg.eval_episodes)]
+    safety = cfg.safety_config()
 
     def evaluate_both(when: str) -> tuple[list[Episode], list[Episode]]:
         """The headline evaluation and the extra one, on the held-out starts with the same sampling seeds."""
         t0 = time.perf_counter()
         with tqdm(total=len(eval_seeds), desc=f"eval {when} RL", unit="ep", disable=not cfg.progress) as bar:
-            main = evaluate(envs, policy, eval_seeds, cfg.eval_mode, cfg.temperature, bar, sample_seed=cfg.seed)
-        extra = (evaluate(envs, policy, eval_seeds, cfg.extra_eval_mode, cfg.temperature, sample_seed=cfg.seed)
+            main = evaluate(envs, policy, eval_seeds, cfg.eval_mode, cfg.temperature, bar, sample_seed=cfg.seed,
+                            safety=safety)
+        extra = (evaluate(envs, policy, eval_seeds, cfg.extra_eval_mode, cfg.temperature, sample_seed=cfg.seed,
+                          safety=safety)
                  if cfg.extra_eval_mode else [])
         timings[f"eval_{when}_s"] = time.perf_counter() - t0
         return main, extra
@@ -287,7 +299,8 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
         episodes = []
         for _ in tqdm(range(cfg.groups_per_round), desc=f"round {r + 1}/{cfg.rounds} rollouts", unit="group",
                       disable=not cfg.progress):
-            episodes += rollout_group(envs, policy, train_seed, mode="sample", temperature=cfg.temperature)
+            episodes += rollout_group(envs, policy, train_seed, mode="sample", temperature=cfg.temperature,
+                                      safety=safety)
             train_seed += 1
         fig = rate(episodes)
         fig.update(round=r + 1, rollout_s=time.perf_counter() - t0,

@@ -5,7 +5,10 @@ their behaviour log-probs, which of those tokens the arm executed), the start co
 groups it, the policy version that acted and the label (1 success, 0 failure, None unlabelled).
 Rollouts run n environments from one start condition in lock-step with one batched policy call
 per chunk (SimpleVLA-RL's micro-batch of one prompt x n samples); each executes its chunk open
-loop and stops at success or at ``max_steps``, so only executed actions are marked.
+loop and stops at success or at ``max_steps``, so only executed actions are marked. With a
+``SafetyConfig`` every action passes through the control core's :class:`SafetyFilter` before the
+twin, as every command of policy_node does before the arm: the policy is trained on the motion the
+robot will execute, not on targets the filter would refuse.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ class Episode:
     version: int
     episode_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     length: int = 0            # env steps executed
+    clamped: int = 0           # of those, steps whose action the safety filter changed
 
     def validate(self) -> None:
         if self.label not in (0, 1, None):
@@ -75,16 +79,27 @@ def rollout_group(envs: Sequence, policy: PolicyFn, start: int, **kwargs) -> lis
 
 def rollout(
     envs: Sequence, policy: PolicyFn, starts: Sequence[int], *, mode: str = "sample", temperature: float = 1.6,
-    task: str = "", keep_steps: bool = True, sample_seed: int | None = None,
+    task: str = "", keep_steps: bool = True, sample_seed: int | None = None, safety=None,
 ) -> list[Episode]:
     """Env i from start state ``starts[i]`` until success or ``max_steps``, one batched policy call per chunk.
 
     ``sample_seed``: each chunk query gets the seed :func:`chunk_seed` (base, start, chunk index), so the
     same policy samples the same episode again (for evaluations; GRPO groups leave it out, their members
-    must differ)."""
+    must differ).
+
+    ``safety``: a ``vla_robot.control.SafetyConfig``; each env's actions then pass through a
+    SafetyFilter on its robot's limits, reset to the measured pose at the episode's start."""
     if len(starts) != len(envs):
         raise ValueError(f"rollout: one start state per env expected, got {len(starts)} for {len(envs)} envs")
     obs = [policy_observation(env.reset(start=int(s)), env.instruction) for env, s in zip(envs, starts)]
+    filters = [None] * len(envs)
+    if safety is not None:
+        from vla_robot.control import SafetyFilter
+
+        filters = [SafetyFilter(env.robot.joint_limits(), safety) for env in envs]
+        for f, env in zip(filters, envs):
+            f.reset(env.joint_positions())
+    clamped = [0] * len(envs)
     starts = [env.start_condition for env in envs]
     n = len(envs)
     steps: list[list[Step]] = [[] for _ in range(n)]
@@ -110,7 +125,11 @@ def rollout(
             k = 0
             env = envs[i]
             while k < h and not done[i]:
-                _advance(env, chunk[k])  # no rendering inside the chunk: nobody looks at those frames
+                action = chunk[k]
+                if filters[i] is not None:
+                    action = filters[i].filter(action, env.control_dt)
+                    clamped[i] += bool(filters[i].last_clamps)
+                _advance(env, action)  # no rendering inside the chunk: nobody looks at those frames
                 k += 1
                 t[i] += 1
                 if env.success():
@@ -123,7 +142,7 @@ def rollout(
                 steps[i].append(Step(query, np.asarray(res["tokens"], dtype=np.int64),
                                      np.asarray(res["logprobs"], dtype=np.float32), executed_mask(k, h, d)))
     return [Episode(task=task or envs[i].instruction, start=starts[i], steps=steps[i], label=int(success[i]),
-                    version=versions[i], length=t[i]) for i in range(n)]
+                    version=versions[i], length=t[i], clamped=clamped[i]) for i in range(n)]
 
 
 def _advance(env, q) -> None:
