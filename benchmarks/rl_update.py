@@ -5,6 +5,10 @@ in the same run is a plain teacher-forced SFT step on the same observations and 
 trainer pays), so the figure to read is the GRPO update's overhead over it.
 
     .venv/bin/python benchmarks/rl_update.py [--episodes 16] [--steps 4] [--repeats 3]
+        [--gpu-episodes 8 --gpu-steps 2 --gpu-mini-batch 2]
+
+oft-7b with AdamW on one GPU (no sharding) peaked at 70.1 GiB with the GPU defaults (H100 80GB and
+H200 alike); --gpu-mini-batch 4 took 78.2 GiB. PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True helps.
 """
 from __future__ import annotations
 
