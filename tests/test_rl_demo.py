@@ -47,6 +47,12 @@ def test_demo_pipeline_writes_a_report_counted_from_its_episodes(tmp_path):
     # the learner's final checkpoint loads back as a policy with its version
     ckpt = load_policy(checkpoint=str(tmp_path / "checkpoint"))
     assert ckpt.metadata["action_dim"] == 6
+    # a second run into the same folder: the recorder keeps the first run's episodes and appends; the
+    # report counts this run's alone
+    cfg.graph_episodes, cfg.extra_eval_mode = 2, ""
+    again = demo.run(cfg, tmp_path, log=lines.append)["graph"]
+    assert again["dataset_earlier_episodes"] == 3 and again["episodes"] == again["learner_episodes"] == 2
+    assert len(reader.read_journal(tmp_path / "dataset")) == 5
 
 
 def test_learner_updates_while_the_next_round_rolls_out(tmp_path):

@@ -156,8 +156,13 @@ def graph_episodes(cfg: RLFinetuneConfig, policy_server: str, root: Path, first_
     rl_finetune.launch.py use_sim:=true`` runs it: twin_node (arm, cameras, success check), policy_node
     asking this run's policy server (sampling, tokens and log-probs), episode_manager_node labelling with
     the twin's check, recorder_node writing a LeRobotDataset; then the learner reads that dataset back."""
+    from vla_robot.data.reader import read_journal
     from vla_robot.nodes.runner import GraphRunner
     from vla_robot.rl.dataset import follow_dataset
+
+    # the recorder appends to a dataset already there (a second run into the same --out): this run's
+    # episodes are the ones after those
+    earlier = len(read_journal(root))
 
     overrides = {
         "twin_node": {"task": cfg.task, "cubes": cfg.cubes, "image_size": [cfg.image_size, cfg.image_size]},
@@ -178,9 +183,9 @@ def graph_episodes(cfg: RLFinetuneConfig, policy_server: str, root: Path, first_
         results = g.record_episodes(cfg.graph_episodes, timeout_s=timeout_s)
         control = g.nodes["policy_node"].controller.report()
         used = g.nodes["policy_node"].config.control
-    learned = list(follow_dataset(root, action_dim, follow=False))
+    learned = list(follow_dataset(root, action_dim, since=earlier, follow=False))
     return {**success_rate([r.label == "success" for r in results]), "saved": sum(r.saved for r in results),
-            "dataset": str(root),
+            "dataset": str(root), "dataset_earlier_episodes": earlier,
             "policy_versions": sorted({v for r in results for v in r.policy_versions}),
             "learner_episodes": len(learned), "learner_tokens": int(sum(s.executed.sum() for e in learned for s in e.steps)),
             # the safety filter between policy and arm (the twin rollouts pass one only with cfg.safety)
