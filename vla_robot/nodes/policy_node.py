@@ -87,6 +87,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         self._faulted = False
         self._version = None
         self._chunk_id = 0
+        self._episode_gen = 0  # +1 at every episode start and end: a tick's outputs belong to its episode
         self.ticks = 0
 
         inputs = ReentrantCallbackGroup()
@@ -219,6 +220,8 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             self.get_logger().warning(f"ignoring a bad episode event: {e}")
             return
         with self._lock:
+            if ev["type"] in ("start", "end", "reset", "done"):
+                self._episode_gen += 1
             if ev["type"] == "start":
                 self._active = True
                 self._needs_reset = True
@@ -257,10 +260,14 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
                 return  # wait until every camera's frame of this step is in
             self._last_ticked_stamp = stamp
         self._sim_now = stamp
-        self.tick(stamp)
+        # wait for a tick in progress instead of dropping this one: in lockstep the twin steps only on our
+        # command, so a dropped trigger (the first observation of an episode, while the last tick of the
+        # one before still waits for its chunk) would stall the episode
+        self.tick(stamp, wait=True)
 
-    def tick(self, now: float) -> None:
-        if not self._tick_lock.acquire(blocking=False):
+    def tick(self, now: float, wait: bool = False) -> None:
+        """One control tick; ``wait``: after a tick in progress (else a trigger during a tick is dropped)."""
+        if not self._tick_lock.acquire(blocking=wait):
             return
         try:
             self._tick(now)
@@ -279,6 +286,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             teleop = self._teleop[0] if (self._intervention and self._teleop is not None) else None
             needs_reset, self._needs_reset = self._needs_reset, False
             instruction = self._instruction
+            gen = self._episode_gen
         if needs_reset:
             self.controller.reset(q, now)
         cams = self.config.cameras
@@ -292,6 +300,12 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             }
 
         r = self.controller.tick(now, obs_stamp, observation, teleop=teleop)
+        with self._lock:
+            if gen != self._episode_gen:
+                # the episode ended while this tick waited for its chunk: its command, chunk and version
+                # belong to no episode (published now they would move the arm of the next one, and
+                # count the old version in it)
+                return
         self.ticks += 1
         # chunks first, each stamped with its own observation: a recorder then knows the chunk
         # before the first command taken from it
