@@ -84,7 +84,8 @@ arm_node:
             cmd_pub.publish(convert.command_to_msg(target, robot_spec("so101").joint_names, time.time(), 0.05))
             ex.spin_once(timeout_sec=0.05)
         assert spin_until(ex, lambda: abs(convert.msg_to_joint_state(got["js"][-1])[0][0] - target[0]) < 0.1, 10)
-        assert arm.commands >= 3  # keep-last QoS may drop a burst; the newest always arrives
+        # keep-last QoS may drop most of a burst while one thread spins every node; the newest arrives
+        assert arm.received["policy"] >= 1 and arm.commands >= 1
         # between episodes (reset event) the arm node brings the arm home slowly by itself
         events = probe.create_publisher(String, "/episode/event", common.EPISODE_EVENT_QOS)
         assert spin_until(ex, lambda: events.get_subscription_count() > 0)
