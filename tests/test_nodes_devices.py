@@ -165,6 +165,37 @@ def test_teleop_node_takes_over_via_keys_topic(ros_context):
         probe.destroy_node()
 
 
+def test_arm_node_homing_is_not_undone_by_commands_sent_before_the_reset(ros_context, tmp_path):
+    """A command queued before the reset event and delivered late must not stop the homing; one sent
+    after it (an operator taking over) does."""
+    f = params_file(tmp_path, f"""
+arm_node:
+  ros__parameters:
+    backend: twin
+    robot: so101
+    options: {{session: homing, realtime: true, twin: {TWIN}}}
+""")
+    arm = ArmNode("arm_node", context=ros_context, **node_kwargs(NodeSpec("arm_node", "arm_node", (f,))))
+    names = robot_spec("so101").joint_names
+    try:
+        q = arm.arm.read()[0]
+        away = q.copy()
+        away[0] += 0.5
+        sent_before = time.time()
+        arm._on_command(convert.command_to_msg(away, names, sent_before, 0.05))
+        time.sleep(0.01)
+        arm._on_episode_event(convert.event_to_msg({"type": "reset", "episode": 0}))
+        steps = len(arm._homing)
+        assert steps >= 1
+        arm._on_command(convert.command_to_msg(away, names, sent_before, 0.05))  # late delivery of an old one
+        assert len(arm._homing) == steps and arm.received["stale"] == 1
+        arm._on_command(convert.command_to_msg(away, names, time.time(), 0.05, source="teleop"))
+        assert arm._homing == [] and arm.received["teleop"] == 1
+    finally:
+        arm.close()
+        arm.destroy_node()
+
+
 @pytest.mark.parametrize(
     "text,match",
     [

@@ -9,6 +9,7 @@ For ros2_control arms no arm_node runs: commands go to the controller directly (
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -43,8 +44,9 @@ class ArmNode(common.ConfiguredNode):
                               f"{list(self.spec.joint_names)}")
         self._offset = common.wall_offset()
         self._homing: list[np.ndarray] = []
+        self._reset_at = float("-inf")  # ROS time of the last reset event: older commands do not stop homing
         self.commands = 0  # sent to the device (homing included)
-        self.received: Counter[str] = Counter()  # commands taken from arm/command, by source
+        self.received: Counter[str] = Counter()  # commands taken from arm/command, by source ("stale": ignored)
         # One caller of the device at a time, but not one callback group: rclpy's executor offers a
         # group's ready timer before its ready subscriptions, so with the state timer and the command
         # subscription in one group a read that takes a tick (a loaded machine, a slow bus) starves
@@ -75,11 +77,15 @@ class ArmNode(common.ConfiguredNode):
 
     def _on_command(self, msg: JointTrajectory) -> None:
         try:
-            q, _, source = convert.msg_to_command(msg, self.names)
+            q, stamp, source = convert.msg_to_command(msg, self.names)
         except ValueError as e:
             self.get_logger().warning(f"dropping a bad arm command: {e}", throttle_duration_sec=5.0)
             return
         with self._device:
+            if self._homing and stamp < self._reset_at:
+                # sent before the reset, delivered late (a busy process, a queue): it must not undo the homing
+                self.received["stale"] += 1
+                return
             self._homing = []  # a commander took over
         self.mon_cmd.tick()
         self.received[source] += 1
@@ -100,6 +106,7 @@ class ArmNode(common.ConfiguredNode):
             return
         if ev["type"] != "reset":
             return
+        self._reset_at = time.time()
         try:
             with self._device:
                 q, _, _ = self.arm.read()
