@@ -189,16 +189,17 @@ class Learner:
         lengths = [len(e.steps) * toks.shape[1] for e in episodes]
         t_max = max(lengths)
         logp = flat.new_zeros(len(episodes), t_max)
-        old = torch.zeros(len(episodes), t_max, device=flat.device)
-        mask = torch.zeros(len(episodes), t_max, dtype=torch.bool, device=flat.device)
+        # the stored behaviour log-probs and masks are assembled on the CPU and moved once
+        old = torch.zeros(len(episodes), t_max)
+        mask = torch.zeros(len(episodes), t_max, dtype=torch.bool)
         row = 0
         for b, e in enumerate(episodes):
             k = len(e.steps)
             logp[b, : lengths[b]] = flat[row: row + k].reshape(-1)
-            old[b, : lengths[b]] = torch.from_numpy(np.concatenate([s.logprobs for s in e.steps])).to(flat.device)
-            mask[b, : lengths[b]] = torch.from_numpy(np.concatenate([s.executed for s in e.steps])).to(flat.device)
+            old[b, : lengths[b]] = torch.from_numpy(np.concatenate([s.logprobs for s in e.steps]))
+            mask[b, : lengths[b]] = torch.from_numpy(np.concatenate([s.executed for s in e.steps]))
             row += k
-        return logp, old, mask
+        return logp, old.to(flat.device), mask.to(flat.device)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> Path:
