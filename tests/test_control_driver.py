@@ -55,7 +55,8 @@ class Rig:
     def tick(self, teleop=None):
         now = self.k * DT
         self.clock.t = now
-        r = self.ctl.tick(now, self.obs_stamp(now), lambda: {"state": self.arm.q.copy()}, teleop=teleop)
+        r = self.ctl.tick(now, self.obs_stamp(now), lambda: {"state": self.arm.q.copy(), "t": self.obs_stamp(now)},
+                          teleop=teleop)
         self.arm.step(r.command, DT)
         self.results.append(r)
         self.k += 1
@@ -80,10 +81,12 @@ def test_async_never_starves_while_latency_is_below_the_horizon(horizon, frac, b
     after = res[got[0]:]
     assert all(r.source == "policy" for r in after), [(r.now, r.reason) for r in after if r.source != "policy"][:3]
     assert rig.ctl.stats.starved == 0 and rig.ctl.executor.stats.stale_chunks == 0
-    # every reply is handed out once, with the stamp of its observation
-    handed = [(reply["request_id"], stamp) for r in res for reply, stamp in r.arrivals]
+    # every reply is handed out once, with the stamp of its observation and that very observation
+    # (the on-policy record stores what the server saw, not a later one)
+    handed = [(a.reply["request_id"], a.obs_time) for r in res for a in r.arrivals]
     assert len(handed) == len({rid for rid, _ in handed}) == rig.ctl.stats.replies
-    assert all(r.received is r.arrivals[-1][0] for r in res if r.arrivals)
+    assert all(r.received is r.arrivals[-1].reply for r in res if r.arrivals)
+    assert all(a.observation["t"] == a.obs_time for r in res for a in r.arrivals)
 
 
 def test_one_request_in_flight_starves_only_above_half_the_horizon():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -39,8 +39,8 @@ class TickResult:
     blended: bool = False  # the action mixes several chunks
     requested: bool = False  # a chunk was requested this tick
     received: Optional[dict] = None  # the (last) reply that arrived this tick, if any
-    # every reply that arrived this tick (several requests may be in flight), with the stamp of
-    # the observation it was computed from, oldest request first
+    # every reply that arrived this tick (several requests may be in flight), oldest request first,
+    # each with the observation it was computed from (see :class:`Arrival`)
     arrivals: tuple = ()
     # the hold (or e-stop) comes from the watchdog: a fault (stale observation, no chunk in time,
     # e-stop), not an executor that is merely waiting for its next chunk
@@ -73,11 +73,21 @@ class ControllerStats:
         }
 
 
+class Arrival(NamedTuple):
+    """A reply with what it answered: the on-policy record needs exactly what the server saw."""
+
+    reply: dict
+    obs_time: float  # stamp of the observation
+    observation: dict  # the observation as the client sent it (images, state, instruction)
+    options: dict  # the request options (mode, temperature, return_tokens, seed)
+
+
 @dataclass
 class _Pending:
     request_id: Any
     obs_time: float
     sent: float
+    observation: dict
 
 
 class ChunkController:
@@ -170,7 +180,8 @@ class ChunkController:
         """One control tick at ``now``.
 
         ``obs_stamp``: capture time of the newest observation (same clock as ``now``), or None;
-        ``get_observation()`` builds it (called only when a chunk is requested); ``teleop``: a
+        ``get_observation()`` builds it (called only when a chunk is requested; the reply comes back
+        with it in ``arrivals``, see :class:`Arrival`); ``teleop``: a
         joint target from a human, which then drives instead of the policy (still filtered).
         """
         if self.safety.last is None:
@@ -278,7 +289,7 @@ class ChunkController:
                     self.stats.last_error = f"no reply within request_timeout_s={self.config.request_timeout_s} s"
                 continue
             self._pending.remove(p)
-            got = self._accept(reply, p.obs_time, now) or got
+            got = self._accept(reply, p.obs_time, now, p.observation) or got
         return got
 
     def _request(self, now: float, obs_stamp: float, get_observation) -> tuple[float, Optional[dict]]:
@@ -289,9 +300,9 @@ class ChunkController:
                 self.watchdog.requested(now)
                 reply = self.client.act(observation, **self.request_options)
                 now = max(now, self.clock())  # the command goes out after the answer
-                return now, self._accept(reply, obs_stamp, now)
+                return now, self._accept(reply, obs_stamp, now, observation)
             rid = self.client.submit(observation, **self.request_options)
-            self._pending.append(_Pending(rid, obs_stamp, now))
+            self._pending.append(_Pending(rid, obs_stamp, now, observation))
             self.watchdog.requested(now)
         except Exception as e:  # noqa: BLE001
             self.stats.errors += 1
@@ -299,7 +310,7 @@ class ChunkController:
             return now, None
         return now, self._collect(now)  # a fast server may have answered already
 
-    def _accept(self, reply, obs_time: float, now: float) -> Optional[dict]:
+    def _accept(self, reply, obs_time: float, now: float, observation: dict) -> Optional[dict]:
         if not isinstance(reply, dict) or "actions" not in reply:
             self.stats.errors += 1
             self.stats.last_error = f"reply without 'actions': {type(reply).__name__}"
@@ -311,7 +322,7 @@ class ChunkController:
             self.stats.last_error = f"bad chunk: {e}"
             return None
         self.stats.replies += 1
-        self._arrivals.append((reply, obs_time))
+        self._arrivals.append(Arrival(reply, obs_time, observation, self.request_options))
         self.watchdog.chunk_received(now)
         self._had_chunk = True
         self._replies[seq] = reply
