@@ -13,6 +13,7 @@ NODES = [
     "policy_node",
     "teleop_node",
     "episode_manager_node",
+    "standin_person",
     "recorder_node",
     "twin_node",
 ]

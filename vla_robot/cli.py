@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("vla_robot.data.cli:dataset", "inspect, verify or repair a recorded dataset"),
     "rl-finetune": ("vla_robot.rl.cli:rl_finetune", "improve the policy online from success labels (GRPO)"),
     "learn": ("vla_robot.rl.cli:learn", "run the RL learner on a dataset that is being recorded"),
+    "rehearse": ("vla_robot.nodes.rehearse:rehearse",
+                 "a real-robot RL session on a stand-in robot: server, graph, learner, a stand-in person"),
     "twin": ("vla_robot.twin.cli:twin", "MuJoCo digital twin: view, mirror, bench, sysid"),
     "calibrate": ("vla_robot.calibration.cli:calibrate", "camera intrinsics and hand-eye calibration"),
 }

@@ -32,7 +32,7 @@ from rclpy.parameter import Parameter
 from vla_robot.bringup import NodeSpec, graph
 from vla_robot.config import ConfigError
 
-__all__ = ["GraphRunner", "run_single_node", "node_class", "node_kwargs"]
+__all__ = ["GraphRunner", "run_single_node", "spin_nodes", "node_class", "node_kwargs"]
 
 
 def node_class(spec_or_executable: NodeSpec | str) -> type:
@@ -350,32 +350,49 @@ class GraphRunner:
 
 
 def run_single_node(cls: type, args: list[str] | None = None) -> None:
-    """``main()`` of every node: rclpy.init, build, spin on a MultiThreadedExecutor, clean shutdown.
+    """``main()`` of every node (``ros2 run vla_robot <node>``): see :func:`spin_nodes`."""
+    spin_nodes([(cls, {})], init_args=args)
 
-    Bad parameters stop the node at start with the key named (exit status 2).
+
+def spin_nodes(builders: list[tuple[type, dict[str, Any]]], init_args: list[str] | None = None) -> None:
+    """rclpy.init, build each ``(cls, kwargs)``, spin on one MultiThreadedExecutor, shut down cleanly.
+
+    SIGTERM stops as SIGINT does (``kill`` and ``ros2 launch``'s escalation both end in a clean close:
+    the recorder finishes its episode files). Bad parameters stop the process at start with the key
+    named (exit status 2); a device that does not start, with status 1.
     """
+    import signal
+
     from vla_robot.drivers.base import DriverError
 
-    rclpy.init(args=args)
+    rclpy.init(args=init_args)
+    nodes = []
     try:
-        node = cls()
-    except ConfigError as e:
-        print(f"[{cls.__name__}] bad parameters, not starting: {e}", file=sys.stderr)
+        for cls, kwargs in builders:
+            nodes.append(cls(**kwargs))
+    except (ConfigError, DriverError) as e:
+        what = "bad parameters, not starting" if isinstance(e, ConfigError) else "a device did not start"
+        print(f"[{builders[len(nodes)][0].__name__}] {what}: {e}", file=sys.stderr)
+        for node in nodes:
+            _close_node(node)
         rclpy.try_shutdown()
-        sys.exit(2)
-    except DriverError as e:
-        print(f"[{cls.__name__}] a device did not start: {e}", file=sys.stderr)
-        rclpy.try_shutdown()
-        sys.exit(1)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
+    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
     executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
+    for node in nodes:
+        executor.add_node(node)
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        close = getattr(node, "close", None)
-        if callable(close):
-            close()
-        node.destroy_node()
+        for node in nodes:
+            _close_node(node)
         rclpy.try_shutdown()
+
+
+def _close_node(node) -> None:
+    close = getattr(node, "close", None)
+    if callable(close):
+        close()
+    node.destroy_node()

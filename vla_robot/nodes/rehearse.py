@@ -1,0 +1,311 @@
+"""`vla-robot rehearse rl_finetune`: a real-robot RL session on a stand-in robot, on the wall clock.
+
+Everything a user starts for a session on a robot is started here, the same way, as separate
+processes: the policy server (``vla-robot serve``), the rl_finetune graph with one process per node
+(as ``ros2 launch`` runs it), and the learner (``vla-robot learn``), all at the same moment. Only two
+things stand in for what cannot be here:
+
+* the robot: the twin's real-time camera and arm backends behind the real camera_node and arm_node
+  (config/standin.yaml; one process, since camera and arm share one simulated world), and
+  twin_node in ``scene`` mode, which sets up each start condition as the person would;
+* the person: :mod:`vla_robot.nodes.standin_person`, which starts episodes, confirms resets and
+  labels what it saw through the services and topics a person uses.
+
+Every other node runs with config/rl_finetune.yaml as it ships. At the end the command prints what a
+person at the robot wants to know (episodes, labels, faults, updates, versions served and acting,
+the on-policy ratio of each update, success per version) and writes ``OUT/report.json``.
+
+The served policy starts from ``--checkpoint``, or from the tiny preset warmed up on the twin's
+scripted demonstrations (made once, kept in ``OUT/warm``), so that some episodes succeed and GRPO
+groups carry a signal.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+GRAPH = "rl_finetune"
+HARDWARE = ("camera_node", "arm_node", "twin_node")
+
+
+def rehearse_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("graph", choices=(GRAPH,), help="the graph to rehearse")
+    parser.add_argument("--minutes", type=float, default=10.0, help="how long the session runs (wall clock)")
+    parser.add_argument("--out", default="runs/rehearsal", help="folder for the dataset, the learner, logs and report")
+    parser.add_argument("--checkpoint", default="",
+                        help="policy to serve first (OFT layout); default: the tiny preset warmed up on the twin")
+    parser.add_argument("--learner-preset", default="tiny", help="the learner's GRPO preset (tiny, oft-7b)")
+    parser.add_argument("--learn-arg", action="append", default=[], metavar="ARG",
+                        help="an extra argument for `vla-robot learn` (repeatable), e.g. --learn-arg=--set=lr=1e-4")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.KEY=VALUE",
+                        help="override one node parameter of the graph (repeatable)")
+    parser.add_argument("--labels", choices=("twin", "alternate"), default="twin",
+                        help="the stand-in person labels what the twin's success check showed (twin), or "
+                             "success and failure in turn (alternate: tests of the plumbing)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def rehearse(args: argparse.Namespace) -> int:
+    from vla_robot.config import ConfigError
+
+    if args.minutes <= 0:
+        print(f"vla-robot rehearse: --minutes must be > 0, got {args.minutes}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    try:
+        session = Session(out, args)
+    except (ConfigError, ValueError) as e:
+        print(f"vla-robot rehearse: {e}", file=sys.stderr)
+        return 2
+    report = session.run(args.minutes * 60.0)
+    print(format_report(report))
+    return 0 if report["processes_ok"] else 1
+
+
+# ---- the session ------------------------------------------------------------------------------
+class Session:
+    """Server, graph, learner and person for one rehearsal in ``out``."""
+
+    def __init__(self, out: Path, args: argparse.Namespace):
+        from vla_robot.nodes.cli import parse_sets
+
+        self.out = out.resolve()
+        self.args = args
+        self.overrides = parse_sets(args.sets)
+        if self.out.exists() and any(self.out.glob("dataset/*")):
+            raise ValueError(f"{self.out} already holds a rehearsal's dataset; give another --out or remove it")
+        self.logs = self.out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+            "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID") or str(random.Random().randint(1, 100)),
+            "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.graph = None
+
+    def run(self, seconds: float) -> dict:
+        from tqdm import tqdm
+
+        checkpoint = self.args.checkpoint or warm_checkpoint(self.out / "warm", seed=self.args.seed)
+        port, weights_port = free_port(), free_port()
+        server = f"tcp://127.0.0.1:{port}"
+        weights = f"tcp://127.0.0.1:{weights_port}"
+        t0 = time.time()
+        try:
+            self._spawn("server", ["serve", "--checkpoint", str(checkpoint), "--bind", server,
+                                   "--weights-bind", weights, "--http-port", "-1"])
+            self.graph = self._graph(server).start()
+            self._spawn("learner", ["learn", "--dataset", str(self.out / "dataset"), "--weights", weights,
+                                    "--checkpoint", str(checkpoint), "--preset", self.args.learner_preset,
+                                    "--out", str(self.out / "learner"), *self.args.learn_arg])
+            with tqdm(total=int(seconds), desc="rehearsal", unit="s") as bar:
+                while time.time() - t0 < seconds:
+                    time.sleep(min(5.0, max(0.0, seconds - (time.time() - t0))))
+                    bar.n = int(time.time() - t0)
+                    bar.set_postfix(self._progress(), refresh=True)
+        finally:
+            codes = self._stop()
+        report = summarize(self.out, codes, time.time() - t0, self.env["ROS_DOMAIN_ID"])
+        (self.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+        return report
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "vla_robot.cli", *argv], stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env={**os.environ, **self.env}, start_new_session=True)
+        log.close()
+
+    def _graph(self, server: str):
+        from vla_robot.nodes.processes import ProcessGraph
+
+        specs = standin_graph(server, self.out, self.overrides, labels=self.args.labels, seed=self.args.seed)
+        return ProcessGraph(specs, self.logs, groups={"hardware": HARDWARE}, env=self.env)
+
+    def _progress(self) -> dict:
+        person = read_jsonl(self.out / "person.jsonl")
+        saves = [r["event"] for r in person if r.get("event", {}).get("type") == "save"]
+        updates = read_jsonl(self.out / "learner" / "updates.jsonl")
+        return {"episodes": len(saves), "success": sum(e.get("label") == "success" for e in saves),
+                "updates": len(updates)}
+
+    def _stop(self) -> dict[str, int]:
+        """The person first (no new episode), then the graph (the recorder finishes), learner, server."""
+        codes: dict[str, int] = {}
+        if self.graph is not None:
+            codes.update(self.graph.stop(timeout_s=30.0, order=("standin_person", "episode_manager_node",
+                                                                 "policy_node", "recorder_node")))
+        for name in ("learner", "server"):
+            p = self.procs.get(name)
+            if p is None:
+                continue
+            if p.poll() is None:
+                p.send_signal(2)  # SIGINT: the learner saves nothing half-done, the server closes its sockets
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            codes[name] = p.returncode
+        return codes
+
+
+def standin_graph(server: str, out: Path, overrides: dict, labels: str = "twin", seed: int = 0) -> list:
+    """The rl_finetune graph with the stand-in hardware and person (NodeSpecs)."""
+    from vla_robot.bringup import NodeSpec, graph
+    from vla_robot.config import ConfigError, config_dir
+
+    standin = str(config_dir() / "standin.yaml")
+    specs = []
+    for s in graph(GRAPH, policy_server=server):
+        if s.name in ("camera_node", "arm_node"):  # the hardware's sections replaced, not layered
+            s = dataclasses.replace(s, parameters=(standin,))
+        elif s.name == "episode_manager_node":  # the twin task's episode length (see standin.yaml)
+            s = dataclasses.replace(s, parameters=s.parameters + (standin,))
+        elif s.name == "recorder_node":
+            s = dataclasses.replace(s, overrides=s.overrides + (("root", str(out / "dataset")),))
+        specs.append(s)
+    specs.append(NodeSpec("twin_node", "twin_node", parameters=(standin,)))
+    specs.append(NodeSpec("standin_person", "standin_person", overrides=(
+        ("log", str(out / "person.jsonl")), ("labels", labels), ("seed", seed))))
+    names = {s.name for s in specs}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ConfigError(f"--set names nodes that are not in the graph: {sorted(unknown)}; nodes: {sorted(names)}")
+    from vla_robot.nodes.runner import _flatten
+
+    return [dataclasses.replace(s, overrides=s.overrides + tuple(_flatten(overrides.get(s.name, {})).items()))
+            for s in specs]
+
+
+def warm_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """The tiny preset after the demo's SFT warm-up on the twin's scripted demonstrations (made once)."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from tqdm import tqdm
+
+    from vla_robot.policy import load_policy, save_checkpoint
+    from vla_robot.rl.config import RLFinetuneConfig
+    from vla_robot.rl.demo import collect_demos, sft_warmup
+    from vla_robot.twin import make_env
+
+    cfg = RLFinetuneConfig(seed=seed)
+    torch.manual_seed(seed)
+    env = make_env(cfg.task, seed=seed, image_size=(cfg.image_size, cfg.image_size), episode_s=cfg.episode_s,
+                   cubes=cfg.cubes)
+    runtime = load_policy(preset="tiny", seed=seed)
+    with tqdm(total=cfg.demos, desc="warm-up: expert demos", unit="ep") as bar:
+        demos = [d for d in collect_demos(env, range(seed * 10_000, seed * 10_000 + cfg.demos), bar) if d["success"]]
+    with tqdm(total=cfg.sft_steps, desc="warm-up: SFT", unit="step") as bar:
+        sft_warmup(runtime, demos, cfg.sft_steps, cfg.sft_batch, cfg.sft_lr, seed, bar)
+    tmp = folder.with_name(folder.name + ".tmp")
+    save_checkpoint(runtime, tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line being written
+    return out
+
+
+# ---- the report -------------------------------------------------------------------------------
+def summarize(out: Path, codes: dict[str, int], seconds: float, domain: str) -> dict:
+    """What happened, from the files the processes left: the person's log, the dataset, the learner's."""
+    from vla_robot.data.reader import read_journal
+
+    events = [r["event"] for r in read_jsonl(out / "person.jsonl") if "event" in r]
+    ends = [e for e in events if e["type"] == "end"]
+    saves = [e for e in events if e["type"] == "save"]
+    root = out / "dataset"
+    journal = read_journal(root) if root.is_dir() else []
+    updates = read_jsonl(out / "learner" / "updates.jsonl")
+    by_version: dict[int, list[int]] = defaultdict(list)
+    for r in journal:
+        if r.label in ("success", "failure") and len(r.policy_versions) == 1:
+            by_version[r.policy_versions[0]].append(r.label == "success")
+    first_seen: dict[int, int] = {}
+    for r in journal:
+        for v in r.policy_versions:
+            first_seen.setdefault(v, r.episode_index)
+    return {
+        "seconds": seconds,
+        "ros_domain_id": domain,
+        "episodes_ended": len(ends),
+        "end_reasons": dict(Counter(e["reason"] for e in ends)),
+        "faults": [e.get("fault") for e in ends if e["reason"] == "fault"],
+        "fault_fraction": (sum(e["reason"] == "fault" for e in ends) / len(ends)) if ends else 0.0,
+        "labels": dict(Counter(e["label"] for e in saves)),
+        "saved_episodes": len(journal),
+        "dropped_frames": sum(r.dropped_frames for r in journal),
+        "recorder_meta": _sum_meta(journal),
+        "updates": [{k: u.get(k) for k in ("version", "episodes", "groups", "success", "ratio_acting", "seconds")}
+                    for u in updates],
+        "versions_acting": sorted(first_seen),
+        "first_episode_of_version": first_seen,
+        "success_by_version": {v: {"episodes": len(s), "successes": int(sum(s))} for v, s in sorted(by_version.items())},
+        "exit_codes": codes,
+        "processes_ok": all(c in (0, -2, 130) for c in codes.values()),
+    }
+
+
+def _sum_meta(journal) -> dict:
+    """Integer counters the recorder keeps per episode in its journal meta (lost chunks and the like)."""
+    total: Counter = Counter()
+    for r in journal:
+        for k, v in (r.meta or {}).items():
+            if isinstance(v, int) and not isinstance(v, bool):
+                total[k] += v
+    return dict(total)
+
+
+def format_report(r: dict) -> str:
+    lines = [f"rehearsal: {r['seconds'] / 60:.1f} min on the wall clock (ROS domain {r['ros_domain_id']})",
+             f"  episodes ended  {r['episodes_ended']}  ({', '.join(f'{k} {v}' for k, v in r['end_reasons'].items())})",
+             f"  faults          {len(r['faults'])} ({100 * r['fault_fraction']:.1f}%)"
+             + (f": {Counter(r['faults']).most_common(2)}" if r["faults"] else ""),
+             f"  labels          {r['labels']}",
+             f"  saved episodes  {r['saved_episodes']}, dropped frames {r['dropped_frames']}"
+             + (f", {r['recorder_meta']}" if r["recorder_meta"] else ""),
+             f"  updates         {len(r['updates'])}"]
+    for u in r["updates"]:
+        ra = u.get("ratio_acting") or {}
+        ratio = (f"|r-1| median {ra.get('median_abs', float('nan')):.2e}, mean {ra.get('mean_abs', float('nan')):.2e} "
+                 f"over {ra.get('n', 0)} tokens") if ra.get("n") else "no tokens of the acting version"
+        lines.append(f"    -> v{u['version']}: {u.get('episodes')} episodes, success {u.get('success', 0):.2f}, {ratio}, "
+                     f"{u.get('seconds', 0):.1f} s")
+    lines.append("  versions acting " + ", ".join(f"v{v} from episode {e}" for v, e in
+                                                   sorted(r["first_episode_of_version"].items())))
+    lines.append("  success by version " + ", ".join(f"v{v} {s['successes']}/{s['episodes']}" for v, s in
+                                                      r["success_by_version"].items()))
+    bad = {k: c for k, c in r["exit_codes"].items() if c not in (0, -2, 130)}
+    lines.append("  processes       " + ("all stopped cleanly" if not bad else f"exited badly: {bad}"))
+    return "\n".join(lines)
+
+
+__all__ = ["rehearse_args", "rehearse", "standin_graph", "summarize", "format_report", "warm_checkpoint"]
