@@ -32,7 +32,13 @@ STATE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=Re
 COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
 #: episode events, labels, faults: reliable and deep enough that none is lost in a burst
 EVENT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
-#: episode events: as EVENT_QOS, and a node that joins late still gets the recent history
+#: on-policy chunk records (rl): reliable, every one must reach the recorder; one per chunk (a few per
+#: second), so 64 deep is seconds of slack for a slow subscriber without blocking the control tick
+RECORD_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=64, reliability=ReliabilityPolicy.RELIABLE)
+#: episode events (and the twin's reset reports): as EVENT_QOS, and a node that joins late still gets
+#: the recent history. Every subscriber uses it: under ``ros2 launch`` nodes start at different times, and
+#: a volatile subscriber that starts after the manager misses the first ``reset``. A subscriber must then
+#: act only on what is still current (see nodes/episodes.py LatestReset).
 EPISODE_EVENT_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=100,
@@ -52,12 +58,16 @@ JOINT_STATES = "joint_states"
 ARM_COMMAND = "arm/command"  # JointTrajectory; remap to <controller>/joint_trajectory for ros2_control
 POLICY_CHUNK = "policy/chunk"  # JointTrajectory, the whole chunk, for inspection
 POLICY_ACTION = "policy/action"  # JointState, the raw policy action of each tick (before safety)
-POLICY_TOKENS = "policy/tokens"  # Float64MultiArray, sampled tokens + log-probs per chunk (rl)
+POLICY_RECORD = "policy/record"  # UInt8MultiArray: msgpack on-policy record of a chunk (rl; data/records.py)
 POLICY_EVENTS = "policy/events"  # String JSON: fault, recovered
 TELEOP_COMMAND = "teleop/command"  # JointTrajectory from the operator
 TELEOP_INTERVENTION = "teleop/intervention"  # Bool, latched: the operator has taken over
-EPISODE_EVENTS = "episode/event"  # String JSON: reset, start, end, label, save, discard
-TWIN_EVENTS = "twin/events"  # String JSON: reset_done
+EPISODE_EVENTS = "episode/event"  # String JSON: reset, start, end, save, discard, label_rejected, done
+EPISODE_LABEL = "episode/label"  # String JSON {"episode": N, "label": success|failure|discard}: a person's label
+TWIN_EVENTS = "twin/events"  # String JSON: reset_done (EPISODE_EVENT_QOS)
+# The stand-in world (twin_node mode scene), for a stand-in person only; the episode manager never reads them.
+SCENE_READY = "scene/ready"  # String JSON {episode, start_condition, start_id, instruction}, latched
+SCENE_SUCCESS = "scene/success"  # Bool at ~10 Hz: the twin's success check of the current scene
 TWIN_SUCCESS = "twin/success"  # Bool, every sim step: the task's success check
 TWIN_DIVERGENCE = "twin/divergence"  # Float64MultiArray (mirror mode): per-joint real - twin
 ESTOP = "estop"  # Bool, latched

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from vla_robot.control.config import ControlConfig
 
@@ -38,7 +38,13 @@ class PolicyNodeConfig:
     # greedy | sample (rl mode samples at `temperature` and records tokens/log-probs)
     sampling: Literal["greedy", "sample"] = "greedy"
     temperature: float = 1.6
+    # rl: ask for tokens and log-probs, and publish each chunk's on-policy record on policy/record
     return_tokens: bool = False
+    # CurveZMQ for a policy server on another machine: the server's public key (a server.key file or
+    # its 40-character Z85 text) and, for a server that admits only listed clients, this client's
+    # secret key file (NAME.key_secret, from `vla-robot keygen`). Empty: no encryption (loopback).
+    curve_server_key: str = ""
+    curve_client_key: str = ""
     # Tick on each new observation (sim, lockstep with the twin) instead of a wall-clock timer.
     lockstep: bool = False
     # Drive only between the episode manager's start and end events (false: drive from the start).
@@ -56,6 +62,9 @@ class PolicyNodeConfig:
         if not self.cameras:
             raise ValueError("cameras must name at least one camera, in the order the policy expects")
         _positive("temperature", self.temperature, "softmax temperature")
+        if self.curve_client_key and not self.curve_server_key:
+            raise ValueError("curve_client_key needs curve_server_key (the server's public key): the client key "
+                             "only authenticates over an encrypted connection")
 
 
 @dataclass
@@ -130,7 +139,11 @@ class EpisodeManagerNodeConfig:
     """episode_manager_node: reset -> run -> label -> save, with timeouts; modes record / evaluate / rl."""
 
     mode: Literal["record", "evaluate", "rl"] = "evaluate"
+    # The task's name. On the twin, a twin task (reach, pick_place) whose instruction the twin gives;
+    # on a robot, a short name of what the arm should do (its text is the instruction if none is set).
     task: str = ""
+    # The language instruction the policy gets ('' = the twin's own, or on a robot the task's text).
+    # In rl and evaluate mode no episode starts without one.
     instruction: str = ""
     # Episodes to run; 0 = until stopped. With autostart the next episode starts by itself.
     episodes: int = 0
@@ -149,6 +162,15 @@ class EpisodeManagerNodeConfig:
     prompt: bool = True
     # First seed handed to the twin; episode i gets seed + i unless a scheduler says otherwise.
     seed: int = 0
+    # rl mode: the start conditions GRPO groups are formed over (group_size episodes each, round-robin).
+    # On the twin, start-state ids of the task ([0, 1, 2, 3]); on a robot, names the operator is told
+    # to set up ([left, center, right]).
+    start_conditions: list[Union[int, str]] = field(default_factory=lambda: [0, 1, 2, 3])
+    # rl mode: episodes per group. Must equal the learner preset's group_size (rl/config.py), or the
+    # learner never sees a complete group.
+    group_size: int = 8
+    # rl mode: groups filled at once (1: one start condition until its group is complete).
+    max_open_groups: int = 1
 
     def validate(self) -> None:
         if self.episodes < 0:
@@ -159,6 +181,28 @@ class EpisodeManagerNodeConfig:
             raise ValueError(
                 f"label_source '{self.label_source}' needs the twin's success check, so reset_source must be 'twin'"
             )
+        _start_conditions(self.start_conditions)
+        if isinstance(self.group_size, bool) or self.group_size < 2:
+            raise ValueError(f"group_size must be an integer >= 2 (a GRPO group compares outcomes; the learner "
+                             f"preset's group_size, 8 for tiny and oft-7b), got {self.group_size!r}")
+        if isinstance(self.max_open_groups, bool) or self.max_open_groups < 1:
+            raise ValueError(f"max_open_groups must be an integer >= 1 (groups filled at once), "
+                             f"got {self.max_open_groups!r}")
+
+
+def _start_conditions(starts: list) -> None:
+    expected = "e.g. [0, 1, 2, 3] (twin start states) or [left, center, right] (names on a robot)"
+    if not starts:
+        raise ValueError(f"start_conditions must name at least one start condition, {expected}")
+    for s in starts:
+        if isinstance(s, int) and s < 0 or isinstance(s, str) and not s.strip():
+            raise ValueError(f"start_conditions must be start-state ids >= 0 or non-empty names, {expected}; "
+                             f"got {s!r} in {starts}")
+    if len({type(s) for s in starts}) > 1:
+        raise ValueError(f"start_conditions must be all integers or all names (a ROS parameter holds one type), "
+                         f"{expected}; got {starts}")
+    if len(set(starts)) != len(starts):
+        raise ValueError(f"start_conditions must not repeat one (each is its own group), got {starts}")
 
 
 @dataclass

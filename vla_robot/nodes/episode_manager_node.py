@@ -1,15 +1,27 @@
-"""episode_manager_node: reset -> run -> label -> save, around the ROS-free EpisodeManager.
+"""episode_manager_node: reset -> run -> label -> save, around the ROS-free EpisodeManager (nodes/episodes.py).
 
-Services (std_srvs): ``~/start`` (Trigger; also confirms an operator reset), ``~/stop`` (Trigger),
-``~/label`` (SetBool: true = success), ``~/discard`` (Trigger).
-Publishes ``episode/event`` (std_msgs/String JSON, reliable). Listens to ``joint_states`` (the
-robot's time), ``twin/events`` (reset_done), ``twin/success`` (Bool), ``policy/events`` (faults,
-policy version), ``estop`` (Bool, latched).
+Services (std_srvs): ``~/start`` (Trigger; also confirms an operator reset, and starts the next
+episode while a faulted one waits for its label, which is then saved unlabelled), ``~/stop``
+(Trigger), ``~/label`` (SetBool: true = success; labels only the episode waiting for its label and
+never ends a running one), ``~/discard`` (Trigger: the running or just-ended episode).
+
+Topics in: ``episode/label`` (std_msgs/String JSON ``{"episode": N, "label": "success"|"failure"|
+"discard"}``: applied only to episode N while it waits for its label), ``joint_states`` (the robot's
+time), ``twin/events`` (reset_done, transient-local), ``twin/success`` (Bool), ``policy/events``
+(faults, policy version), ``estop`` (Bool, latched), ``teleop/intervention`` (Bool, latched: the
+operator took over; recorded as ``intervened``).
+
+Publishes ``episode/event`` (std_msgs/String JSON, reliable, transient-local: EPISODE_EVENT_QOS):
+``reset``, ``start``, ``end``, ``save``, ``discard``, ``label_rejected``, ``done`` (fields in
+nodes/episodes.py). Each ``reset`` is also logged for the operator: which start condition to set
+up, and the place of the episode in its GRPO group (rl mode).
+
 With ``prompt`` and a terminal on stdin it also asks for the label there: s = success, f = failure,
-d = discard, Enter = start the next episode.
+d = discard, q = stop, Enter = start the next episode (or confirm the reset).
 """
 from __future__ import annotations
 
+import json
 import sys
 import threading
 
@@ -20,7 +32,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from vla_robot.nodes import common, convert
 from vla_robot.nodes.config import EpisodeManagerNodeConfig
-from vla_robot.nodes.episodes import EpisodeManager
+from vla_robot.nodes.episodes import EpisodeManager, describe_reset
 
 
 class EpisodeManagerNode(common.ConfiguredNode):
@@ -36,16 +48,21 @@ class EpisodeManagerNode(common.ConfiguredNode):
         self.core = EpisodeManager(cfg, self._publish_event, scheduler=scheduler, on_result=self._on_result)
         self.create_subscription(JointState, common.JOINT_STATES, self._on_joint_state, common.STATE_QOS,
                                  callback_group=cb)
-        self.create_subscription(String, common.TWIN_EVENTS, self._on_twin_event, common.EVENT_QOS, callback_group=cb)
+        self.create_subscription(String, common.TWIN_EVENTS, self._on_twin_event, common.EPISODE_EVENT_QOS,
+                                 callback_group=cb)
         self.create_subscription(Bool, common.TWIN_SUCCESS, self._on_success, common.STATE_QOS, callback_group=cb)
         self.create_subscription(String, common.POLICY_EVENTS, self._on_policy_event, common.EVENT_QOS,
                                  callback_group=cb)
         self.create_subscription(Bool, common.ESTOP, self._on_estop, common.LATCHED_QOS, callback_group=cb)
+        self.create_subscription(Bool, common.TELEOP_INTERVENTION, self._on_intervention, common.LATCHED_QOS,
+                                 callback_group=cb)
+        self.create_subscription(String, common.EPISODE_LABEL, self._on_label, common.EVENT_QOS, callback_group=cb)
         self.create_service(Trigger, "~/start", self._srv(self.core.start), callback_group=cb)
         self.create_service(Trigger, "~/stop", self._srv(self.core.stop), callback_group=cb)
         self.create_service(Trigger, "~/discard", self._srv(self.core.discard), callback_group=cb)
         self.create_service(SetBool, "~/label", self._srv_label, callback_group=cb)
-        self.create_timer(0.05, self.core.tick, callback_group=cb)
+        self._refused: str | None = None
+        self.create_timer(0.05, self._on_tick, callback_group=cb)
         self.diagnostics = common.Diagnostics(self)
         self.diagnostics.extra = lambda: (
             common.OK,
@@ -60,6 +77,8 @@ class EpisodeManagerNode(common.ConfiguredNode):
         self.get_logger().info(
             f"episode manager: mode {cfg.mode}, reset by {cfg.reset_source}, labels by {cfg.label_source}, "
             f"{cfg.episodes or 'unlimited'} episodes{' (autostart)' if cfg.autostart else ''}"
+            + (f", groups of {cfg.group_size} over start conditions {list(cfg.start_conditions)}"
+               if cfg.mode == "rl" and scheduler is None else "")
         )
 
     # --- outputs --------------------------------------------------------------------------------
@@ -73,6 +92,11 @@ class EpisodeManagerNode(common.ConfiguredNode):
             if self.core.state == EpisodeManager.LABELLING and self._prompt_thread is not None:
                 print(f"\nEpisode {event['episode']} ended ({event['reason']}). Label it: [s]uccess / [f]ailure / "
                       "[d]iscard, then Enter", flush=True)
+        elif t == "reset":
+            self.get_logger().info(describe_reset(event, self.config.reset_source))
+        elif t == "label_rejected":
+            self.get_logger().warning(f"label {event['label']!r} for episode {event['episode']} rejected: "
+                                      f"{event['reason']}")
         elif t in ("save", "discard", "start", "done"):
             self.get_logger().info(f"episode event: {event}")
 
@@ -84,6 +108,28 @@ class EpisodeManagerNode(common.ConfiguredNode):
         self._result_hooks.append(hook)
 
     # --- inputs ---------------------------------------------------------------------------------
+    def _on_tick(self) -> None:
+        self.core.tick()
+        refused = self.core.refused
+        if refused != self._refused:  # say it once, not at every autostart attempt
+            self._refused = refused
+            if refused:
+                self.get_logger().error(refused)
+
+    def _on_label(self, msg: String) -> None:
+        try:
+            ev = json.loads(msg.data)
+        except json.JSONDecodeError:
+            ev = None
+        if not isinstance(ev, dict):
+            self.get_logger().warning(f"episode/label: expected a JSON object {{\"episode\": N, \"label\": ...}}, "
+                                      f"got {msg.data[:200]!r}")
+            ev = {}
+        self.core.label_episode(ev.get("episode"), ev.get("label"))  # a rejection is logged and published
+
+    def _on_intervention(self, msg: Bool) -> None:
+        self.core.intervention(bool(msg.data))
+
     def _on_joint_state(self, msg: JointState) -> None:
         self.core.observe(convert.from_stamp(msg.header.stamp))
 

@@ -1,34 +1,58 @@
 """The episode state machine, without ROS: reset -> run -> label -> save.
 
-The node (episode_manager_node.py) feeds it inputs (services, the twin's reset and success
-reports, policy faults, the clock) and publishes the events it emits. Everything here is plain
-Python so it is tested directly and the RL engineer can drive it with a scheduler.
+The node (episode_manager_node.py) feeds it inputs (services, labels, the twin's reset and success
+reports, policy faults, the operator's takeover, the clock) and publishes the events it emits.
+Everything here is plain Python so it is tested directly and the RL engineer can drive it with a
+scheduler.
 
 States::
 
-    idle --start--> resetting --reset_done--> running --end--> labelling --label--> idle (saved)
-                        |                       |                  |
-                        +--timeout: fault       +-- success check, stop, timeout, fault
-                                                                   +--discard / label timeout
+    idle --start--> resetting --reset_done / start--> running --end--> labelling --label--> idle (saved)
+                        |                               |                  |
+                        +--timeout: fault               +-- success check, stop, timeout, fault
+                                                                           +--discard / label timeout
 
 Events emitted (dicts with ``type``; the node publishes them as JSON on ``episode/event``):
-``reset`` (episode, task, instruction, seed, start), ``start`` (episode, task, instruction,
-start_condition), ``end`` (episode, reason, fault), ``save`` (episode, label) or ``discard``
-(episode, reason), ``done`` (no more episodes).
+``reset`` (episode, task, instruction, seed, start, group, run), ``start`` (episode, task,
+instruction, start_condition, stamp), ``end`` (episode, reason, fault), ``save`` (episode, label,
+label_source, task, start_condition, intervened) or ``discard`` (episode, reason),
+``label_rejected`` (episode, label, reason), ``done`` (no more episodes).
 
-Scheduler hook: ``scheduler(index, history) -> EpisodeRequest | None`` (None: stop), or any object
-with ``next(version) -> (task, start)`` and ``record(task, start, label)`` (rl.scheduler.GroupScheduler).
+Labels name their episode (:meth:`EpisodeManager.label_episode`); a label for any episode but the
+one waiting for its label is rejected, never applied to another. :meth:`EpisodeManager.label` (the
+``~/label`` service) labels only the episode waiting for its label and never ends a running one.
+
+Faults (rl and evaluate modes): a fault ends the episode, which then waits for its label like any
+other; unlabelled after ``label_timeout_s`` (or when the next episode is started, or at once with
+``label_source: auto``) it is saved with label ``unlabelled`` and label_source ``fault``: kept on
+disk, never trained on, and its group's scheduler hands its start condition out again.
+
+Groups (rl mode): without a scheduler of its own the manager asks a
+:class:`vla_robot.rl.scheduler.GroupScheduler` over ``{task: start_conditions}`` with
+``group_size`` and ``max_open_groups``, so that GRPO groups fill up. Scheduler hook:
+``scheduler(index, history) -> EpisodeRequest | None`` (None: stop), or any object with
+``next(version) -> (task, start)`` and ``record(task, start, label)`` (rl.scheduler.GroupScheduler).
+
+Instructions: the policy is never given an empty one in rl or evaluate mode. It is the scheduler's
+or the ``instruction`` parameter; on the twin (``reset_source: twin``) the twin's own instruction
+for the scene; elsewhere an empty instruction falls back to the task's text.
 """
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Hashable
 
-__all__ = ["EpisodeRequest", "EpisodeResult", "EpisodeManager", "LABELS", "END_REASONS"]
+__all__ = ["EpisodeRequest", "EpisodeResult", "EpisodeManager", "LABELS", "END_REASONS", "PERSON_LABELS",
+           "LatestReset", "describe_reset"]
 
 LABELS = ("success", "failure", "unlabelled")
+#: what a person may send on ``episode/label``
+PERSON_LABELS = ("success", "failure", "discard")
+#: modes whose episodes the policy drives: no episode starts without an instruction, faults are not failures
+POLICY_MODES = ("evaluate", "rl")
 END_REASONS = ("success_check", "stopped", "timeout", "fault")
 
 
@@ -42,6 +66,8 @@ class EpisodeRequest:
     start: Hashable | None = None
     max_duration_s: float | None = None
     meta: dict = field(default_factory=dict)
+    # the GRPO group this episode fills, for the operator: {"number": 2, "slot": 3, "size": 8}
+    group: dict | None = None
 
 
 @dataclass
@@ -60,6 +86,7 @@ class EpisodeResult:
     steps: int = 0  # joint-state updates seen while running
     label_source: str = ""  # human | auto | fault | timeout
     policy_versions: list[int] = field(default_factory=list)
+    intervened: bool = False  # the operator took over (teleop/intervention) at some point while it ran
     meta: dict = field(default_factory=dict)
 
     @property
@@ -91,9 +118,14 @@ class EpisodeManager:
     ):
         self.config = config
         self._emit = emit
+        if scheduler is None and config.mode == "rl":
+            scheduler = default_scheduler(config)
         self.scheduler = scheduler
         self.on_result = on_result
         self.clock = clock
+        # Names this manager's resets: a twin echoes it in reset_done, so a report left over from an
+        # earlier manager (transient-local history after a restart) never starts one of ours.
+        self.run_id = uuid.uuid4().hex[:12]
         self.state = self.IDLE
         self.index = -1
         self.results: list[EpisodeResult] = []
@@ -110,17 +142,24 @@ class EpisodeManager:
         self._start_condition: Any = None
         self._versions: list[int] = []
         self._scheduled = 0
+        self._intervening = False  # the operator holds the arm now (latched teleop/intervention)
+        self._intervened = False  # ... at some point of the running episode
         self.estopped: str | None = None  # the e-stop reason while it is latched
+        self.refused: str | None = None  # why the last attempt to start an episode was refused
 
     # --- inputs ---------------------------------------------------------------------------------
     def start(self) -> tuple[bool, str]:
-        """Begin the next episode (reset first). In resetting with reset_source operator: confirm the reset."""
+        """Begin the next episode (reset first). In resetting with reset_source operator: confirm the reset.
+
+        While a faulted episode waits for its label, starting the next one saves it unlabelled (fault)."""
         with self._lock:
             if self.estopped is not None:
                 return False, f"cannot start: the e-stop is latched ({self.estopped}); clear it first"
             if self.state == self.RESETTING and self.config.reset_source == "operator":
-                self._begin_running({})
-                out = True, f"episode {self.index} running"
+                out = self._begin_running({})
+            elif self.state == self.LABELLING and self._fault_waits():
+                self._save("unlabelled", "fault")
+                out = self._next_episode()
             elif self.state != self.IDLE:
                 out = False, f"cannot start: episode {self.index} is {self.state}"
             else:
@@ -143,15 +182,30 @@ class EpisodeManager:
         return out
 
     def label(self, success: bool, source: str = "human") -> tuple[bool, str]:
-        """Label the episode that just ended (or the running one, which then ends) and save it."""
+        """Label the episode waiting for its label (``~/label``). Never ends a running episode: a label
+        pressed late must not stop and label the next one."""
         with self._lock:
-            if self.state == self.RUNNING:
-                self._end_running("stopped")
-            if self.state != self.LABELLING:
-                out = False, f"nothing to label (state {self.state})"
+            if self.state == self.LABELLING:
+                out = self._apply_label(self.index, "success" if success else "failure", source)
             else:
-                self._save("success" if success else "failure", source)
-                out = True, f"episode {self.index} saved as {'success' if success else 'failure'}"
+                out = self._reject(self.index if self.index >= 0 else None, "success" if success else "failure",
+                                   self._not_waiting())
+        self._flush()
+        return out
+
+    def label_episode(self, episode: Any, label: Any, source: str = "human") -> tuple[bool, str]:
+        """A label that names its episode (``episode/label``): applied only if ``episode`` waits for its label."""
+        with self._lock:
+            if isinstance(episode, bool) or not isinstance(episode, int):
+                out = self._reject(None, label, f"a label must name its episode by index, got episode={episode!r}")
+            elif label not in PERSON_LABELS:
+                out = self._reject(episode, label, f"label must be one of {', '.join(PERSON_LABELS)}, got {label!r}")
+            elif self.state != self.LABELLING or episode != self.index:
+                why = self._not_waiting() if self.state != self.LABELLING else (
+                    f"episode {self.index} is the one waiting for its label")
+                out = self._reject(episode, label, f"episode {episode} is not waiting for its label: {why}")
+            else:
+                out = self._apply_label(episode, label, source)
         self._flush()
         return out
 
@@ -169,9 +223,10 @@ class EpisodeManager:
         return out
 
     def reset_done(self, info: dict) -> None:
-        """The twin (or arm) finished the reset of episode ``info['episode']``."""
+        """The twin (or arm) finished the reset of episode ``info['episode']`` of run ``info['run']``."""
         with self._lock:
-            if self.state == self.RESETTING and info.get("episode", self.index) == self.index:
+            if (self.state == self.RESETTING and info.get("episode", self.index) == self.index
+                    and info.get("run", self.run_id) == self.run_id):
                 self._begin_running(info)
         self._flush()
 
@@ -197,7 +252,7 @@ class EpisodeManager:
         self._flush()
 
     def fault(self, reason: str) -> None:
-        """A fault (watchdog, e-stop, lost device): the running episode ends as failed-by-fault."""
+        """A fault (watchdog, e-stop, lost device): the running episode ends with reason 'fault'."""
         with self._lock:
             if self.state == self.RUNNING:
                 self._end_running("fault", reason)
@@ -211,6 +266,13 @@ class EpisodeManager:
             self.estopped = reason if active else None
         if active:
             self.fault(reason)
+
+    def intervention(self, active: bool) -> None:
+        """The operator took over the arm (True) or handed it back (False); recorded per episode."""
+        with self._lock:
+            self._intervening = bool(active)
+            if active and self.state == self.RUNNING:
+                self._intervened = True
 
     def policy_version(self, version: int) -> None:
         with self._lock:
@@ -226,7 +288,7 @@ class EpisodeManager:
                 if waited > self.config.reset_timeout_s:
                     self._finish_reset_failed(f"reset not done within {self.config.reset_timeout_s:.1f} s")
             elif self.state == self.LABELLING and waited > self.config.label_timeout_s:
-                self._save("unlabelled", "timeout")
+                self._save("unlabelled", "fault" if self._fault_waits() else "timeout")
             elif self.state == self.IDLE and self.config.autostart and self.estopped is None:
                 self._next_episode()
         self._flush()
@@ -236,6 +298,27 @@ class EpisodeManager:
         if self._req is not None and self._req.max_duration_s:
             return self._req.max_duration_s
         return self.config.max_duration_s
+
+    def _fault_waits(self) -> bool:
+        """The episode waiting for its label ended by a fault in a mode where that is not a failure."""
+        return self._end is not None and self._end[0] == "fault" and self.config.mode in POLICY_MODES
+
+    def _not_waiting(self) -> str:
+        if self.state == self.RUNNING:
+            return (f"episode {self.index} is still running (a label never ends a running episode: "
+                    "stop it first with ~/stop)")
+        return f"no episode waits for its label (state {self.state})"
+
+    def _reject(self, episode: Any, label: Any, reason: str) -> tuple[bool, str]:
+        self._pending.append({"type": "label_rejected", "episode": episode, "label": label, "reason": reason})
+        return False, f"label rejected: {reason}"
+
+    def _apply_label(self, episode: int, label: str, source: str) -> tuple[bool, str]:
+        if label == "discard":
+            self._finish(label="unlabelled", saved=False, source=source)
+            return True, f"episode {episode} discarded"
+        self._save(label, source)
+        return True, f"episode {episode} saved as {label}"
 
     def _request(self) -> EpisodeRequest | None:
         i = self.index + 1
@@ -250,11 +333,21 @@ class EpisodeManager:
                 self.results[-1].policy_versions[-1] if self.results and self.results[-1].policy_versions else 0
             )
             task, start = s.next(version)
-            return EpisodeRequest(task=task or cfg.task, instruction=cfg.instruction, start=start, seed=cfg.seed + i)
+            req = EpisodeRequest(task=task or cfg.task, instruction=cfg.instruction, start=start, seed=cfg.seed + i)
+            where = s.position(task, start) if hasattr(s, "position") else None
+            if where is not None:
+                req.group = {"number": where[0], "slot": where[1], "size": getattr(s, "group_size", None)}
+            return req
         req = s(i, list(self.results))
         if req is not None and not isinstance(req, EpisodeRequest):
             raise TypeError(f"the scheduler must return an EpisodeRequest or None, got {type(req).__name__}")
         return req
+
+    def _instruction_for(self, req: EpisodeRequest) -> str:
+        text = req.instruction or self.config.instruction
+        if self.config.reset_source != "twin":  # a robot: the task's text says what to do (the twin has its own)
+            text = text or req.task or self.config.task
+        return text
 
     def _next_episode(self) -> tuple[bool, str]:
         req = self._request()
@@ -263,12 +356,21 @@ class EpisodeManager:
                 self._set(self.DONE)
                 self._pending.append({"type": "done", "episodes": len(self.results)})
             return False, "no more episodes"
+        instruction = self._instruction_for(req)
+        if not instruction and self.config.mode in POLICY_MODES and self.config.reset_source != "twin":
+            self._give_back(req)
+            self.refused = (
+                f"cannot start episode {self.index + 1}: the policy needs a language instruction and none is set; "
+                "set the episode manager's 'instruction' parameter (launch argument instruction:='pick up the "
+                "red cube') or its 'task'")
+            return False, self.refused
+        self.refused = None
         self.index += 1
         self._scheduled += 1
         self._req = req
         self._steps, self._robot_t0, self._end, self._success_seen = 0, None, None, False
         self._versions = []
-        self._instruction = req.instruction or self.config.instruction
+        self._instruction = instruction
         self._start_condition = req.start
         self._set(self.RESETTING)
         self._pending.append(
@@ -280,19 +382,33 @@ class EpisodeManager:
                 "instruction": self._instruction,
                 "seed": req.seed,
                 "start": req.start,
+                "group": req.group,
+                "run": self.run_id,
             }
         )
         if self.config.reset_source == "none":
-            self._begin_running({})
-            return True, f"episode {self.index} running"
+            return self._begin_running({})
         return True, f"episode {self.index} resetting"
 
-    def _begin_running(self, info: dict) -> None:
-        self._instruction = info.get("instruction") or self._instruction
+    def _give_back(self, req: EpisodeRequest) -> None:
+        """An episode the scheduler handed out does not run: it does not count toward its group."""
+        s = self.scheduler
+        if s is not None and hasattr(s, "record") and hasattr(s, "next"):
+            s.record(req.task, req.start, None)
+
+    def _begin_running(self, info: dict) -> tuple[bool, str]:
+        instruction = info.get("instruction") or self._instruction
+        if not instruction and self.config.mode in POLICY_MODES:
+            self._finish_reset_failed(
+                "no instruction for the policy: the reset gave none and the episode manager's 'instruction' "
+                "parameter is empty; set it (launch argument instruction:='...')")
+            return False, f"episode {self.index} not started: no instruction"
+        self._instruction = instruction
         if "start_condition" in info:
             self._start_condition = info["start_condition"]
         self._set(self.RUNNING)
         self._robot_t0 = None
+        self._intervened = self._intervening
         self._pending.append(
             {
                 "type": "start",
@@ -305,14 +421,17 @@ class EpisodeManager:
                 "stamp": info.get("stamp"),
             }
         )
+        return True, f"episode {self.index} running"
 
     def _end_running(self, reason: str, fault: str | None = None) -> None:
         self._end = (reason, fault)
         self._set(self.LABELLING)
         self._pending.append({"type": "end", "episode": self.index, "reason": reason, "fault": fault})
         src = self.config.label_source
-        if reason == "fault" and self.config.mode in ("evaluate", "rl"):
-            self._save("failure", "fault")
+        if self._fault_waits():
+            if src == "auto":  # nobody will label it: kept, never trained on
+                self._save("unlabelled", "fault")
+            # else it waits for a person's label like any other end (see tick and start)
         elif src in ("auto", "auto_or_human") and reason in ("success_check", "timeout"):
             self._save("success" if self._success_seen else "failure", "auto")
         elif src == "auto":
@@ -347,17 +466,21 @@ class EpisodeManager:
             steps=self._steps,
             label_source=source,
             policy_versions=list(self._versions),
+            intervened=self._intervened,
             meta=dict(req.meta),
         )
         self.results.append(result)
         if saved:
             self._pending.append({"type": "save", "episode": self.index, "label": label, "label_source": source,
-                                  "task": req.task, "start_condition": self._start_condition})
+                                  "task": req.task, "start_condition": self._start_condition,
+                                  "intervened": self._intervened})
         else:
             self._pending.append({"type": "discard", "episode": self.index, "reason": fault or "discarded"})
         s = self.scheduler
         if s is not None and hasattr(s, "record") and hasattr(s, "next"):
-            s.record(req.task or self.config.task, req.start, {"success": 1, "failure": 0}.get(label) if saved else None)
+            # unlabelled (fault, timeout) and discarded episodes do not count: the scheduler hands them out again
+            s.record(req.task or self.config.task, req.start,
+                     {"success": 1, "failure": 0}.get(label) if saved else None)
         self._set(self.IDLE)
         if self.on_result is not None:
             self._pending.append({"type": "_result", "result": result})
@@ -383,3 +506,59 @@ class EpisodeManager:
     @property
     def running(self) -> bool:
         return self.state == self.RUNNING
+
+
+def default_scheduler(config):
+    """rl mode's scheduler: GRPO groups of ``group_size`` episodes per (task, start condition)."""
+    from vla_robot.rl.scheduler import GroupScheduler
+
+    return GroupScheduler({config.task: list(config.start_conditions)}, group_size=config.group_size,
+                          max_open=config.max_open_groups)
+
+
+def describe_reset(ev: dict, reset_source: str) -> str:
+    """What the operator is told on a ``reset`` event: which start condition to set up, in which group."""
+    n, start, group = ev.get("episode"), ev.get("start"), ev.get("group")
+    where = f" (group {group['number']}: {group['slot']}/{group['size']})" if group else ""
+    if reset_source == "twin":
+        return f"episode {n}: the twin resets to start condition {start!r}{where}"
+    what = f"set up start condition '{start}'" if start is not None else "reset the scene"
+    then = "; then press Enter or call ~/start" if reset_source == "operator" else ""
+    return f"{what} for episode {n}{where}{then}"
+
+
+class LatestReset:
+    """Which ``reset`` to act on, from episode events that may arrive as a late joiner's history.
+
+    ``episode/event`` is transient-local: a node that starts after the episode manager first gets
+    its recent history in one burst (resets of episodes long over among them). Only the newest
+    reset whose episode has not ended since is acted on: :meth:`offer` every event in order;
+    :meth:`take` returns that reset once no event has arrived for ``settle_s`` (a burst is over),
+    and then only once.
+    """
+
+    def __init__(self, settle_s: float = 0.1, clock: Callable[[], float] = time.monotonic):
+        self.settle_s = settle_s
+        self.clock = clock
+        self._pending: dict | None = None
+        self._last = float("-inf")
+        self._lock = threading.Lock()
+
+    def offer(self, ev: dict) -> None:
+        with self._lock:
+            self._last = self.clock()
+            t = ev.get("type")
+            if t == "reset":
+                self._pending = ev
+            elif self._pending is not None and (
+                t == "done" or (t in ("end", "save", "discard") and ev.get("episode") == self._pending.get("episode"))
+            ):
+                self._pending = None  # that episode is over: its scene is not wanted any more
+
+    def take(self, now: float | None = None) -> dict | None:
+        now = self.clock() if now is None else now
+        with self._lock:
+            if self._pending is None or now - self._last < self.settle_s:
+                return None
+            ev, self._pending = self._pending, None
+            return ev

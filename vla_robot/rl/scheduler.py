@@ -20,6 +20,7 @@ class _Group:
     outcomes: list[int] = field(default_factory=list)
     pending: int = 0            # episodes handed out but not yet recorded
     opened_version: int = 0
+    number: int = 0             # 1 for the first group opened, 2 for the next, ... (for the operator)
 
 
 class GroupScheduler:
@@ -37,6 +38,7 @@ class GroupScheduler:
         self._task_order = list(self.tasks)
         self._next_task = 0
         self.completed: list[tuple[str, Hashable, list[int]]] = []
+        self._opened = 0
 
     def next(self, version: int = 0) -> tuple[str, Hashable]:
         """The (task, start condition) of the next episode."""
@@ -66,6 +68,12 @@ class GroupScheduler:
             return True
         return False
 
+    def position(self, task: str, start: Hashable) -> tuple[int, int] | None:
+        """(group number, episodes of it handed out or recorded so far) of the open group of ``(task, start)``:
+        right after :meth:`next`, the second is the place of the episode just handed out (3 of 8)."""
+        g = next((g for g in self._open if g.task == task and g.start == start), None)
+        return None if g is None else (g.number, len(g.outcomes) + g.pending)
+
     def expire(self, version: int, max_staleness: int) -> int:
         """Close groups opened before ``version - max_staleness``; returns how many were closed."""
         old = [g for g in self._open if g.opened_version < version - max_staleness and g.pending == 0]
@@ -79,6 +87,7 @@ class GroupScheduler:
         starts = self.tasks[task]
         start = starts[self._next_start[task] % len(starts)]
         self._next_start[task] += 1
-        g = _Group(task, start, opened_version=version)
+        self._opened += 1
+        g = _Group(task, start, opened_version=version, number=self._opened)
         self._open.append(g)
         return g
