@@ -1,9 +1,27 @@
 """Hyper-parameters of the RL fine-tuning (GRPO, SimpleVLA-RL), one preset per model size.
 
-Standard library only, so the ROS nodes and the CLI can read it without torch. The values of
-``oft-7b`` are SimpleVLA-RL's LIBERO launcher (reference/simplevla_openvla_oft.md §3.5); ``tiny``
-keeps the algorithm and changes only what a 100k-parameter policy on a CPU needs (a larger step
-size, smaller groups and mini-batches).
+Standard library only, so the ROS nodes and the CLI can read it without torch. The algorithm of
+both presets is SimpleVLA-RL's LIBERO launcher (reference/simplevla_openvla_oft.md §3.5: n = 8,
+clip 0.8/1.28, lr 5e-6 for the 7B); what changes is the update rate, which a real robot sets:
+
+``oft-7b``
+    One update after **every complete group** (``batch_groups=1``): 8 episodes of one task and
+    start condition, about 8-10 minutes of robot time at 30-s episodes plus resets and labels.
+    SimpleVLA-RL's 64 prompts x 8 samples per update is 512 episodes, some 8 hours of one robot
+    per update, during which the served policy would never change. One optimiser step per update
+    (``mini_batch_size=8``, the group) at the launcher's lr 5e-6. The learner micro-batches by
+    chunks (``micro_batch_chunks=4``: a 30-s episode has 100-200 chunks; 4 chunks of the 7B in
+    bf16 is what fitted beside AdamW on one 80 GB GPU, benchmarks/rl_update.py), so memory does not
+    grow with the episode length. Run it with ``vla-robot learn --dtype bfloat16 --device cuda``,
+    the dtype the server serves in.
+``tiny``
+    The 100k-parameter CPU policy of the demo and the rehearsal: the same rate (one update per
+    complete group of 8, ``batch_groups=1``), a larger step size (3e-4) for a small model, 64 chunks
+    per micro-batch (float32 on the CPU).
+
+The group size is shared with the graph: the episode manager's scheduler
+(``episode_manager.group_size``, default 8) must run groups of exactly the learner's ``group_size``,
+or groups never complete (too small) or mix start conditions (too large).
 """
 from __future__ import annotations
 
@@ -39,6 +57,10 @@ class GRPOConfig:
     max_staleness: int = 4              # drop episodes acted by a version older than this many updates
     mode: Mode = "hybrid"               # rl only / sft only / hybrid (SFT on demos where a group never succeeds)
     sft_coef: float = 1.0               # weight of the SFT loss that replaces RL for an all-failure group
+    # --- memory and the on-policy contract ----------------------------------------------------
+    micro_batch_chunks: int = 4         # chunks per forward/backward; gradients accumulate over a mini-batch
+    ratio_tolerance: float = 1e-2       # median |r - 1| of acting-version tokens above this is an error
+    intervened: Literal["skip", "keep"] = "skip"  # episodes an operator took over: skip = no RL update
 
     def validate(self) -> None:
         if self.group_size < 2:
@@ -55,20 +77,25 @@ class GRPOConfig:
         for name in ("temperature", "lr", "grad_clip", "adv_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("ppo_epochs", "mini_batch_size", "batch_groups"):
+        for name in ("ppo_epochs", "mini_batch_size", "batch_groups", "micro_batch_chunks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_staleness < 0:
             raise ValueError(f"max_staleness must be >= 0 (policy versions), got {self.max_staleness}")
         if self.mode not in ("rl", "sft", "hybrid"):
             raise ValueError(f"mode must be 'rl', 'sft' or 'hybrid', got {self.mode!r}")
+        if self.intervened not in ("skip", "keep"):
+            raise ValueError(f"intervened must be 'skip' or 'keep', got {self.intervened!r}")
+        if not self.ratio_tolerance > 0:
+            raise ValueError(f"ratio_tolerance must be > 0 (median |r - 1|), got {self.ratio_tolerance}")
 
 
 PRESETS: dict[str, GRPOConfig] = {
-    # SimpleVLA-RL, LIBERO launcher: n=8, 64 prompts/step, mini-batch 128 trajectories, lr 5e-6.
-    "oft-7b": GRPOConfig(),
-    # The tiny CPU policy of the demo: same algorithm, bigger steps on a small model.
-    "tiny": GRPOConfig(group_size=8, lr=3e-4, mini_batch_size=32, batch_groups=6, max_staleness=2),
+    # SimpleVLA-RL's algorithm at a robot's rate: an update per complete group (module docstring)
+    "oft-7b": GRPOConfig(batch_groups=1, mini_batch_size=8, micro_batch_chunks=4),
+    # The tiny CPU policy of the demo: same rate, bigger steps on a small model.
+    "tiny": GRPOConfig(group_size=8, lr=3e-4, mini_batch_size=32, batch_groups=1, max_staleness=2,
+                       micro_batch_chunks=64),
 }
 
 

@@ -76,22 +76,39 @@ def grpo_loss(
     Per-trajectory token-mean over executed tokens, then mean over the B trajectories.
     """
     mask = mask.to(logp.dtype)
+    weight = mask / mask.sum(-1, keepdim=True).clamp_min(1.0) / len(mask)
+    loss, sums = grpo_token_loss(logp, old_logp, advantages, weight, clip_low, clip_high)
+    n = max(sums["tokens"], 1.0)
+    with torch.no_grad():
+        ratio_mean = float((torch.exp(logp - old_logp) * mask).sum() / n)
+    return loss, {"clip_frac": sums["clipped"] / n, "ratio_mean": ratio_mean, "approx_kl": sums["kl_sum"] / n,
+                  "tokens": sums["tokens"]}
+
+
+def grpo_token_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, weight: torch.Tensor,
+    clip_low: float = 0.2, clip_high: float = 0.28,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss's share of some tokens: sum_t w_t max(-A r_t, -A clip(r_t, 1 - low, 1 + high)).
+
+    logp/old_logp/weight [C, K] (C rows of K tokens: trajectories or chunks), advantages [C].
+    With w_t = mask_t / (n_i B) for a token of trajectory i (n_i its executed tokens, B the
+    trajectories of the mini-batch) the sum over any split of the mini-batch's tokens is
+    :func:`grpo_loss`: the learner sums it over micro-batches of chunks, one autograd graph each.
+    Returns the loss and sums over tokens with w > 0 (count, clipped count, sum of old - new).
+    """
     ratio = torch.exp(logp - old_logp)
     A = advantages.to(logp.device, logp.dtype)[:, None]
     pg_unclipped = -A * ratio
     pg_clipped = -A * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     pg = torch.maximum(pg_unclipped, pg_clipped)
-    per_traj = (pg * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
-    loss = per_traj.mean()
-    n = mask.sum().clamp_min(1.0)
+    weight = weight.to(logp.device, logp.dtype)
+    loss = (pg * weight).sum()
     with torch.no_grad():
-        stats = {
-            "clip_frac": float(((pg_clipped > pg_unclipped).to(mask.dtype) * mask).sum() / n),
-            "ratio_mean": float((ratio * mask).sum() / n),
-            "approx_kl": float(((old_logp - logp) * mask).sum() / n),
-            "tokens": float(mask.sum()),
-        }
-    return loss, stats
+        used = (weight > 0).to(logp.dtype)
+        sums = {"tokens": float(used.sum()), "clipped": float(((pg_clipped > pg_unclipped).to(logp.dtype) * used).sum()),
+                "kl_sum": float(((old_logp - logp) * used).sum())}
+    return loss, sums
 
 
 @dataclass
