@@ -80,6 +80,10 @@ def test_launch_arguments_and_bad_values():
     twin = next(s for s in specs if s.name == "twin_node")
     assert dict(twin.overrides)["task"] == "reach"
     assert dict(next(s for s in specs if s.name == "policy_node").overrides)["policy_server"] == "tcp://10.0.0.2:5555"
+    # the language instruction reaches the episode manager, which hands it to the policy in `start`
+    specs = bringup.graph_from_launch_arguments("rl_finetune", {"task": "cups", "instruction": "stack the cups"})
+    em = dict(next(s for s in specs if s.name == "episode_manager_node").overrides)
+    assert em == {"task": "cups", "instruction": "stack the cups"}
     with pytest.raises(ValueError, match="unknown graph 'demo'"):
         bringup.graph("demo")
     with pytest.raises(ValueError, match="arm_driver must be one of"):

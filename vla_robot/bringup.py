@@ -27,7 +27,10 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "robot": ("so101", "robot model: so101 or panda"),
     "arm_driver": ("lerobot", "lerobot (arm_node bridges a lerobot robot) or ros2_control (commands go to its JTC)"),
     "policy_server": ("tcp://127.0.0.1:5555", "ZMQ address of the policy server"),
-    "task": ("", "task name (sim: the twin's task, e.g. reach or pick_place)"),
+    "task": ("", "task name (sim: the twin's task, e.g. reach or pick_place, whose instruction the twin gives; "
+                 "robot: a short name of what the arm does)"),
+    "instruction": ("", "language instruction the policy gets (robot: empty = the task's text; sim: empty = the "
+                        "twin task's own); rl and evaluate need one of task or instruction"),
     "config": ("", "parameter file to use instead of config/<graph>.yaml"),
 }
 
@@ -75,6 +78,7 @@ def graph(
     policy_server: str = "",
     task: str = "",
     config: str | None = None,
+    instruction: str = "",
 ) -> list[NodeSpec]:
     """The nodes of graph ``name`` (one of :data:`GRAPHS`)."""
     if name not in GRAPHS:
@@ -105,7 +109,7 @@ def graph(
         hardware.append(node("camera_node"))
         if arm_driver == "lerobot":
             hardware.append(node("arm_node", overrides=robot_o))
-    em_o = (("task", task),) if task else ()
+    em_o = ((("task", task),) if task else ()) + ((("instruction", instruction),) if instruction else ())
     policy_o = robot_o + ((("policy_server", policy_server),) if policy_server else ())
 
     if name == "rl_finetune" or name == "evaluate":
@@ -167,5 +171,6 @@ def graph_from_launch_arguments(name: str, args: dict[str, str]) -> list[NodeSpe
         policy_server=a["policy_server"],
         task=a["task"],
         config=a["config"] or None,
+        instruction=a["instruction"],
     )
 

@@ -26,6 +26,8 @@ def launch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serve", default=None, metavar="PRESET_OR_DIR",
                         help="also start a policy server in this process (a preset such as 'tiny', or a checkpoint folder)")
     parser.add_argument("--task", default="", help="task name (sim: the twin's task)")
+    parser.add_argument("--instruction", default="",
+                        help="language instruction for the policy (robot: default the task's text; sim: the twin's)")
     parser.add_argument("--config", default=None, help="parameter file to use instead of config/<graph>.yaml")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.KEY=VALUE",
                         help="override one node parameter (repeatable)")
@@ -73,6 +75,7 @@ def launch(args: argparse.Namespace) -> int:
 
         runner = GraphRunner(
             args.graph, sim=args.sim, robot=args.robot, arm_driver=args.arm_driver, task=args.task,
+            instruction=args.instruction,
             config=args.config, policy_server=args.policy_server, serve_policy=args.serve,
             overrides=overrides, exclude=tuple(args.exclude),
         )

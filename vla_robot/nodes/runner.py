@@ -87,6 +87,7 @@ class GraphRunner:
         robot: str = "so101",
         arm_driver: str = "lerobot",
         task: str = "",
+        instruction: str = "",
         config: str | None = None,
         policy_server: str = "",
         serve_policy: str | None = None,
@@ -98,7 +99,8 @@ class GraphRunner:
         domain_id: int | None = None,
     ):
         self.specs = [s for s in graph(graph_name, use_sim=sim, robot=robot, arm_driver=arm_driver,
-                                       policy_server=policy_server, task=task, config=config)
+                                       policy_server=policy_server, task=task, config=config,
+                                       instruction=instruction)
                       if s.executable not in exclude and s.name not in exclude]
         self.graph_name = graph_name
         self.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
