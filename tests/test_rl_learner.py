@@ -239,3 +239,69 @@ def test_update_is_the_same_whatever_the_micro_batch():
     for k in a:  # AdamW's first step is about lr x sign(grad): float noise on a ~0 gradient moves 1e-5 at most
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     assert sa["tokens"] == sb["tokens"] and sa["loss"] == pytest.approx(sb["loss"], abs=1e-6)
+
+
+def test_every_update_reports_the_acting_versions_ratio_and_flags_a_mismatch(runtime, tmp_path):
+    """The learner at the version that acted reproduces the behaviour log-probs (|r - 1| ~ 0); a
+    recorded log-prob that is not the policy's is an error that names the likely causes."""
+    rng = np.random.default_rng(7)
+    notes = []
+    cfg = preset("tiny", group_size=4, batch_groups=1, mini_batch_size=2, mode="rl", lr=1e-3)
+    learner = Learner(runtime, cfg, out_dir=tmp_path, note=notes.append)
+    group = make_group(runtime, 0, [1, 0, 0, 1], rng, steps=2)
+    for e in group:
+        for s in e.steps:
+            s.version, s.temperature = 0, 1.6
+        learner.add(e)
+    stats = learner.step()
+    r = stats["ratio_acting"]
+    assert r["n"] == 2 * (48 + 18) and r["median_abs"] < 1e-4 and r["max_abs"] < 1e-3  # first mini-batch: 2 episodes
+    assert not any("ON-POLICY" in n for n in notes)
+    import json
+    lines = [json.loads(x) for x in (tmp_path / "updates.jsonl").read_text().splitlines()]
+    assert [x["version"] for x in lines] == [1] and lines[0]["ratio_acting"] == r
+
+    # tokens of another version do not count; behaviour log-probs that are not the policy's are flagged
+    def shifted(group, version):
+        for e in group:
+            e.version = version
+            for s in e.steps:
+                s.version = version
+                s.logprobs = s.logprobs + 0.3  # e.g. a lossy frame, not what the server saw
+        return group
+
+    for e in shifted(make_group(runtime, 1, [0, 1, 1, 0], rng), 0):  # sampled by version 1, recorded as 0
+        learner.add(e)
+    assert learner.step()["ratio_acting"]["n"] == 0 and not notes and learner.version == 2
+    for e in shifted(make_group(runtime, 2, [0, 1, 1, 0], rng), 2):
+        learner.add(e)
+    r = learner.step()["ratio_acting"]
+    assert r["n"] > 0 and r["median_abs"] == pytest.approx(1 - np.exp(-0.3), rel=1e-2)
+    assert len(notes) == 1 and "ON-POLICY CHECK FAILED at version 2" in notes[0] and "dtype" in notes[0]
+
+
+def test_episodes_that_cannot_be_on_policy_are_refused_by_name(runtime):
+    rng = np.random.default_rng(8)
+    notes = []
+    learner = Learner(runtime, preset("tiny", group_size=2, batch_groups=1), note=notes.append)
+    hot, meta, took_over, keep, tokenless = (make_group(runtime, 0, [1], rng)[0] for _ in range(5))
+    hot.steps[1].temperature = 1.0
+    assert not learner.add(hot)
+    assert "Step.temperature is 1 (chunk 1) but the learner's temperature is 1.6" in notes[-1]
+    meta.served_by = {"model": runtime.metadata["model"], "dtype": "bfloat16", "version": 9, "cameras": ["front", "wrist"]}
+    assert not learner.add(meta)
+    assert "served_by['dtype'] is 'bfloat16'" in notes[-1] and "'float32'" in notes[-1]
+    meta.served_by = {**meta.served_by, "dtype": "float32"}  # the version and lists-vs-tuples are no mismatch
+    assert learner.add(meta)
+    took_over.intervened = True
+    assert not learner.add(took_over) and "operator took over" in notes[-1]
+    tokenless.steps[0].tokens = np.zeros(0, np.int64)  # the chunk's first frame never reached the recorder
+    assert learner.add(tokenless) and len(tokenless.steps) == 1 and "chunk 0 skipped: no tokens" in notes[-1]
+    assert dict(learner.skipped) == {"temperature": 1, "served_by.dtype": 1, "intervened": 1,
+                                     "chunk_without_tokens": 1}
+    keeper = Learner(runtime, preset("tiny", group_size=2, intervened="keep"), note=notes.append)
+    keep.intervened = True
+    assert keeper.add(keep)
+    for s in tokenless.steps:
+        s.tokens = None
+    assert not learner.add(tokenless) and learner.skipped["no_tokens"] == 1
