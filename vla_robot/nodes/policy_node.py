@@ -102,7 +102,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
                                  callback_group=inputs)
         self.create_subscription(Bool, common.TELEOP_INTERVENTION, self._on_intervention, common.LATCHED_QOS,
                                  callback_group=inputs)
-        self.create_subscription(String, common.EPISODE_EVENTS, self._on_episode_event, common.EVENT_QOS,
+        self.create_subscription(String, common.EPISODE_EVENTS, self._on_episode_event, common.EPISODE_EVENT_QOS,
                                  callback_group=inputs)
         self.create_subscription(Bool, common.ESTOP, self._on_estop, common.LATCHED_QOS, callback_group=inputs)
         self.command_pub = self.create_publisher(JointTrajectory, common.ARM_COMMAND, common.COMMAND_QOS)

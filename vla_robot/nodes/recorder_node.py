@@ -71,7 +71,7 @@ class RecorderNode(common.ConfiguredNode):
                                  callback_group=events)
         self.create_subscription(JointTrajectory, common.ARM_COMMAND, self._on_command, common.COMMAND_QOS,
                                  callback_group=events)
-        self.create_subscription(String, common.EPISODE_EVENTS, self._on_event, common.EVENT_QOS,
+        self.create_subscription(String, common.EPISODE_EVENTS, self._on_event, common.EPISODE_EVENT_QOS,
                                  callback_group=events)
         self.diagnostics = common.Diagnostics(self)
         self.diagnostics.extra = self._diag
