@@ -19,7 +19,7 @@ import numpy as np
 from vla_robot.drivers.base import Arm, Camera, CameraModel, DriverError, register_arm, register_camera
 from vla_robot.twin.config import TwinArmConfig, TwinCameraConfig, TwinConfig
 
-__all__ = ["TwinArm", "TwinCamera", "TwinSession", "twin_session", "close_session"]
+__all__ = ["TwinArm", "TwinCamera", "TwinSession", "twin_session", "find_session", "close_session"]
 
 _SESSIONS: dict[str, "TwinSession"] = {}
 _SESSIONS_LOCK = threading.Lock()
@@ -117,6 +117,12 @@ def twin_session(name: str = "default", config: TwinConfig | None = None) -> Twi
                 f"asked: {dataclasses.asdict(config)})"
             )
         return sess
+
+
+def find_session(name: str) -> TwinSession | None:
+    """The running session ``name`` of this process, or None (never creates one)."""
+    with _SESSIONS_LOCK:
+        return _SESSIONS.get(name)
 
 
 def close_session(name: str = "default") -> None:

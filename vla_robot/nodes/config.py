@@ -207,9 +207,11 @@ def _start_conditions(starts: list) -> None:
 
 @dataclass
 class TwinNodeConfig:
-    """twin_node: ``sim`` (the twin is the arm, the cameras and the success check) or ``mirror``."""
+    """twin_node: ``sim`` (the twin is the arm, the cameras and the success check), ``mirror``, or
+    ``scene`` (the stand-in world: sets up the scene of the twin session ``session`` that camera_node and
+    arm_node with backend twin run in this process)."""
 
-    mode: Literal["sim", "mirror"] = "sim"
+    mode: Literal["sim", "mirror", "scene"] = "sim"
     robot: str = "so101"
     task: str = "reach"
     cubes: int = 0  # cubes on the table (reach 1..3, pick_place 1..2); 0 = all of the task's
@@ -222,9 +224,14 @@ class TwinNodeConfig:
     hold_timeout_s: float = 0.5
     seed: int = 0
     randomization: Optional[Any] = None
+    # scene: the name of the twin session (drivers/twin.py) whose scene this node sets up
+    session: str = "default"
 
     def validate(self) -> None:
         _robot(self.robot)
+        if self.mode == "scene" and not self.session.strip():
+            raise ValueError("session must name the twin session of this process's camera and arm "
+                             "(their options' 'session'), e.g. session: standin")
         if not self.cameras:
             raise ValueError("cameras must name at least one twin camera")
         if len(self.image_size) != 2 or min(self.image_size) < 8:

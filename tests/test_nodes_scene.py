@@ -1,0 +1,126 @@
+"""twin_node mode ``scene``: the stand-in world of a rehearsal, in-process with the twin's real-time arm.
+
+It does at the twin what a person does at a robot between episodes: on the manager's ``reset`` it
+sets the scene to the requested start condition (the arm back to its start pose) and says so on
+``scene/ready``; ``scene/success`` is the twin's success check of the scene, about 10 Hz. The episode
+manager reads neither: with reset_source operator it waits for ``~/start`` as on a robot.
+"""
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("mujoco")
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from std_msgs.msg import Bool, String  # noqa: E402
+
+from vla_robot.config import ConfigError, from_dict  # noqa: E402
+from vla_robot.nodes import common  # noqa: E402
+from vla_robot.nodes.config import ArmNodeConfig, EpisodeManagerNodeConfig, TwinNodeConfig  # noqa: E402
+
+pytestmark = [pytest.mark.ros]
+
+TWIN = {"task": "reach", "cubes": 1, "image_size": [32, 32], "cameras": ["front"]}
+
+
+def test_start_condition_names_stand_for_fixed_twin_starts():
+    from vla_robot.nodes.twin_node import start_state_id
+
+    assert start_state_id(7) == 7 and start_state_id("7") == 7 and start_state_id(None) is None
+    assert start_state_id("left") == start_state_id("left") != start_state_id("right")
+    assert 0 <= start_state_id("left") < 2**31
+    with pytest.raises(ValueError, match="start-state id"):
+        start_state_id(True)
+    with pytest.raises(ConfigError, match="session must name the twin session"):
+        from_dict(TwinNodeConfig, {"mode": "scene", "session": " "})
+
+
+def test_scene_mode_sets_up_each_start_condition_and_reports_success(ros_context):
+    from vla_robot.drivers.twin import find_session
+    from vla_robot.nodes.arm_node import ArmNode
+    from vla_robot.nodes.episode_manager_node import EpisodeManagerNode
+    from vla_robot.nodes.twin_node import TwinNode, start_state_id
+
+    arm = ArmNode(config=from_dict(ArmNodeConfig, {"backend": "twin", "robot": "so101", "options": {
+        "session": "scene_test", "realtime": True, "twin": TWIN}}), context=ros_context)
+    scene = TwinNode(config=from_dict(TwinNodeConfig, {"mode": "scene", "session": "scene_test"}), context=ros_context)
+    manager = EpisodeManagerNode(config=from_dict(EpisodeManagerNodeConfig, {
+        "mode": "rl", "task": "reach", "instruction": "touch the red cube", "reset_source": "operator",
+        "start_conditions": ["left", "right"], "group_size": 2, "prompt": False}),
+        use_terminal=False, context=ros_context)
+    probe = rclpy.create_node("scene_probe", context=ros_context)
+    ready, success, lock = [], [], threading.Lock()
+
+    def keep(store, conv):
+        def cb(msg):
+            with lock:
+                store.append((time.monotonic(), conv(msg)))
+        return cb
+
+    probe.create_subscription(String, common.SCENE_READY, keep(ready, lambda m: json.loads(m.data)), common.EVENT_QOS)
+    probe.create_subscription(Bool, common.SCENE_SUCCESS, keep(success, lambda m: m.data), common.STATE_QOS)
+    ex = MultiThreadedExecutor(num_threads=4, context=ros_context)
+    for n in (arm, scene, manager, probe):
+        ex.add_node(n)
+    spinner = threading.Thread(target=ex.spin, daemon=True)
+    spinner.start()
+    sess = find_session("scene_test")
+
+    def wait_for(cond, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return cond()
+
+    def ready_for(episode):
+        with lock:
+            return [r for _, r in ready if r["episode"] == episode]
+
+    try:
+        assert wait_for(lambda: probe.count_publishers(common.SCENE_READY) and
+                        manager._events_pub.get_subscription_count() >= 2)
+        core = manager.core
+        assert core.start()[0] and core.state == "resetting"
+        assert wait_for(lambda: ready_for(0)), "no scene/ready for episode 0"
+        (r0,) = ready_for(0)
+        with sess.lock:
+            q_start = sess.env.joint_positions()
+            assert sess.env.start_condition == start_state_id("left")
+            assert r0 == {"episode": 0, "start_condition": "left", "start_id": start_state_id("left"),
+                          "instruction": sess.env.instruction}
+        time.sleep(0.3)
+        assert core.state == "resetting"  # the manager does not read the scene: the person presses start
+        assert core.start()[0] and core.state == "running"
+        # scene/success is the twin's check: false now; the twin's expert stands in for a policy that succeeds
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with sess.lock:
+                if sess.env.success():
+                    break
+                sess.set_target(sess.env.expert_action())
+            time.sleep(1 / 30)
+        with sess.lock:
+            assert sess.env.success(), "the expert did not reach the cube"
+        assert wait_for(lambda: any(s for _, s in list(success)), timeout=5)
+        with lock:
+            assert not success[0][1]
+            stamps = [t for t, _ in success]
+        assert len(stamps) >= 5 and 3.0 < (len(stamps) - 1) / (stamps[-1] - stamps[0]) < 20.0  # about 10 Hz
+        core.stop()
+        assert core.label_episode(0, "success")[0]
+        # the next episode of the group: the same start, the arm back at its start pose
+        assert core.start()[0]
+        assert wait_for(lambda: ready_for(1)), "no scene/ready for episode 1"
+        assert ready_for(1)[0]["start_id"] == start_state_id("left")
+        with sess.lock:
+            np.testing.assert_allclose(sess.env.joint_positions(), q_start, atol=2e-2)
+            assert not sess.env.success()
+    finally:
+        ex.shutdown(timeout_sec=5)
+        spinner.join(timeout=5)
+        for n in (probe, manager, scene, arm):
+            getattr(n, "close", lambda: None)()
+            n.destroy_node()
