@@ -8,7 +8,7 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
+from std_msgs.msg import String, UInt8MultiArray  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from vla_robot.nodes import convert  # noqa: E402
@@ -107,15 +107,26 @@ def test_command_carries_source_and_stamp():
         convert.msg_to_trajectory(JointTrajectory(joint_names=NAMES))
 
 
-def test_tokens_and_events_round_trip():
-    tok = np.arange(12, dtype=np.int64) * 20
-    lp = -np.linspace(0.1, 2.0, 12).astype(np.float32)
-    back = convert.msg_to_tokens(convert.tokens_to_msg(5, 2, tok, lp))
-    assert (back["chunk_id"], back["version"]) == (5, 2)
-    np.testing.assert_array_equal(back["tokens"], tok)
-    np.testing.assert_allclose(back["logprobs"], lp)
-    with pytest.raises(ValueError, match="same length"):
-        convert.tokens_to_msg(0, 0, tok, lp[:3])
+def test_records_and_events_round_trip():
+    from vla_robot.data import records
+
+    obs = {"images": {"front": np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)},
+           "state": np.array([0.1, 0.2], np.float32), "instruction": "wave"}
+    reply = {"actions": np.ones((2, 6), np.float32), "tokens": np.arange(12, dtype=np.int64) * 20,
+             "logprobs": -np.linspace(0.1, 2.0, 12).astype(np.float32), "version": 2}
+    chunk = records.make_chunk(reply, obs, {"mode": "sample", "return_tokens": True}, 5, 1.5, {"model": "tiny", "version": 2})
+    back = convert.msg_to_record(convert.record_to_msg(chunk))
+    assert (back["chunk_id"], back["version"], back["obs_stamp"]) == (5, 2, 1.5)
+    assert back["options"] == {"mode": "sample", "temperature": 1.6, "seed": None}  # the server's default, made explicit
+    np.testing.assert_array_equal(back["tokens"], reply["tokens"])
+    np.testing.assert_array_equal(back["logprobs"], reply["logprobs"])
+    np.testing.assert_array_equal(back["observation"]["images"]["front"], obs["images"]["front"])
+    assert back["served_by"] == {"model": "tiny"}
+    msg = convert.record_to_msg({**chunk, "logprobs": chunk["logprobs"][:3]})
+    with pytest.raises(ValueError, match="'logprobs' must be float32 of shape"):
+        convert.msg_to_record(msg)
+    with pytest.raises(ValueError, match="not readable"):
+        convert.msg_to_record(UInt8MultiArray(data=b"\x01\x02"))
     ev = convert.msg_to_event(convert.event_to_msg({"type": "start", "episode": np.int64(3), "q": np.zeros(2)}))
     assert ev == {"type": "start", "episode": 3, "q": [0.0, 0.0]}
     with pytest.raises(ValueError, match="not JSON"):

@@ -1,5 +1,5 @@
 """The durable recorder on the real lerobot 0.4.4: schema, labels, stamps, RL fields, discard,
-dropped-frame accounting, SIGKILL durability in a real subprocess, resume, and the reader."""
+dropped-frame accounting, on-policy records, SIGKILL durability in a real subprocess, resume, and the reader."""
 from __future__ import annotations
 
 import os
@@ -11,15 +11,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_robot.data import store
+from vla_robot.data import records, store
 from vla_robot.data.config import RecorderConfig
 from vla_robot.data.reader import iter_episodes, load_episode, read_journal
 from vla_robot.data.recorder import Recorder
 from vla_robot.data.schema import CONTROL_POLICY, CONTROL_TELEOP, Schema, count_interventions, executed_mask
+from vla_robot.rl.dataset import follow_dataset
 
 H, W = 32, 48
 JOINTS = ("j0", "j1", "gripper")
-SCHEMA = Schema({"front": (H, W), "wrist": (H, W)}, JOINTS, JOINTS, token_dim=6)  # chunk 2 x 3 dims
+SCHEMA = Schema({"front": (H, W), "wrist": (H, W)}, JOINTS, JOINTS)
+
+
+def chunk_record(cid: int, tag: float) -> dict:
+    """The on-policy record of chunk ``cid`` (2 actions x 3 dims); its state says which episode it is of."""
+    obs = {"images": {"front": image(cid), "wrist": image(7 * cid)}, "state": np.array([tag, cid, 0], np.float32),
+           "instruction": "pick up the cube"}
+    reply = {"actions": np.full((2, 3), cid, np.float32), "tokens": np.arange(6) + 10 * cid,
+             "logprobs": np.full(6, -0.5 - cid, np.float32), "version": 3}
+    return records.make_chunk(reply, obs, {"mode": "sample", "temperature": 1.6}, cid, 1000.0 + cid,
+                              {"model": "tiny", "dtype": "float32", "version": 3})
 
 
 def image(value: int) -> np.ndarray:
@@ -33,7 +44,7 @@ def record(rec: Recorder, n: int, label="success", ep_tag: float = 0.0, task="pi
         control = CONTROL_TELEOP if teleop_from is not None and i >= teleop_from else CONTROL_POLICY
         kw = {}
         if i % 2 == 0 and control == CONTROL_POLICY:
-            kw = dict(tokens=np.arange(6) + 10 * i, logprobs=np.full(6, -0.5 - i, np.float32), latency=0.02 + 0.001 * i)
+            kw = dict(latency=0.02 + 0.001 * i)
         ok = rec.add_frame(
             {"front": image(10 * i), "wrist": image(255 - 10 * i)},
             [ep_tag, i, 0.5], [ep_tag, i, 1.0], action_policy=[0, 0, i],
@@ -43,7 +54,8 @@ def record(rec: Recorder, n: int, label="success", ep_tag: float = 0.0, task="pi
             **kw,
         )
         assert ok
-    return rec.save_episode(label)
+    n_chunks = (teleop_from if teleop_from is not None else n) // 2 + 1
+    return rec.save_episode(label, records=[chunk_record(c, ep_tag) for c in range(n_chunks)])
 
 
 def listing(root: Path) -> set[str]:
@@ -89,32 +101,48 @@ def test_saved_episodes_reload_with_stock_lerobot(tmp_path):
     assert ds[6 + 3]["task"] == "pick up the cube" and ds[10]["task"] == "open the drawer"
 
 
-def test_rl_fields_and_executed_mask_in_reader(tmp_path):
+def test_on_policy_records_are_saved_losslessly_with_their_episode(tmp_path):
     root = tmp_path / "ds"
     with Recorder(root, SCHEMA) as rec:
-        record(rec, 5, "failure", ep_tag=0, teleop_from=3)
+        r = record(rec, 5, "failure", ep_tag=0, teleop_from=3)
+        rec.start_episode("pick")
+        rec.add_frame({"front": image(1), "wrist": image(1)}, [0, 0, 0], [0, 0, 0])
+        rec.save_episode("success")  # no records (evaluate / record graphs): no file
+        with pytest.raises(ValueError, match="'tokens' must be a non-empty 1-D int64"):
+            rec.start_episode("pick")
+            rec.add_frame({"front": image(1), "wrist": image(1)}, [0, 0, 0], [0, 0, 0])
+            rec.save_episode("success", records=[{**chunk_record(0, 0), "tokens": np.zeros(0, np.int64)}])
+        rec.discard_episode()
+    assert r.meta["onpolicy_chunks"] == 2 and r.meta["chunks_without_record"] == 0
+    assert sorted(p.name for p in (root / "rl").iterdir()) == ["episode_000000.msgpack"]
+    file = records.read_episode(records.episode_path(root, 0))
+    assert file["episode_index"] == 0 and file["length"] == 5 and [c["chunk_id"] for c in file["chunks"]] == [0, 1]
+    want = chunk_record(1, 0)
+    got = file["chunks"][1]
+    for cam in ("front", "wrist"):
+        assert np.array_equal(got["observation"]["images"][cam], want["observation"]["images"][cam])
+    assert got["observation"]["state"].dtype == np.float32 and got["observation"]["state"].tolist() == [0, 1, 0]
+    assert got["tokens"].tolist() == list(range(10, 16)) and got["logprobs"].tolist() == [-1.5] * 6
+    assert got["options"] == {"mode": "sample", "temperature": 1.6, "seed": None}
+    assert got["served_by"] == {"model": "tiny", "dtype": "float32"} and got["version"] == 3
     ep = load_episode(root, 0)
     f = ep.frames
     assert f["control"].tolist() == [0, 0, 0, 1, 1]
-    assert f["action.tokens"][2].tolist() == [20, 21, 22, 23, 24, 25]
-    assert f["action.logprobs"][0].tolist() == [-0.5] * 6
-    # chunk 0 (frames 0,1): both steps executed by the policy; chunk 1 (frame 2): only step 0, then teleop
-    assert f["action.executed"][0].tolist() == [True] * 6
-    assert f["action.executed"][2].tolist() == [True] * 3 + [False] * 3
-    assert not f["action.executed"][1].any() and not f["action.executed"][4].any()
+    assert "action.tokens" not in f  # one record of what was sampled, not two
     imgs = ep.images([0, 4], cameras=["wrist"])
     assert imgs["wrist"].shape == (2, H, W, 3)
     assert abs(float(imgs["wrist"][1].mean()) - (255 - 40)) < 6
 
 
 def test_executed_mask_and_interventions_pure():
+    # chunk 0: both steps by the policy; chunk 1: step 0, then teleop; chunk 5: never executed
     m = executed_mask(chunk_id=[0, 0, 1, -1, 1], chunk_step=[0, 1, 0, -1, 1], control=[0, 0, 0, 1, 1],
-                      token_dim=4, action_dim=2, has_tokens=[1, 0, 1, 0, 0])
-    assert m.tolist() == [[1, 1, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+                      chunk_ids=[0, 1, 5], chunk_size=2, action_dim=2)
+    assert m.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]]
     assert count_interventions([0, 1, 1, 0, 1, 0]) == (2, 3)
     assert count_interventions([1, 1, 0]) == (0, 2)  # teleop from the start is not a takeover
-    with pytest.raises(ValueError, match="multiple of the action dimension"):
-        executed_mask([0], [0], [0], token_dim=5, action_dim=2, has_tokens=[1])
+    with pytest.raises(ValueError, match="one entry per frame"):
+        executed_mask([0], [0, 1], [0], chunk_ids=[0], chunk_size=2, action_dim=2)
 
 
 def test_discard_and_rerecord_leave_no_trace(tmp_path):
@@ -178,10 +206,6 @@ def test_bad_input_is_rejected_clearly(tmp_path):
             rec.add_frame(good, [0, 0, 0], [0, np.nan, 0])
         with pytest.raises(ValueError, match="control must be 0"):
             rec.add_frame(good, [0, 0, 0], [0, 0, 0], control=2)
-        with pytest.raises(ValueError, match="chunk_id"):
-            rec.add_frame(good, [0, 0, 0], [0, 0, 0], tokens=np.arange(6), logprobs=np.zeros(6))
-        with pytest.raises(ValueError, match=r"tokens must be integers of shape \(6,\)"):
-            rec.add_frame(good, [0, 0, 0], [0, 0, 0], tokens=np.arange(5), logprobs=np.zeros(5), chunk_id=0)
         with pytest.raises(ValueError, match="empty episode"):
             rec.save_episode("success")
         rec.add_frame(good, [0, 0, 0], [0, 0, 0])
@@ -240,10 +264,11 @@ def _child(root: str, kill_at: str, conn) -> None:
     def episode(n, tag):
         rec.start_episode("pick up the cube")
         for i in range(n):
-            rec.add_frame({"front": image(i), "wrist": image(0)}, [tag, i, 0], [tag, i, 0], stamp=float(i))
+            rec.add_frame({"front": image(i), "wrist": image(0)}, [tag, i, 0], [tag, i, 0], stamp=float(i),
+                          chunk_id=i // 2, chunk_step=i % 2)
 
     episode(4, start)
-    rec.save_episode("success")
+    rec.save_episode("success", records=[chunk_record(0, start), chunk_record(1, start)])
     rec.flush()  # the writer has reopened LeRobot for the next episode
     conn.send("saved")
     if kill_at == "mid_episode":
@@ -266,7 +291,7 @@ def _child(root: str, kill_at: str, conn) -> None:
     if kill_at == "before_commit":  # published, commit snapshot not written
         st.commit = die
     episode(4, start + 1)
-    rec.save_episode("success")
+    rec.save_episode("success", records=[chunk_record(0, start + 1), chunk_record(1, start + 1)])
     conn.send("not reached")
 
 
@@ -303,6 +328,11 @@ def test_sigkill_keeps_every_saved_episode_and_recording_resumes(tmp_path):
         assert ds.num_frames == 4 * saved
         assert [int(ds[4 * e]["observation.state"][0]) for e in range(saved)] == list(range(saved))
         assert [int(ds[4 * e + 3]["frame_index"]) for e in range(saved)] == [3] * saved
+        # every committed episode has its own complete record; a torn episode's record (published before
+        # the kill, mid_publish) is never read as an episode's (before_commit: seen once rolled forward)
+        eps = list(follow_dataset(root, 3, follow=False))
+        assert [e.steps[0].observation["state"][0] for e in eps] == list(range(saved - survives)), kill_at
+        assert all(len(e.steps) == 2 and e.steps[1].executed.all() for e in eps)
     # recording resumes into the same dataset (the open rolls the folder back/forward first)
     with Recorder(root, SCHEMA) as rec:
         assert rec.num_episodes == saved
@@ -312,6 +342,7 @@ def test_sigkill_keeps_every_saved_episode_and_recording_resumes(tmp_path):
     ds = stock(root)
     assert ds.num_episodes == saved + 1 and ds.num_frames == 4 * saved + 3
     assert float(ds[4 * saved]["observation.state"][0]) == 7.0
+    assert records.read_episode(records.episode_path(root, saved))["chunks"][0]["observation"]["state"][0] == 7.0
     assert [e.label for e in read_journal(root)] == ["success"] * saved + ["failure"]
     assert store.recover(root, dry_run=True).changed is False
     assert not (root / "images").exists() and not list(root.glob("tmp*"))

@@ -1,20 +1,33 @@
 """RecordingSession (the recorder node's logic, no ROS) on a real Recorder: commands become frames,
-chunk ids/steps, tokens on a chunk's first frame, latency on the node's clock, episode events."""
+chunk ids/steps, on-policy records kept whatever their arrival order, latency on the node's clock,
+episode events."""
 from __future__ import annotations
 
 import numpy as np
 
+from vla_robot.data import records
 from vla_robot.data.reader import load_episode, read_journal
 from vla_robot.data.recorder import Recorder
 from vla_robot.data.session import RecordingSession
+from vla_robot.rl.dataset import to_learner_episode
 
 NAMES = ["j0", "j1"]
+
+
+def chunk_record(cid: int, horizon: int, version: int = 0) -> dict:
+    """What policy_node publishes for chunk ``cid`` (``horizon`` actions x 2 joints)."""
+    obs = {"images": {"front": np.full((16, 24, 3), cid, np.uint8)}, "state": np.array([cid, 0], np.float32),
+           "instruction": "wave hello"}
+    reply = {"actions": np.zeros((horizon, 2), np.float32), "tokens": np.arange(2 * horizon) + 100 * cid,
+             "logprobs": np.full(2 * horizon, -1.0, np.float32), "version": version}
+    return records.make_chunk(reply, obs, {"mode": "sample", "temperature": 1.6, "return_tokens": True}, cid,
+                              float(cid), {"model": "tiny"})
 
 
 def test_session_turns_messages_into_episodes(tmp_path):
     root = tmp_path / "ds"
     saved = []
-    s = RecordingSession(lambda schema: Recorder(root, schema), ["front"], token_dim=4, joint_names=NAMES,
+    s = RecordingSession(lambda schema: Recorder(root, schema), ["front"], joint_names=NAMES,
                          on_saved=saved.append)
     img = np.zeros((16, 24, 3), np.uint8)
     # an episode that starts before any stream was seen is refused, loudly
@@ -28,7 +41,7 @@ def test_session_turns_messages_into_episodes(tmp_path):
 
     s.on_event({"type": "start", "episode": 1, "task": "wave", "instruction": "wave hello", "start_condition": 7})
     s.on_chunk(5, 3, obs_stamp=1.0, now=100.25)  # computed from the joint state that arrived at 100.0
-    s.on_tokens(5, 3, np.array([1, 2, 3, 4]), np.array([-1, -2, -3, -4], np.float32))
+    s.on_record(chunk_record(5, horizon=2, version=3))
     for k in range(3):
         s.on_image("front", img + k, 1.0 + k)
         s.on_joint_state(["j1", "j0"], np.array([k, 10 + k]), 1.0 + k, now=101.0 + k)
@@ -52,8 +65,9 @@ def test_session_turns_messages_into_episodes(tmp_path):
     f = load_episode(root, 0).frames
     assert f["observation.state"][:, 0].tolist() == [10, 11, 12, 12]  # reordered to j0, j1
     assert f["action.chunk_id"].tolist() == [5, 5, 5, -1] and f["action.chunk_step"].tolist() == [0, 1, 2, -1]
-    assert f["action.tokens"][0].tolist() == [1, 2, 3, 4] and not f["action.tokens"][1].any()
-    assert f["action.executed"][0].tolist() == [True] * 4  # steps 0 and 1 of a 2-step chunk ran under policy
+    (step,) = to_learner_episode(load_episode(root, 0)).steps
+    assert step.tokens.tolist() == [500, 501, 502, 503] and step.version == 3
+    assert step.executed.tolist() == [True] * 4  # steps 0 and 1 of a 2-step chunk ran under policy
     assert f["control"].tolist() == [0, 0, 0, 1]
     assert f["action.policy"][0].tolist() == [0.5, 0.5] and f["action.policy"][3].tolist() == [0, 0]
     assert f["observation.stamp_ns"].tolist() == [1_000_000_000, 2_000_000_000, 3_000_000_000, 4_000_000_000]
@@ -94,29 +108,36 @@ def test_messages_while_the_dataset_opens_are_replayed_in_order(tmp_path):
     assert load_episode(root, 1).frames["action"][:, 0].tolist() == [7, 8]
 
 
-def test_tagged_commands_mark_exactly_the_executed_actions(tmp_path):
+def test_records_are_kept_whatever_their_arrival_order_and_masks_mark_what_ran(tmp_path):
     """The policy node tags each command with (chunk, action index). An executor that drops the
     actions whose time has passed starts a chunk at index 1: only the actions that ran are marked
-    executed, and the tokens still go on the chunk's first frame."""
+    executed. A chunk's record that arrives after its first commands (or after the episode's end,
+    before its save) is kept all the same; one that comes after the save belongs to no episode."""
     root = tmp_path / "ds"
-    s = RecordingSession(lambda schema: Recorder(root, schema), ["front"], token_dim=6, joint_names=NAMES)
+    s = RecordingSession(lambda schema: Recorder(root, schema), ["front"], joint_names=NAMES)
     img = np.zeros((16, 24, 3), np.uint8)
     s.on_image("front", img, 0.0)
     s.on_joint_state(NAMES, np.zeros(2), 0.0, now=0.0)
     assert s.ready.wait(60)
     s.on_event({"type": "start", "episode": 0, "instruction": "wave"})
     s.on_chunk(1, 0, obs_stamp=0.0, now=0.1)  # a chunk of 3 actions x 2 dims
-    s.on_tokens(1, 0, np.arange(6), np.zeros(6, np.float32))
     for step in (1, 2):  # action 0 was already in the past when the chunk arrived
         assert s.on_command(np.zeros(2), 0.1 * step, "policy", 0.2 * step, chunk=(1, step))
+    s.on_record(chunk_record(1, horizon=3))  # after the commands that execute it: kept
     s.on_chunk(2, 0, obs_stamp=0.2, now=0.5)  # the next chunk arrived; the arm follows it from index 0
-    s.on_tokens(2, 0, np.arange(6) + 10, np.zeros(6, np.float32))
+    s.on_record(chunk_record(2, horizon=3))
     assert s.on_command(np.zeros(2), 0.3, "policy", 0.6, chunk=(2, 0))
     s.on_event({"type": "end", "episode": 0})
+    s.on_record(chunk_record(3, horizon=3))  # sampled, never executed: on disk, not trained on
     s.on_event({"type": "save", "episode": 0, "label": "success"})
+    s.on_record(chunk_record(4, horizon=3))  # after the save: no episode to keep it
     s.close()
+    assert s.records_outside == 1
     f = load_episode(root, 0).frames
     assert f["action.chunk_id"].tolist() == [1, 1, 2] and f["action.chunk_step"].tolist() == [1, 2, 0]
-    assert f["action.tokens"][0].tolist() == list(range(6)) and f["action.tokens"][2].tolist() == list(range(10, 16))
-    assert f["action.executed"][0].tolist() == [False, False, True, True, True, True]  # actions 1 and 2 of chunk 1
-    assert f["action.executed"][2].tolist() == [True, True, False, False, False, False]  # action 0 of chunk 2
+    assert [c["chunk_id"] for c in records.read_episode(records.episode_path(root, 0))["chunks"]] == [1, 2, 3]
+    steps = to_learner_episode(load_episode(root, 0), action_dim=2).steps
+    assert [st.tokens[0] for st in steps] == [100, 200]  # chunk 3 ran no action: left out
+    assert steps[0].executed.tolist() == [False, False, True, True, True, True]  # actions 1 and 2 of chunk 1
+    assert steps[1].executed.tolist() == [True, True, False, False, False, False]  # action 0 of chunk 2
+    assert steps[0].observation["state"].tolist() == [1, 0] and steps[0].temperature == 1.6

@@ -48,7 +48,8 @@ class RecorderNodeConfig:
 
     It listens on the standard topics of vla_robot.nodes.common (remap to change them): camera
     images, ``joint_states``, ``arm/command`` (one frame per command while an episode runs),
-    ``policy/action``, ``policy/chunk``, ``policy/tokens`` and ``episode/event``; it publishes
+    ``policy/action``, ``policy/chunk``, ``policy/record`` (on-policy chunk records, saved to
+    ``<root>/rl/``) and ``episode/event``; it publishes
     ``recorder/events`` (saved / save_failed, JSON). Image sizes and joint names come from the
     first messages.
     """
@@ -59,7 +60,6 @@ class RecorderNodeConfig:
     task: str = ""  # used when the episode manager gives no instruction
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     joint_names: list[str] = field(default_factory=list)  # empty: from the first joint_states
-    token_dim: int = 0  # chunk_size * action_dim of the policy (rl); 0 stores no tokens
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
 
     def validate(self) -> None:
@@ -69,6 +69,4 @@ class RecorderNodeConfig:
             raise ValueError(f"repo_id must look like 'user/name', got {self.repo_id!r}")
         if not self.cameras:
             raise ValueError("cameras must name at least one camera")
-        if self.token_dim < 0:
-            raise ValueError(f"token_dim must be >= 0 (chunk_size * action_dim), got {self.token_dim}")
         self.recorder.validate()

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from . import records as records_mod
 from . import schema as S
 from . import store
 from .config import RecorderConfig
@@ -186,10 +187,16 @@ class Recorder:
         return True
 
     def save_episode(self, label: str | bool | None = "unlabelled", *, timeout_reached: bool = False,
-                     meta: dict | None = None, wait: bool = True, timeout: float | None = None):
+                     meta: dict | None = None, records: list[dict] | None = None, wait: bool = True,
+                     timeout: float | None = None):
         """Label and save the open episode. With ``wait`` returns its :class:`EpisodeRecord` once it is
-        durable; otherwise a ``concurrent.futures.Future`` of it. An empty episode is a ValueError."""
+        durable; otherwise a ``concurrent.futures.Future`` of it. An empty episode is a ValueError.
+
+        ``records``: the episode's on-policy chunk records (:func:`vla_robot.data.records.make_chunk`),
+        written losslessly to ``rl/episode_NNNNNN.msgpack`` and made durable together with the episode."""
         value = S.label_value(label)
+        for c in records or ():
+            records_mod.check_chunk(c)
         if not self._episode_open:
             raise RuntimeError("save_episode() with no open episode: call start_episode() first")
         self._check_usable()
@@ -197,7 +204,7 @@ class Recorder:
             if self._stats.episode_frames == 0:
                 raise ValueError("cannot save an empty episode (no frame was recorded); discard_episode() it")
             fut: concurrent.futures.Future = concurrent.futures.Future()
-            self._items.append(("save", value, bool(timeout_reached), dict(meta or {}),
+            self._items.append(("save", value, bool(timeout_reached), dict(meta or {}), list(records or ()),
                                 self._stats.episode_dropped, time.monotonic(), fut))
             self._cv.notify()
         self._episode_open = False
@@ -365,13 +372,14 @@ class Recorder:
                     start_meta = (sc, meta)
                     episode_failed = None
                 elif kind == "save":
-                    _, value, timed_out, meta, dropped, t_request, fut = item
+                    _, value, timed_out, meta, chunks, dropped, t_request, fut = item
                     if episode_failed is not None:
                         self._reset_after_error()
                         fut.set_exception(RecorderError(f"episode not saved, writing it failed: {episode_failed!r}"))
                     else:
                         try:
-                            rec = self._save(task, value, timed_out, {**start_meta[1], **meta}, start_meta[0], dropped)
+                            rec = self._save(task, value, timed_out, {**start_meta[1], **meta}, start_meta[0], dropped,
+                                             chunks)
                         except Exception as e:  # noqa: BLE001
                             log.exception("recorder: saving the episode failed; rolling back to the last commit")
                             self._reset_after_error()
@@ -442,7 +450,25 @@ class Recorder:
             log.exception("recorder: cleaning up after a failed episode")
         self._ds = self._open()
 
-    def _save(self, task: str, label: int, timed_out: bool, meta: dict, start_condition, dropped: int) -> EpisodeRecord:
+    def _write_records(self, chunks: list[dict], index: int, length: int, chunk_id: np.ndarray,
+                       control: np.ndarray) -> dict:
+        """The episode's on-policy records into the stage (published with the episode); what the journal
+        says about them. A policy chunk that frames executed but that has no record cannot train: counted."""
+        path = records_mod.episode_path(store.stage_dir(self.root), index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(records_mod.encode_episode(chunks, index, length))
+        os.replace(tmp, path)
+        have = {c["chunk_id"] for c in chunks}
+        executed = {int(c) for c, k in zip(chunk_id, control) if c >= 0 and k == S.CONTROL_POLICY}
+        missing = sorted(executed - have)
+        if missing:
+            log.warning("recorder: episode %d: %d executed chunk(s) without an on-policy record (ids %s)",
+                        index, len(missing), missing[:10])
+        return {"onpolicy_chunks": len(chunks), "chunks_without_record": len(missing)}
+
+    def _save(self, task: str, label: int, timed_out: bool, meta: dict, start_condition, dropped: int,
+              chunks: list[dict]) -> EpisodeRecord:
         ds = self._ds
         buf = ds.episode_buffer
         n = int(buf["size"])
@@ -456,12 +482,8 @@ class Recorder:
         buf[S.REWARD] = list(reward)
         buf[S.DONE] = list(done)
         control = np.concatenate(buf[S.CONTROL])
-        chunk_id = np.concatenate(buf[S.CHUNK_ID])
-        if self.schema.token_dim:
-            has_tokens = np.array([np.any(lp != 0) or np.any(t != 0) for t, lp in zip(buf[S.TOKENS], buf[S.LOGPROBS])])
-            mask = S.executed_mask(chunk_id, np.concatenate(buf[S.CHUNK_STEP]), control, self.schema.token_dim,
-                                   len(self.schema.action_names), has_tokens)
-            buf[S.EXECUTED] = list(mask)
+        if chunks:
+            meta = {**meta, **self._write_records(chunks, index, n, np.concatenate(buf[S.CHUNK_ID]), control)}
         stamps = S.stamps_s(np.concatenate(buf[S.OBS_STAMP]))
         finite = stamps[np.isfinite(stamps)]
         latency = np.concatenate(buf[S.POLICY_LATENCY])

@@ -19,15 +19,14 @@ policy_version              int64    (1,)        policy weights version (-1: no 
 action.chunk_id             int64    (1,)        id of the policy chunk this step executes (-1: none)
 action.chunk_step           int64    (1,)        index of this step's action in that chunk (-1: none)
 policy.latency              float32  (1,)        request->reply seconds of the chunk first used here (-1 elsewhere)
-action.tokens               int64    (T,)        sampled action tokens of a chunk, on its first frame (T = chunk*dim)
-action.logprobs             float32  (T,)        their log-probs under the sampling policy
-action.executed             bool     (T,)        which of those tokens' actions were executed under policy control
 episode.label               int8     (1,)        1 success, 0 failure, -1 unlabelled (same on every frame)
 next.reward                 float32  (1,)        1.0 on the last frame of a successful episode, else 0
 next.done                   bool     (1,)        True on the last frame
 ==========================  =======  ==========  ==============================================
 
-The three token features exist only when the dataset is created with ``token_dim > 0``.
+What the policy sampled for each chunk (tokens, log-probs, the observation as the server saw it) is
+not a per-frame column: it is the on-policy record, one file per episode next to the dataset
+(:mod:`vla_robot.data.records`); :func:`executed_mask` pairs it with these frames.
 """
 from __future__ import annotations
 
@@ -47,9 +46,7 @@ POLICY_VERSION = "policy_version"
 CHUNK_ID = "action.chunk_id"
 CHUNK_STEP = "action.chunk_step"
 POLICY_LATENCY = "policy.latency"
-TOKENS = "action.tokens"
-LOGPROBS = "action.logprobs"
-EXECUTED = "action.executed"
+OLD_TOKENS = "action.tokens"  # per-frame tokens of recorders before the on-policy record (not written)
 LABEL = "episode.label"
 REWARD = "next.reward"
 DONE = "next.done"
@@ -78,19 +75,17 @@ def _vec(shape: tuple[int, ...], dtype: str, names=None) -> dict:
 
 @dataclass(frozen=True)
 class Schema:
-    """The features of one dataset: cameras with their image size, state/action names, token width."""
+    """The features of one dataset: cameras with their image size, state/action names."""
 
     cameras: dict[str, tuple[int, int]]  # name -> (height, width)
     state_names: tuple[str, ...]
     action_names: tuple[str, ...]
-    token_dim: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cameras", {str(k): (int(v[0]), int(v[1])) for k, v in dict(self.cameras).items()}
                            if all(len(v) == 2 for v in dict(self.cameras).values()) else dict(self.cameras))
         object.__setattr__(self, "state_names", tuple(str(n) for n in self.state_names))
         object.__setattr__(self, "action_names", tuple(str(n) for n in self.action_names))
-        object.__setattr__(self, "token_dim", int(self.token_dim))
         if not self.cameras:
             raise ValueError("a dataset needs at least one camera: cameras={'front': (height, width)}")
         for cam, hw in self.cameras.items():
@@ -102,8 +97,6 @@ class Schema:
             raise ValueError("state_names must name at least one joint")
         if not self.action_names:
             raise ValueError("action_names must name at least one action entry")
-        if self.token_dim < 0:
-            raise ValueError(f"token_dim must be >= 0 (chunk_size * action_dim), got {self.token_dim}")
 
     @classmethod
     def from_features(cls, features: dict) -> "Schema":
@@ -111,13 +104,15 @@ class Schema:
         missing = [k for k in (STATE, ACTION, LABEL, CONTROL) if k not in features]
         if missing:
             raise ValueError(f"not a vla_robot dataset: features {missing} are missing")
+        if OLD_TOKENS in features:
+            raise ValueError(f"recorded with per-frame '{OLD_TOKENS}' columns by a recorder older than the on-policy "
+                             "record (rl/episode_*.msgpack); those tokens pair with the wrong observation")
         cams = {
             k[len(IMAGE_PREFIX):]: (int(v["shape"][0]), int(v["shape"][1]))
             for k, v in features.items()
             if k.startswith(IMAGE_PREFIX)
         }
-        token_dim = int(features[TOKENS]["shape"][0]) if TOKENS in features else 0
-        return cls(cams, tuple(features[STATE]["names"] or ()), tuple(features[ACTION]["names"] or ()), token_dim)
+        return cls(cams, tuple(features[STATE]["names"] or ()), tuple(features[ACTION]["names"] or ()))
 
     @property
     def image_keys(self) -> list[str]:
@@ -138,10 +133,6 @@ class Schema:
         f[CHUNK_ID] = _vec((1,), "int64")
         f[CHUNK_STEP] = _vec((1,), "int64")
         f[POLICY_LATENCY] = _vec((1,), "float32")
-        if self.token_dim:
-            f[TOKENS] = _vec((self.token_dim,), "int64")
-            f[LOGPROBS] = _vec((self.token_dim,), "float32")
-            f[EXECUTED] = _vec((self.token_dim,), "bool")
         f[LABEL] = _vec((1,), "int8")
         f[REWARD] = _vec((1,), "float32")
         f[DONE] = _vec((1,), "bool")
@@ -161,8 +152,6 @@ class Schema:
         chunk_id: int = -1,
         chunk_step: int = -1,
         latency: float | None = None,
-        tokens=None,
-        logprobs=None,
     ) -> dict[str, Any]:
         """Check one step's data against the schema and turn it into a LeRobot frame (no task yet).
 
@@ -196,23 +185,6 @@ class Schema:
         frame[CHUNK_ID] = np.array([int(chunk_id)], np.int64)
         frame[CHUNK_STEP] = np.array([int(chunk_step)], np.int64)
         frame[POLICY_LATENCY] = np.array([-1.0 if latency is None else float(latency)], np.float32)
-        if self.token_dim:
-            if (tokens is None) != (logprobs is None):
-                raise ValueError("tokens and logprobs come together: pass both or neither")
-            if tokens is None:
-                frame[TOKENS] = np.zeros(self.token_dim, np.int64)
-                frame[LOGPROBS] = np.zeros(self.token_dim, np.float32)
-            else:
-                t = np.asarray(tokens)
-                if t.shape != (self.token_dim,) or not np.issubdtype(t.dtype, np.integer):
-                    raise ValueError(f"tokens must be integers of shape ({self.token_dim},), got {t.dtype} {t.shape}")
-                frame[TOKENS] = t.astype(np.int64)
-                frame[LOGPROBS] = _float_vector(logprobs, self.token_dim, "logprobs")
-                if chunk_id < 0:
-                    raise ValueError("tokens were given without a chunk_id >= 0 (the chunk they were sampled for)")
-            frame[EXECUTED] = np.zeros(self.token_dim, bool)
-        elif tokens is not None or logprobs is not None:
-            raise ValueError("this dataset was created with token_dim=0 and cannot store tokens/logprobs")
         frame[LABEL] = np.array([-1], np.int8)
         frame[REWARD] = np.zeros(1, np.float32)
         frame[DONE] = np.zeros(1, bool)
@@ -247,32 +219,32 @@ def _float_vector(x, n: int, what: str) -> np.ndarray:
     return a
 
 
-def executed_mask(chunk_id: np.ndarray, chunk_step: np.ndarray, control: np.ndarray, token_dim: int,
-                  action_dim: int, has_tokens: np.ndarray) -> np.ndarray:
-    """Per frame, which tokens of the chunk sampled there were executed under policy control.
+def executed_mask(chunk_id, chunk_step, control, chunk_ids, chunk_size: int, action_dim: int) -> np.ndarray:
+    """Which tokens of each chunk in ``chunk_ids`` the arm executed under policy control.
 
-    Frame ``f`` with ``has_tokens[f]`` holds the tokens of chunk ``chunk_id[f]``; action ``k`` of that
-    chunk (tokens ``k*action_dim .. (k+1)*action_dim``) counts as executed when some frame of the
-    episode has that chunk id, chunk step ``k`` and control 0 (policy). Returns bool [frames, token_dim].
+    From the frames (``chunk_id``, ``chunk_step``, ``control``, one entry per frame): action ``k`` of
+    chunk ``c`` (tokens ``k*action_dim .. (k+1)*action_dim``) counts as executed when some frame has
+    chunk id ``c``, chunk step ``k`` and control 0 (policy). A teleop takeover, a hold or an early end
+    leaves the rest out; a chunk no frame executed gets an all-False row.
+    Returns bool [len(chunk_ids), chunk_size * action_dim].
     """
     chunk_id = np.asarray(chunk_id).reshape(-1)
     chunk_step = np.asarray(chunk_step).reshape(-1)
     control = np.asarray(control).reshape(-1)
-    has_tokens = np.asarray(has_tokens).reshape(-1).astype(bool)
-    out = np.zeros((len(chunk_id), token_dim), bool)
-    if token_dim == 0:
-        return out
-    if action_dim <= 0 or token_dim % action_dim:
-        raise ValueError(f"token_dim {token_dim} must be a multiple of the action dimension {action_dim}")
-    horizon = token_dim // action_dim
-    done = (control == CONTROL_POLICY) & (chunk_id >= 0) & (chunk_step >= 0) & (chunk_step < horizon)
+    if not (len(chunk_id) == len(chunk_step) == len(control)):
+        raise ValueError(f"chunk_id, chunk_step and control need one entry per frame, got "
+                         f"{len(chunk_id)}, {len(chunk_step)}, {len(control)}")
+    if chunk_size <= 0 or action_dim <= 0:
+        raise ValueError(f"chunk_size and action_dim must be > 0, got {chunk_size}, {action_dim}")
+    done = (control == CONTROL_POLICY) & (chunk_id >= 0) & (chunk_step >= 0) & (chunk_step < chunk_size)
     executed: dict[int, set[int]] = {}
     for cid, k in zip(chunk_id[done], chunk_step[done]):
         executed.setdefault(int(cid), set()).add(int(k))
-    for f in np.flatnonzero(has_tokens):
-        for k in executed.get(int(chunk_id[f]), ()):
-            out[f, k * action_dim:(k + 1) * action_dim] = True
-    return out
+    out = np.zeros((len(chunk_ids), chunk_size, action_dim), bool)
+    for row, cid in enumerate(chunk_ids):
+        for k in executed.get(int(cid), ()):
+            out[row, k] = True
+    return out.reshape(len(chunk_ids), chunk_size * action_dim)
 
 
 def count_interventions(control: np.ndarray) -> tuple[int, int]:

@@ -1,8 +1,9 @@
 """From a stream of robot messages to recorded episodes (the recorder node's logic, without ROS).
 
 The recorder node feeds a :class:`RecordingSession` the latest camera images, joint states, raw
-policy actions, policy chunks and their tokens, and the episode manager's events; every arm command
-(the control step, after the safety filter) becomes one frame while an episode runs:
+policy actions, policy chunks, the policy's on-policy chunk records and the episode manager's
+events; every arm command (the control step, after the safety filter) becomes one frame while an
+episode runs:
 
 * ``policy.latency`` of a chunk = its arrival - the arrival of the joint state it was computed
   from (both on the node's clock);
@@ -10,11 +11,13 @@ policy actions, policy chunks and their tokens, and the episode manager's events
   command's stamp (the observation it was computed from), ``action_stamp`` = when it was seen;
 * ``control`` = teleop when the command's source is ``teleop``, policy otherwise;
 * chunk bookkeeping: the policy node tags each policy command with the chunk and the index of the
-  action it executes (``policy/c<id>/s<index>`` in ``header.frame_id``), and publishes a chunk (and
-  its tokens/log-probs) before the first command taken from it; the frame gets ``chunk_id`` and
-  ``chunk_step`` = that index, exactly, whichever executor ran (actions dropped because their time
-  had passed are never marked executed). The chunk's tokens/log-probs go on its first frame.
-  Untagged policy commands fall back to counting steps from the chunk's arrival.
+  action it executes (``policy/c<id>/s<index>`` in ``header.frame_id``); the frame gets ``chunk_id``
+  and ``chunk_step`` = that index, exactly, whichever executor ran (actions dropped because their
+  time had passed are never marked executed). Untagged policy commands fall back to counting steps
+  from the chunk's arrival.
+* on-policy records (:mod:`vla_robot.data.records`: what the server saw and sampled, per chunk) are
+  kept from the episode's start until its save, in whatever order they arrive relative to the
+  commands, and saved with it; which of their actions ran comes from the frames when it is read.
 
 Events (``episode/event`` JSON): ``start`` opens an episode (task = instruction), ``end`` stops
 taking frames, ``save`` labels and saves it (``end`` reason ``timeout`` marks a timeout),
@@ -40,14 +43,13 @@ COMMAND_SOURCES_RECORDED = ("policy", "teleop", "hold")
 
 
 class RecordingSession:
-    def __init__(self, make_recorder: Callable[[Schema], object], cameras: list[str], token_dim: int = 0,
+    def __init__(self, make_recorder: Callable[[Schema], object], cameras: list[str],
                  joint_names: list[str] | None = None, default_task: str = "",
                  on_saved: Callable[[dict], None] | None = None):
         if not cameras:
             raise ValueError("cameras must name at least one camera")
         self.make_recorder = make_recorder
         self.cameras = list(cameras)
-        self.token_dim = int(token_dim)
         self.joint_names = list(joint_names) if joint_names else None
         self.default_task = default_task
         self.on_saved = on_saved
@@ -61,8 +63,8 @@ class RecordingSession:
         self._chunk: tuple[int, float | None] | None = None  # (chunk id, latency)
         self._chunk_step = 0
         self._chunk_seen: set[int] = set()  # chunk ids that already have a frame in this episode
-        self.late_tokens = 0  # token sets that arrived after the first frame of their chunk
-        self._tokens: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._records: dict[int, dict] = {}  # on-policy chunk records of the open episode, by chunk id
+        self.records_outside = 0  # records that arrived while no episode was open (belong to none: not saved)
         self._running = False
         self._open = False
         self._end_reason: str | None = None
@@ -105,7 +107,7 @@ class RecordingSession:
             if self._creating is not None or self._q is None or any(c not in self._images for c in self.cameras):
                 return
             schema = Schema({c: self._images[c][0].shape[:2] for c in self.cameras}, list(self.joint_names),
-                            list(self.joint_names), self.token_dim)
+                            list(self.joint_names))
             self._creating = threading.Thread(target=self._create, args=(schema,), daemon=True, name="recorder-open")
         self._creating.start()
 
@@ -141,24 +143,16 @@ class RecordingSession:
             self._chunk_step = 0
             self._version = int(version)
 
-    def on_tokens(self, chunk_id: int, version: int, tokens: np.ndarray, logprobs: np.ndarray) -> None:
-        if not self.token_dim:
-            return
-        if np.asarray(tokens).size != self.token_dim:
-            log.warning("recorder: chunk %d has %d tokens, the dataset expects token_dim=%d; not recorded",
-                        chunk_id, np.asarray(tokens).size, self.token_dim)
-            return
+    def on_record(self, chunk: dict) -> None:
+        """An on-policy chunk record (checked by the caller, :func:`records.decode_chunk`). Kept with the
+        open episode whether it comes before or after the commands that execute the chunk."""
         with self._lock:
-            if int(chunk_id) in self._chunk_seen:
-                # its first frame is already written: tokens on a later frame would pair them with the
-                # wrong observation, so this chunk does not train (counted, not hidden)
-                self.late_tokens += 1
-                log.warning("recorder: tokens of chunk %d arrived after its first command; not recorded "
-                            "(%d so far)", chunk_id, self.late_tokens)
+            if not self._open:
+                self.records_outside += 1
+                log.warning("recorder: on-policy record of chunk %d arrived while no episode was open; not saved "
+                            "(%d so far)", chunk["chunk_id"], self.records_outside)
                 return
-            self._tokens[int(chunk_id)] = (np.asarray(tokens, np.int64), np.asarray(logprobs, np.float32))
-            for old in [c for c in self._tokens if c < chunk_id - 8]:
-                del self._tokens[old]
+            self._records[int(chunk["chunk_id"])] = chunk
 
     def on_command(self, q_target: np.ndarray, stamp: float, source: str, now: float,
                    chunk: tuple[int, int] | None = None) -> bool:
@@ -186,19 +180,15 @@ class RecordingSession:
                 if source == "policy" and chunk is not None:
                     cid, step = int(chunk[0]), int(chunk[1])
                     kw["chunk_id"], kw["chunk_step"] = cid, step
-                    if cid not in self._chunk_seen:  # first frame of this chunk: its tokens and latency
+                    if cid not in self._chunk_seen:  # first frame of this chunk: its latency
                         self._chunk_seen.add(cid)
                         if self._chunk is not None and self._chunk[0] == cid:
                             kw["latency"] = self._chunk[1]
-                        if cid in self._tokens:
-                            kw["tokens"], kw["logprobs"] = self._tokens.pop(cid)
                 elif self._chunk is not None and source == "policy":
                     cid, latency = self._chunk
                     kw["chunk_id"], kw["chunk_step"] = cid, self._chunk_step
                     if self._chunk_step == 0:
                         kw["latency"] = latency
-                        if cid in self._tokens:
-                            kw["tokens"], kw["logprobs"] = self._tokens.pop(cid)
                     self._chunk_step += 1
             frame = (images, self._q, np.asarray(q_target, np.float32), kw)
         if not self.ready.is_set():
@@ -240,7 +230,7 @@ class RecordingSession:
                     return
                 self._running = self._open = True
                 self._end_reason = None
-                self._chunk, self._tokens = None, {}
+                self._chunk, self._records = None, {}
                 self._chunk_seen = set()
             elif kind == "end":
                 self._running = False
@@ -249,6 +239,8 @@ class RecordingSession:
                 if not self._open:
                     return
                 self._running = self._open = False
+                ev = {**ev, "records": list(self._records.values())} if kind == "save" else ev
+                self._records = {}
             end_reason = self._end_reason
         if not self.ready.is_set():
             with self._gate:
@@ -279,7 +271,7 @@ class RecordingSession:
             if kind == "save" and rec.stats.episode_frames > 0:
                 fut = rec.save_episode(ev.get("label", "unlabelled"), timeout_reached=end_reason == "timeout",
                                        meta={"label_source": ev.get("label_source"), "end_reason": end_reason},
-                                       wait=False)
+                                       records=ev.get("records"), wait=False)
                 fut.add_done_callback(self._saved)
             else:
                 if kind == "save":

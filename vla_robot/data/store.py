@@ -5,13 +5,14 @@ kill loses the whole session, and while it saves an episode the files on disk di
 So LeRobot never writes into the dataset folder that people read. It writes into a *stage*::
 
     <root>/                          the published dataset: stock LeRobot can read it at every instant
+    <root>/rl/episode_NNNNNN.msgpack the on-policy record of each saved RL episode (vla_robot.data.records)
     <root>/.vla_recorder/stage/      LeRobot's working copy: hard links to the published (immutable)
-                                     data/video/episode-table files, own copies of the meta files
+                                     data/video/episode-table/record files, own copies of the meta files
     <root>/.vla_recorder/commit-N/   snapshot after N episodes: meta files + manifest of every file
 
 After each episode the recorder finalizes the stage (each episode gets its own data, video and
 episode-table files, as LeRobot starts new files when a dataset is reopened) and :func:`publish`
-brings the new files into ``root`` in an order that keeps it readable: videos, episode table,
+brings the new files into ``root`` in an order that keeps it readable: videos and on-policy records, episode table,
 tasks, stats and journal first (nothing refers to them yet), then the data file, then ``info.json``
 (atomic rename) which makes the episode count visible. Then the commit snapshot is written (created
 under a temporary name, renamed into place). On opening, :func:`recover` rolls ``root`` forward
@@ -34,7 +35,10 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".vla_recorder"
 JOURNAL = "vla_episodes.jsonl"  # lives in <root>/meta/
 META_FILES = ("info.json", "stats.json", "tasks.parquet", JOURNAL)
-TRACKED_DIRS = ("data", "videos", "meta/episodes")
+# rl/: the per-episode on-policy records (vla_robot.data.records), published and committed with their
+# episode like its data and video, so a kill -9 never leaves a saved episode without its record nor a
+# record of a torn episode (rollback removes files that are not in the commit's manifest)
+TRACKED_DIRS = ("data", "videos", "meta/episodes", "rl")
 
 
 class DatasetCorruptError(RuntimeError):
@@ -92,7 +96,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def tracked_files(root: Path) -> dict[str, int]:
-    """Every file under data/, videos/ and meta/episodes/, relative path -> size."""
+    """Every file under data/, videos/, meta/episodes/ and rl/, relative path -> size."""
     root = Path(root)
     out: dict[str, int] = {}
     for d in TRACKED_DIRS:
@@ -165,7 +169,7 @@ def prepare_stage(root: Path) -> Path:
 
 
 def _publish_order(rel: str) -> int:
-    return 0 if rel.startswith("videos/") else 1 if rel.startswith("meta/") else 2
+    return 0 if rel.startswith(("videos/", "rl/")) else 1 if rel.startswith("meta/") else 2
 
 
 def publish(root: Path, episodes: int, fsync: bool = True, keep: int = 2) -> Commit:
@@ -312,7 +316,7 @@ def _remove_empty_dirs(root: Path) -> None:
 def clear_uncommitted(root: Path) -> None:
     """A dataset of ours with no commit holds no saved episode: remove what a cut-short first save left."""
     root = Path(root)
-    for d in ("data", "videos", "meta", "images"):
+    for d in ("data", "videos", "meta", "images", "rl"):
         if (root / d).exists():
             shutil.rmtree(root / d)
     if stage_dir(root).exists():

@@ -6,8 +6,8 @@ are float arrays ordered by a list of joint names; stamps are ``float`` seconds.
 ``ValueError`` saying what was wrong and what was expected.
 
 Standard messages only: the control source of a command travels in ``header.frame_id`` of the
-command trajectory, episode events are JSON in ``std_msgs/String``, action tokens and log-probs of
-a chunk travel in one ``std_msgs/Float64MultiArray``.
+command trajectory, episode events are JSON in ``std_msgs/String``, the on-policy record of a chunk
+(observation as sent, tokens, log-probs) travels as its msgpack bytes in ``std_msgs/UInt8MultiArray``.
 """
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from typing import Any, Sequence
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
+from std_msgs.msg import String, UInt8MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_robot.control.trajectory import chunk_to_trajectory
+from vla_robot.data import records
 
 __all__ = [
     "to_stamp",
@@ -38,8 +39,8 @@ __all__ = [
     "command_to_msg",
     "msg_to_trajectory",
     "msg_to_command",
-    "tokens_to_msg",
-    "msg_to_tokens",
+    "record_to_msg",
+    "msg_to_record",
     "event_to_msg",
     "msg_to_event",
     "COMMAND_SOURCES",
@@ -312,49 +313,17 @@ def msg_to_command(msg: JointTrajectory, names: Sequence[str] | None = None) -> 
     return traj["positions"][0], traj["stamp"], traj["frame_id"].split("/", 1)[0]
 
 
-# --- action tokens of a chunk (RL) --------------------------------------------------------------
-def tokens_to_msg(chunk_id: int, version: int, tokens: Any, logprobs: Any) -> Float64MultiArray:
-    """Sampled action tokens and their log-probs of one chunk, in one message.
-
-    ``layout.dim`` = [tokens (N), logprobs (N)], labelled ``tokens:<chunk_id>:<version>`` and
-    ``logprobs``; ``data`` = tokens then log-probs (float64 holds token ids exactly).
-    """
-    tok = np.asarray(tokens).ravel()
-    lp = np.asarray(logprobs, dtype=np.float64).ravel()
-    if tok.shape != lp.shape:
-        raise ValueError(f"tokens and logprobs must have the same length, got {tok.size} and {lp.size}")
-    if not np.issubdtype(tok.dtype, np.integer):
-        raise ValueError(f"tokens must be integers, got {tok.dtype}")
-    msg = Float64MultiArray()
-    n = int(tok.size)
-    msg.layout.dim = [
-        MultiArrayDimension(label=f"tokens:{int(chunk_id)}:{int(version)}", size=n, stride=2 * n),
-        MultiArrayDimension(label="logprobs", size=n, stride=n),
-    ]
-    msg.data = np.concatenate([tok.astype(np.float64), lp]).tolist()
+# --- the on-policy record of a chunk (RL) --------------------------------------------------------
+def record_to_msg(chunk: dict) -> UInt8MultiArray:
+    """A chunk record (:func:`vla_robot.data.records.make_chunk`) as the bytes of its msgpack encoding."""
+    msg = UInt8MultiArray()
+    msg.data = records.encode(chunk)
     return msg
 
 
-def msg_to_tokens(msg: Float64MultiArray) -> dict:
-    """-> {"chunk_id", "version", "tokens": int64[N], "logprobs": float32[N]}."""
-    dims = list(msg.layout.dim)
-    if len(dims) != 2 or not dims[0].label.startswith("tokens:") or dims[1].label != "logprobs":
-        raise ValueError("not a chunk-tokens message: expected layout dims 'tokens:<chunk>:<version>' and 'logprobs'")
-    try:
-        _, chunk_id, version = dims[0].label.split(":")
-        chunk_id, version = int(chunk_id), int(version)
-    except ValueError:
-        raise ValueError(f"bad tokens label {dims[0].label!r}; expected 'tokens:<chunk_id>:<version>'") from None
-    n = dims[0].size
-    data = np.asarray(msg.data, dtype=np.float64)
-    if data.size != 2 * n:
-        raise ValueError(f"chunk-tokens message has {data.size} numbers; expected 2×{n}")
-    return {
-        "chunk_id": chunk_id,
-        "version": version,
-        "tokens": data[:n].astype(np.int64),
-        "logprobs": data[n:].astype(np.float32),
-    }
+def msg_to_record(msg: UInt8MultiArray) -> dict:
+    """-> the chunk record, checked; ValueError saying what is wrong."""
+    return records.decode_chunk(memoryview(msg.data))
 
 
 # --- events -------------------------------------------------------------------------------------

@@ -5,8 +5,10 @@ In: ``cameras/<cam>/image_raw`` (best effort), ``joint_states``, ``teleop/comman
 filter), ``episode/event`` (drive between ``start`` and ``end``), ``estop`` (latched Bool).
 Out: ``arm/command`` (the only arm commander while the policy drives; header.frame_id says
 policy / teleop / hold / estop), ``policy/chunk`` (each chunk as a JointTrajectory, stamped with
-the observation it was computed from), ``policy/action`` (raw action per tick), ``policy/tokens``
-(rl: sampled tokens + log-probs), ``policy/events`` (fault, version), ``/diagnostics``.
+the observation it was computed from), ``policy/action`` (raw action per tick), ``policy/record``
+(rl, with ``return_tokens``: each chunk's on-policy record, vla_robot.data.records: the observation
+exactly as sent, the options, tokens, log-probs, version, the server's metadata), ``policy/events``
+(fault, version), ``/diagnostics``.
 
 Ticks on a wall-clock timer at ``control.control_hz``, or — ``lockstep`` (sim) — once per new
 observation from the twin, with the sim's stamps as the clock; the chunk request then blocks, so
@@ -21,14 +23,15 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, Float64MultiArray, String
+from std_msgs.msg import Bool, String, UInt8MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_robot.config import ConfigError
-from vla_robot.control.driver import ChunkController
+from vla_robot.control.driver import Arrival, ChunkController
+from vla_robot.data import records
 from vla_robot.nodes import common, convert
 from vla_robot.nodes.config import PolicyNodeConfig
-from vla_robot.serving.client import PolicyClient, PolicyTimeout
+from vla_robot.serving.client import PolicyClient, PolicyTimeout, load_curve_key
 from vla_robot.twin.robots import robot_spec
 
 
@@ -63,7 +66,8 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         self.names = list(self.spec.joint_names)
         self.dt = cfg.control.dt
         self._own_client = client is None
-        self.client = client or PolicyClient(cfg.policy_server, timeout_s=cfg.control.request_timeout_s)
+        self.client = client or PolicyClient(cfg.policy_server, timeout_s=cfg.control.request_timeout_s,
+                                             **self._curve_keys())
         self.policy_metadata = self._check_policy()
         options = {"mode": cfg.sampling, "return_tokens": cfg.return_tokens}
         if cfg.sampling == "sample":
@@ -108,7 +112,8 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         self.command_pub = self.create_publisher(JointTrajectory, common.ARM_COMMAND, common.COMMAND_QOS)
         self.chunk_pub = self.create_publisher(JointTrajectory, common.POLICY_CHUNK, common.COMMAND_QOS)
         self.action_pub = self.create_publisher(JointState, common.POLICY_ACTION, common.STATE_QOS)
-        self.tokens_pub = self.create_publisher(Float64MultiArray, common.POLICY_TOKENS, common.EVENT_QOS)
+        self.record_pub = self.create_publisher(UInt8MultiArray, common.POLICY_RECORD, common.RECORD_QOS)
+        self.records_published = 0
         self.events_pub = self.create_publisher(String, common.POLICY_EVENTS, common.EVENT_QOS)
 
         self.diagnostics = common.Diagnostics(self)
@@ -128,6 +133,20 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             f"policy node: server {cfg.policy_server}, {cfg.control.control_hz:g} Hz, executor "
             f"{cfg.control.executor.kind}, cameras {cfg.cameras}, {'lockstep (sim)' if cfg.lockstep else 'timer'}"
         )
+
+    def _curve_keys(self) -> dict:
+        """The CurveZMQ keys for PolicyClient, checked now: a bad key file stops the node at start."""
+        cfg = self.config
+        if not cfg.curve_server_key:
+            return {}
+        for name, key, secret in (("curve_server_key", cfg.curve_server_key, False),
+                                  ("curve_client_key", cfg.curve_client_key, True)):
+            if key:
+                try:
+                    load_curve_key(key, secret=secret)
+                except Exception as e:  # noqa: BLE001 - zmq.auth raises several kinds for a bad file
+                    raise ConfigError(f"parameters of node '{self.get_name()}': '{name}' ({key}): {e}") from None
+        return {"curve_server_key": cfg.curve_server_key, "curve_client_key": cfg.curve_client_key or None}
 
     def _check_policy(self) -> dict | None:
         """Ask the server what it serves and refuse a mismatch (camera order, action size) by name.
@@ -309,8 +328,8 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         self.ticks += 1
         # chunks first, each stamped with its own observation: a recorder then knows the chunk
         # before the first command taken from it
-        for reply, reply_obs_stamp in r.arrivals:
-            self._publish_chunk(reply, reply_obs_stamp)
+        for arrival in r.arrivals:
+            self._publish_chunk(arrival)
         ref = None
         if r.source == "policy" and r.chunk is not None:
             # announce the version that acts, not that of every arrival (a stale in-flight reply from
@@ -329,7 +348,8 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         if r.watchdog_hold:
             self._report_fault(f"watchdog: {r.reason}")
 
-    def _publish_chunk(self, reply: dict, stamp: float) -> None:
+    def _publish_chunk(self, arrival: Arrival) -> None:
+        reply, stamp = arrival.reply, arrival.obs_time
         self.mon["chunks"].tick(now=time.monotonic())
         self._chunk_id += 1
         reply["chunk_id"] = self._chunk_id  # the controller hands this reply back with each action from it
@@ -339,8 +359,13 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             self.chunk_pub.publish(convert.trajectory_to_msg(traj, stamp, frame_id=f"v{version}/c{self._chunk_id}"))
         except ValueError as e:
             self.get_logger().warning(f"chunk {self._chunk_id} not published: {e}", throttle_duration_sec=5.0)
-        if reply.get("tokens") is not None and reply.get("logprobs") is not None:
-            self.tokens_pub.publish(convert.tokens_to_msg(self._chunk_id, version, reply["tokens"], reply["logprobs"]))
+        if self.config.return_tokens and reply.get("tokens") is not None and reply.get("logprobs") is not None:
+            if self.policy_metadata is None:  # the server was not up when the node started
+                self.policy_metadata = self._check_policy()
+            chunk = records.make_chunk(reply, arrival.observation, arrival.options, self._chunk_id, stamp,
+                                       self.policy_metadata)
+            self.record_pub.publish(convert.record_to_msg(chunk))
+            self.records_published += 1
 
     def _report_fault(self, reason: str) -> None:
         if self._faulted:

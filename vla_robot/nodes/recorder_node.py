@@ -3,8 +3,9 @@ vla_robot.data.session.RecordingSession and vla_robot.data.recorder.Recorder).
 
 In: ``cameras/<cam>/image_raw``, ``joint_states``, ``arm/command`` (each command while an episode
 runs is one frame; header.frame_id says policy / teleop / hold), ``policy/action`` (raw action),
-``policy/chunk`` and ``policy/tokens`` (chunk ids, tokens, log-probs for RL), ``episode/event``
-(start / end / save / discard from the episode manager).
+``policy/chunk`` (chunk ids and latency), ``policy/record`` (rl: each chunk's on-policy record,
+saved with its episode as ``<root>/rl/episode_NNNNNN.msgpack``), ``episode/event`` (start / end /
+save / discard from the episode manager).
 Out: ``recorder/events`` (std_msgs/String JSON: ``saved`` with episode_index, label, length,
 dropped_frames, seconds_to_durable; or ``save_failed``), ``/diagnostics`` (frames, drops, backlog).
 
@@ -19,7 +20,7 @@ import time
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import String, UInt8MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_robot.data.config import RecorderNodeConfig
@@ -50,7 +51,7 @@ class RecorderNode(common.ConfiguredNode):
         self._log_handler = _RosLogHandler(self)
         logging.getLogger("vla_robot.data").addHandler(self._log_handler)
         self.events_pub = self.create_publisher(String, RECORDER_EVENTS, common.EVENT_QOS)
-        self.session = RecordingSession(self._make_recorder, cfg.cameras, token_dim=cfg.token_dim,
+        self.session = RecordingSession(self._make_recorder, cfg.cameras,
                                         joint_names=cfg.joint_names or None, default_task=cfg.task,
                                         on_saved=self._on_saved)
         streams = ReentrantCallbackGroup()
@@ -60,12 +61,12 @@ class RecorderNode(common.ConfiguredNode):
                                      common.IMAGE_QOS, callback_group=streams)
         self.create_subscription(JointState, common.JOINT_STATES, self._on_joint_state, common.STATE_QOS,
                                  callback_group=streams)
-        # The policy node publishes a chunk, its tokens and the raw action before the command of the
-        # same tick; these subscriptions come first so that an executor serving several ready
-        # messages at once (in subscription order) hands them over before the command.
+        # The policy node publishes a chunk and the raw action before the command of the same tick;
+        # these subscriptions come first so that an executor serving several ready messages at once
+        # (in subscription order) hands them over before the command. Records need no such order.
         self.create_subscription(JointTrajectory, common.POLICY_CHUNK, self._on_chunk, common.COMMAND_QOS,
                                  callback_group=events)
-        self.create_subscription(Float64MultiArray, common.POLICY_TOKENS, self._on_tokens, common.EVENT_QOS,
+        self.create_subscription(UInt8MultiArray, common.POLICY_RECORD, self._on_record, common.RECORD_QOS,
                                  callback_group=events)
         self.create_subscription(JointState, common.POLICY_ACTION, self._on_policy_action, common.STATE_QOS,
                                  callback_group=events)
@@ -75,7 +76,7 @@ class RecorderNode(common.ConfiguredNode):
                                  callback_group=events)
         self.diagnostics = common.Diagnostics(self)
         self.diagnostics.extra = self._diag
-        self.get_logger().info(f"recording into {cfg.root} (cameras {', '.join(cfg.cameras)}, token_dim {cfg.token_dim})")
+        self.get_logger().info(f"recording into {cfg.root} (cameras {', '.join(cfg.cameras)})")
 
     # --- message in -> session call ---------------------------------------------------------------
     def _make_recorder(self, schema):
@@ -116,13 +117,13 @@ class RecorderNode(common.ConfiguredNode):
             self.get_logger().warning(f"policy chunk with unexpected frame_id {fid!r}; expected v<version>/c<id>",
                                       throttle_duration_sec=5.0)
 
-    def _on_tokens(self, msg: Float64MultiArray) -> None:
+    def _on_record(self, msg: UInt8MultiArray) -> None:
         try:
-            t = convert.msg_to_tokens(msg)
+            chunk = convert.msg_to_record(msg)
         except ValueError as e:
-            self.get_logger().warning(str(e), throttle_duration_sec=5.0)
+            self.get_logger().error(f"on-policy record not kept: {e}", throttle_duration_sec=5.0)
             return
-        self.session.on_tokens(t["chunk_id"], t["version"], t["tokens"], t["logprobs"])
+        self.session.on_record(chunk)
 
     def _on_command(self, msg: JointTrajectory) -> None:
         try:
@@ -153,7 +154,7 @@ class RecorderNode(common.ConfiguredNode):
         return level, f"{s.episodes_saved} episodes saved", {
             "episodes_saved": s.episodes_saved, "frames_written": s.frames_written, "frames_dropped": s.frames_dropped,
             "episode_frames": s.episode_frames, "episode_dropped": s.episode_dropped, "backlog": s.pending,
-            "last_durable_s": f"{s.last_durable_s:.3f}", "late_tokens": self.session.late_tokens,
+            "last_durable_s": f"{s.last_durable_s:.3f}", "records_outside_episodes": self.session.records_outside,
         }
 
     def close(self) -> None:

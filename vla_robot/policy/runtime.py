@@ -138,6 +138,7 @@ class PolicyRuntime:
             "head": c.head,
             "version": self.version,
             "model": c.name,
+            "dtype": self.dtype,  # the on-policy record keeps it: the learner refuses to recompute in another
         }
 
     def num_parameters(self) -> int:

@@ -1,59 +1,131 @@
-"""Recorded episodes (the recorder's LeRobotDataset) as learner episodes.
+"""Recorded episodes (the recorder's LeRobotDataset and its on-policy records) as learner episodes.
 
-The recorder stores, on the first frame of each policy chunk, the sampled action tokens and their
-log-probs; :func:`vla_robot.data.schema.executed_mask` says which of those actions the arm executed
-under policy control (a teleop takeover or an early stop leaves the rest out). Each chunk becomes a
-:class:`~vla_robot.rl.episodes.Step` with the observation the policy was asked about: the recorded
-images and joint state of that frame and the episode's task as the instruction.
+Each saved RL episode has an on-policy record, ``<root>/rl/episode_NNNNNN.msgpack``
+(:mod:`vla_robot.data.records`): per policy chunk, the observation exactly as the server saw it
+(images lossless, state, instruction), the sampling options, the tokens and behaviour log-probs, the
+policy version and the serving policy's identity. Each chunk becomes a
+:class:`~vla_robot.rl.episodes.Step` on those inputs; which of its actions the arm executed comes
+from the episode's frames (``action.chunk_id``, ``action.chunk_step``, ``control``) through
+:func:`vla_robot.data.schema.executed_mask`. A chunk none of whose actions ran under policy control
+(a reply that came after a takeover or the episode's end) is left out: it has nothing to train.
+
+An episode the learner cannot use raises :class:`BadEpisode` saying why; :func:`follow_dataset`
+skips it, logs the reason and counts it (``follower.skipped``, ``follower.bad``, or ``on_bad``).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from vla_robot.data import records
 from vla_robot.data import schema as S
 from vla_robot.rl.episodes import Episode, Step, demo_episodes
+
+log = logging.getLogger(__name__)
 
 _LABELS = {"success": 1, "failure": 0, "unlabelled": None}
 
 
-def to_learner_episode(rec, action_dim: int) -> Episode:
-    """A :class:`vla_robot.data.reader.Episode` (frames loaded or not) → a learner :class:`Episode`."""
-    frames = rec.frames if rec.frames is not None else rec.load_frames()
-    if S.TOKENS not in frames:
-        raise ValueError(f"{rec.root} episode {rec.index} has no '{S.TOKENS}': record RL episodes with "
-                         "token_dim = chunk_size * action_dim")
-    chunk_id, chunk_step = frames[S.CHUNK_ID], frames[S.CHUNK_STEP]
-    control, tokens = frames[S.CONTROL], frames[S.TOKENS]
-    first = np.zeros(len(chunk_id), bool)  # the frame that carries each chunk's tokens
-    seen = set()
-    for f, cid in enumerate(chunk_id):
-        if cid >= 0 and cid not in seen:
-            seen.add(int(cid))
-            first[f] = True
-    executed = S.executed_mask(chunk_id, chunk_step, control, tokens.shape[1], action_dim, first)
-    idx = np.flatnonzero(first)
-    images = rec.images(idx) if len(idx) else {}
-    task = rec.record.task
-    steps = [Step({"images": {c: v[j] for c, v in images.items()}, "state": frames[S.STATE][f].astype(np.float32),
-                   "instruction": task}, tokens[f].astype(np.int64), frames[S.LOGPROBS][f].astype(np.float32),
-                  executed[f]) for j, f in enumerate(idx)]
-    versions = [int(v) for v in frames[S.POLICY_VERSION][idx]] if len(idx) else [0]
-    return Episode(task=task, start=rec.record.start_condition, steps=steps, label=_LABELS.get(rec.record.label),
-                   version=min(versions), episode_id=f"{Path(rec.root).resolve()}#{rec.index}",
-                   length=rec.record.length)
+class BadEpisode(ValueError):
+    """A saved episode the learner cannot use: malformed, truncated or token-less (the message says which)."""
 
 
-def follow_dataset(root: str | Path, action_dim: int, since: int = 0, follow: bool = True,
-                   poll_s: float = 1.0, timeout: float | None = None) -> Iterator[Episode]:
-    """Labelled episodes of ``root`` as they are saved (catches up on everything saved before)."""
-    from vla_robot.data import iter_episodes
+def to_learner_episode(rec, action_dim: int | None = None) -> Episode:
+    """A :class:`vla_robot.data.reader.Episode` (frames loaded or not) → a learner :class:`Episode`.
 
-    for rec in iter_episodes(root, since, labelled_only=True, with_frames=True, follow=follow, poll_s=poll_s,
-                             timeout=timeout):
-        yield to_learner_episode(rec, action_dim)
+    ``action_dim``: when given, chunks of another action size are a :class:`BadEpisode`.
+    Raises :class:`BadEpisode` for an episode without a readable, complete on-policy record."""
+    where = f"{rec.root} episode {rec.index}"
+    try:
+        frames = rec.frames if rec.frames is not None else rec.load_frames()
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
+        raise BadEpisode(f"{where}: frames are not readable ({type(e).__name__}: {e})") from None
+    n = len(frames.get(S.CONTROL, ()))
+    if n != rec.record.length:
+        raise BadEpisode(f"{where}: truncated: the journal says {rec.record.length} frames, the data has {n}")
+    try:
+        file = records.read_episode(records.episode_path(rec.root, rec.index))
+    except ValueError as e:
+        raise BadEpisode(f"{where}: {e}") from None
+    if file["episode_index"] != rec.index or file["length"] != n:
+        raise BadEpisode(f"{where}: the on-policy record is of episode {file['episode_index']} with {file['length']} "
+                         f"frames, not of this one ({n} frames)")
+    chunks = file["chunks"]
+    if not chunks:
+        raise BadEpisode(f"{where}: token-less: no chunk was recorded with its tokens (policy_node return_tokens "
+                         "off, or no reply came)")
+    shape = chunks[0]["actions"].shape
+    if any(c["actions"].shape != shape for c in chunks) or (action_dim is not None and shape[1] != action_dim):
+        raise BadEpisode(f"{where}: chunks of shapes {sorted({tuple(c['actions'].shape) for c in chunks})}; expected "
+                         f"one [chunk_size, {action_dim if action_dim is not None else 'action_dim'}]")
+    served = chunks[0]["served_by"]
+    for c in chunks:
+        if c["served_by"] != served:
+            diff = sorted(k for k in set(served) | set(c["served_by"]) if served.get(k) != c["served_by"].get(k))
+            raise BadEpisode(f"{where}: chunks were served by different policies (they differ in {diff})")
+    control = frames[S.CONTROL]
+    executed = S.executed_mask(frames[S.CHUNK_ID], frames[S.CHUNK_STEP], control, [c["chunk_id"] for c in chunks],
+                               shape[0], shape[1])
+    steps = [_step(c, m) for c, m in zip(chunks, executed) if m.any()]
+    if not steps:
+        raise BadEpisode(f"{where}: token-less: none of its {len(chunks)} recorded chunks executed an action under "
+                         "policy control")
+    return Episode(task=rec.record.task, start=rec.record.start_condition, steps=steps,
+                   label=_LABELS.get(rec.record.label), version=min(s.version for s in steps),
+                   episode_id=f"{Path(rec.root).resolve()}#{rec.index}", length=rec.record.length,
+                   intervened=bool(np.any(control == S.CONTROL_TELEOP)), served_by=dict(served))
+
+
+def _step(chunk: dict, executed: np.ndarray) -> Step:
+    """One chunk record as a Step (writable copies: the decoded arrays are read-only views of the file)."""
+    obs = chunk["observation"]
+    observation = {"images": {cam: np.array(img) for cam, img in obs["images"].items()},
+                   "state": np.array(obs["state"]), "instruction": obs["instruction"]}
+    return Step(observation, np.array(chunk["tokens"]), np.array(chunk["logprobs"]), executed,
+                version=chunk["version"], temperature=float(chunk["options"]["temperature"]))
+
+
+class DatasetFollower:
+    """Iterate the labelled episodes of ``root`` as they are saved (catching up on everything saved
+    since ``since``); an episode that raises :class:`BadEpisode` is logged, counted and skipped.
+
+    ``skipped``: how many were skipped; ``bad``: ``[(episode index, reason), ...]``;
+    ``on_bad(index, reason)``: called for each (optional)."""
+
+    def __init__(self, root: str | Path, action_dim: int | None = None, since: int = 0, follow: bool = True,
+                 poll_s: float = 1.0, timeout: float | None = None,
+                 on_bad: Callable[[int, str], None] | None = None):
+        self.root, self.action_dim, self.since = Path(root), action_dim, int(since)
+        self.follow, self.poll_s, self.timeout, self.on_bad = follow, poll_s, timeout, on_bad
+        self.skipped = 0
+        self.bad: list[tuple[int, str]] = []
+
+    def __iter__(self) -> Iterator[Episode]:
+        from vla_robot.data import iter_episodes
+
+        for rec in iter_episodes(self.root, self.since, labelled_only=True, with_frames=False, follow=self.follow,
+                                 poll_s=self.poll_s, timeout=self.timeout):
+            try:
+                episode = to_learner_episode(rec, self.action_dim)
+            except BadEpisode as e:
+                self.skipped += 1
+                self.bad.append((rec.index, str(e)))
+                log.warning("skipping a bad episode (%d so far): %s", self.skipped, e)
+                if self.on_bad is not None:
+                    self.on_bad(rec.index, str(e))
+                continue
+            yield episode
+
+
+def follow_dataset(root: str | Path, action_dim: int | None = None, since: int = 0, follow: bool = True,
+                   poll_s: float = 1.0, timeout: float | None = None,
+                   on_bad: Callable[[int, str], None] | None = None) -> DatasetFollower:
+    """Labelled episodes of ``root`` as they are saved: ``for ep in follow_dataset(root, action_dim): ...``.
+    Bad episodes are skipped and counted (see :class:`DatasetFollower`)."""
+    return DatasetFollower(root, action_dim, since, follow, poll_s, timeout, on_bad)
 
 
 def read_demonstrations(root: str | Path, runtime) -> dict[str, list[Episode]]:

@@ -34,10 +34,13 @@ def chunk_seed(base: int, start: int, chunk: int) -> int:
 class Step:
     """One chunk query: what the policy saw and what it sampled."""
 
-    observation: dict          # {"images": {cam: uint8 HxWx3}, "state": float32[P], "instruction": str}
+    observation: dict          # exactly what the server saw: {"images": {cam: uint8 HxWx3 as sent},
+                               #   "state": float32[P], "instruction": str}
     tokens: np.ndarray         # int64 [H*D] action token ids, row-major (action i: tokens[i*D:(i+1)*D])
     logprobs: np.ndarray       # float32 [H*D] behaviour log-probs at the rollout temperature
     executed: np.ndarray       # bool [H*D] True for tokens of actions the arm executed
+    version: int = -1          # policy version that sampled this chunk (-1: unknown)
+    temperature: float | None = None  # the temperature the server sampled (and computed logprobs) at; None: unknown
 
 
 @dataclass
@@ -50,6 +53,9 @@ class Episode:
     episode_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     length: int = 0            # env steps executed
     clamped: int = 0           # of those, steps whose action the safety filter changed
+    intervened: bool = False   # an operator took over at some step (teleop frames in the recording)
+    served_by: dict = field(default_factory=dict)  # the serving policy's identity (server metadata: model,
+                                                   # dtype, image_size, ...) when the chunks were sampled
 
     def validate(self) -> None:
         if self.label not in (0, 1, None):
@@ -140,7 +146,8 @@ def rollout(
                 obs[i] = policy_observation(env.observation(), env.instruction)
             if keep_steps and res.get("tokens") is not None:
                 steps[i].append(Step(query, np.asarray(res["tokens"], dtype=np.int64),
-                                     np.asarray(res["logprobs"], dtype=np.float32), executed_mask(k, h, d)))
+                                     np.asarray(res["logprobs"], dtype=np.float32), executed_mask(k, h, d),
+                                     version=versions[i], temperature=float(temperature)))
     return [Episode(task=task or envs[i].instruction, start=starts[i], steps=steps[i], label=int(success[i]),
                     version=versions[i], length=t[i], clamped=clamped[i]) for i in range(n)]
 

@@ -189,6 +189,24 @@ def unpack(frames: list, *, max_bytes: int | None = None) -> dict:
     return header
 
 
+def dumps(obj: dict) -> bytes:
+    """``obj`` as one self-contained byte string (a file, a ROS message): the frames of :func:`pack`
+    as a msgpack list of bin. The same array encoding and checks as the wire, in one buffer."""
+    return msgpack.packb([bytes(_buffer(f)) for f in pack(obj)], use_bin_type=True)
+
+
+def loads(data: Any, *, max_bytes: int | None = None) -> dict:
+    """Inverse of :func:`dumps` (any bytes-like ``data``). Raises :class:`ProtocolError` (``bad_message``)
+    saying what is wrong: not msgpack, not a list of frames, cut short, or bad arrays."""
+    try:
+        frames = msgpack.unpackb(_buffer(data), raw=False, use_list=True)
+    except Exception as e:  # noqa: BLE001 - msgpack raises many kinds (a cut-short buffer among them)
+        raise ProtocolError("bad_message", f"not a msgpack list of frames ({type(e).__name__}: {e})") from None
+    if frames.__class__ is not list or not frames or not all(f.__class__ is bytes for f in frames):
+        raise ProtocolError("bad_message", "expected a msgpack list of binary frames (header first), as dumps() writes")
+    return unpack(frames, max_bytes=max_bytes)
+
+
 # --- requests ------------------------------------------------------------------------------------
 
 
