@@ -157,6 +157,7 @@ def graph_episodes(cfg: RLFinetuneConfig, policy_server: str, root: Path, first_
     asking this run's policy server (sampling, tokens and log-probs), episode_manager_node labelling with
     the twin's check, recorder_node writing a LeRobotDataset; then the learner reads that dataset back."""
     from vla_robot.data.reader import read_journal
+    from vla_robot.nodes.episodes import EpisodeRequest
     from vla_robot.nodes.runner import GraphRunner
     from vla_robot.rl.dataset import follow_dataset
 
@@ -178,8 +179,14 @@ def graph_episodes(cfg: RLFinetuneConfig, policy_server: str, root: Path, first_
     t0 = time.perf_counter()
     # a simulation: never on the domain of a real robot's graph, nor of another demo running beside it
     domain = 1 + os.getpid() % 100
+
+    # a fresh twin start per episode (seeded), as the rollouts sample them: this phase shows the graph's
+    # path, it fills no GRPO group (rl mode's default scheduler would run one start condition 8 times)
+    def fresh_starts(i, history):
+        return EpisodeRequest(task=cfg.task, seed=first_seed + i)
+
     with GraphRunner("rl_finetune", sim=True, task=cfg.task, policy_server=policy_server, overrides=overrides,
-                     exclude=("teleop_node",), domain_id=domain) as g:
+                     exclude=("teleop_node",), domain_id=domain, scheduler=fresh_starts) as g:
         results = g.record_episodes(cfg.graph_episodes, timeout_s=timeout_s)
         control = g.nodes["policy_node"].controller.report()
         used = g.nodes["policy_node"].config.control
