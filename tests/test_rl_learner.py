@@ -305,3 +305,34 @@ def test_episodes_that_cannot_be_on_policy_are_refused_by_name(runtime):
     for s in tokenless.steps:
         s.tokens = None
     assert not learner.add(tokenless) and learner.skipped["no_tokens"] == 1
+
+
+@pytest.mark.parametrize("killed_at", ["between the renames", "while writing"])
+def test_a_save_killed_half_way_leaves_a_checkpoint_to_resume(runtime, tmp_path, monkeypatch, killed_at):
+    from pathlib import Path
+
+    from vla_robot.rl.learner import STATE_FILE, find_checkpoint
+
+    cfg = preset("tiny", group_size=2)
+    learner = Learner(runtime, cfg, out_dir=tmp_path)
+    learner.save(tmp_path)  # version 0
+    learner.version = 1
+    real = Path.rename
+
+    def kill(self, target):  # kill -9 at that moment of the next save
+        if self.name.endswith(".tmp"):
+            if killed_at == "while writing":
+                (self / STATE_FILE).unlink()  # its state file (written last) never made it
+            raise KeyboardInterrupt
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", kill)
+    with pytest.raises(KeyboardInterrupt):
+        learner.save(tmp_path)
+    monkeypatch.undo()
+    assert not (tmp_path / "checkpoint").exists()
+    assert find_checkpoint(tmp_path) == tmp_path / "checkpoint"
+    want = 1 if killed_at == "between the renames" else 0  # the complete new one, else the previous one
+    assert Learner.resume(tmp_path / "checkpoint", cfg).version == want
+    learner.save(tmp_path)  # and saving again tidies up what the kill left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]

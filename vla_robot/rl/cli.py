@@ -77,21 +77,62 @@ def rl_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+LEARN_HELP = """\
+The learner of a real-robot RL session: it follows the recorder's dataset, makes a GRPO update after
+every batch_groups complete groups (presets: one update per complete group of group_size = 8 episodes
+of one task and start condition), checkpoints to OUT/checkpoint and pushes each new version to the
+policy server's weights socket.
+
+The episode manager's scheduler must run groups of the learner's group_size (episode_manager
+group_size, default 8; --set group_size=N here): smaller groups never complete, larger ones mix in
+the next start condition.
+
+Every update prints one JSON line (also appended to OUT/updates.jsonl) with ratio_acting, the
+on-policy check: |r - 1| of the tokens the learner's own version sampled, which must be ~0. Episodes
+that cannot be on-policy (another sampling temperature, or a server of another model, dtype or
+preprocessing) are refused by name, as are (by default) episodes an operator took over.
+
+Restart-safe: with OUT/checkpoint present, learn carries on from it (version, optimiser, the episodes
+already used), so a learner killed at any moment loses and repeats nothing.
+
+The 7B: --preset oft-7b --device cuda --dtype bfloat16 (the dtype the server runs in).
+"""
+
+
 def learn_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="the recorder's LeRobotDataset root (episodes with tokens and labels)")
+    parser.description = LEARN_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--dataset", required=True,
+                        help="the recorder's LeRobotDataset root (episodes with tokens and labels); "
+                             "waited for if the recorder has not created it yet")
     parser.add_argument("--checkpoint", default="", help="policy to start from (OFT layout); empty: the tiny preset")
-    parser.add_argument("--resume", default="", help="a learner checkpoint folder (OUT/checkpoint) to continue from")
-    parser.add_argument("--out", default="runs/learner", help="where checkpoints and the log go")
-    parser.add_argument("--preset", default="tiny", help="GRPO hyper-parameters: tiny or oft-7b")
+    parser.add_argument("--resume", default="",
+                        help="a learner checkpoint folder to continue from (default: OUT/checkpoint when it exists)")
+    parser.add_argument("--out", default="runs/learner",
+                        help="checkpoints and updates.jsonl; an existing OUT/checkpoint is resumed")
+    parser.add_argument("--preset", default="tiny",
+                        help="GRPO hyper-parameters: tiny or oft-7b (both: an update per complete group of 8; "
+                             "the episode manager's group_size must be the same)")
     parser.add_argument("--weights", default="", help="the policy server's weights socket, e.g. tcp://127.0.0.1:5556")
+    parser.add_argument("--curve-server-key", default="",
+                        help="the server's public key (server.key from `vla-robot keygen`) for a Curve-encrypted "
+                             "weights socket (a server bound beyond loopback)")
+    parser.add_argument("--curve-client-key", default="",
+                        help="this learner's NAME.key_secret, when the server admits only listed client keys")
     parser.add_argument("--demos", default="", help="a teleop demonstration dataset for the hybrid SFT loss")
     parser.add_argument("--mode", choices=("rl", "sft", "hybrid"), default=None)
+    parser.add_argument("--intervened", choices=("skip", "keep"), default=None,
+                        help="episodes an operator took over: skip (default: the outcome is not the policy's) "
+                             "or keep (train on their policy-executed chunks)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a GRPO hyper-parameter, e.g. --set group_size=4")
     parser.add_argument("--since", type=int, default=0, help="first episode index to read")
     parser.add_argument("--idle-timeout", type=float, default=None,
                         help="stop after this many seconds without a new episode (default: run until interrupted)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (also when resuming)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="the learner's weights (also when resuming): float32 on the CPU; bfloat16 for the 7B "
+                             "on a GPU. It must be the server's: episodes served in another dtype are refused")
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -107,6 +148,40 @@ def _parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def _wait_for_dataset(root: Path, timeout: float | None) -> bool:
+    """The learner may start before the recorder has saved anything: wait for its folder (said once)."""
+    if root.is_dir():
+        return True
+    print(f"learn: waiting for the dataset folder {root} (the recorder creates it when it starts)", flush=True)
+    t0 = time.monotonic()
+    while not root.is_dir():
+        if timeout is not None and time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.5)
+    print(f"learn: {root} appeared", flush=True)
+    return True
+
+
+def _publisher(args: argparse.Namespace):
+    """The weights publisher (Curve keys when given) and a publish function that never stops the learner."""
+    from vla_robot.serving import WeightPublisher
+    from vla_robot.serving.client import PolicyServerError, PolicyTimeout
+
+    if args.curve_client_key and not args.curve_server_key:
+        raise ValueError("--curve-client-key needs --curve-server-key (the server's public key)")
+    publisher = WeightPublisher(args.weights, curve_server_key=args.curve_server_key or None,
+                                curve_client_key=args.curve_client_key or None)
+
+    def publish(state: dict, version: int) -> None:
+        try:
+            r = publisher.push(state, version)
+            print(f"learn: version {version} serving ({r['bytes'] / 1e6:.1f} MB in {r['seconds']:.2f} s)", flush=True)
+        except (PolicyServerError, PolicyTimeout) as e:
+            # a server that restarted or is away: the next update sends all weights again
+            print(f"learn: version {version} not served: {e}", file=sys.stderr, flush=True)
+    return publisher, publish
+
+
 def learn(args: argparse.Namespace) -> int:
     from vla_robot.rl.config import preset
 
@@ -114,52 +189,86 @@ def learn(args: argparse.Namespace) -> int:
         overrides = _parse_overrides(args.set)
         if args.mode:
             overrides["mode"] = args.mode
+        if args.intervened:
+            overrides["intervened"] = args.intervened
         cfg = preset(args.preset, **overrides)
     except ValueError as e:
         print(f"learn: {e}", file=sys.stderr)
         return 2
-    if not Path(args.dataset).is_dir():
-        print(f"learn: dataset folder {args.dataset} does not exist (expected the recorder's dataset root)", file=sys.stderr)
+    if args.resume and not Path(args.resume).is_dir():
+        print(f"learn: --resume {args.resume} is not a folder (expected a learner's OUT/checkpoint)", file=sys.stderr)
         return 2
     from vla_robot.policy import load_policy
     from vla_robot.rl.dataset import follow_dataset
-    from vla_robot.rl.learner import Learner
+    from vla_robot.rl.learner import Learner, find_checkpoint
 
-    publisher = None
+    publisher, publish = None, None
     if args.weights:
-        from vla_robot.serving import WeightPublisher
-
-        publisher = WeightPublisher(args.weights)
-    publish = (lambda sd, v: publisher.push(sd, v)) if publisher else None
+        try:
+            publisher, publish = _publisher(args)
+        except (ValueError, OSError) as e:
+            print(f"learn: {e}", file=sys.stderr)
+            return 2
 
     def log(stats: dict) -> None:
-        print(json.dumps({k: v for k, v in stats.items() if not isinstance(v, dict)}, default=float), flush=True)
+        print(json.dumps(stats, default=float), flush=True)
 
-    if args.resume:
-        learner = Learner.resume(args.resume, cfg, out_dir=args.out, publish=publish, log=log)
-    else:
-        runtime = load_policy(preset=None if args.checkpoint else "tiny", checkpoint=args.checkpoint or None,
-                              device=args.device)
-        learner = Learner(runtime, cfg, out_dir=args.out, publish=publish, log=log)
-    action_dim = learner.runtime.metadata["action_dim"]
-    if args.demos:
-        from vla_robot.rl.dataset import read_demonstrations
+    def note(text: str) -> None:
+        print(f"learn: {text}", file=sys.stderr, flush=True)
 
-        learner.demos = read_demonstrations(args.demos, learner.runtime)
-    print(f"learn: version {learner.version}, reading {args.dataset} from episode {args.since} "
-          f"({len(learner.consumed)} already used)", flush=True)
+    try:
+        resume = Path(args.resume) if args.resume else find_checkpoint(args.out)
+        kw = dict(out_dir=args.out, publish=publish, log=log, note=note)
+        if resume is not None:
+            learner = Learner.resume(resume, cfg, device=args.device, dtype=args.dtype, **kw)
+            print(f"learn: resuming from {resume}: version {learner.version}, {len(learner.consumed)} episodes "
+                  "already used" + (f" (--checkpoint {args.checkpoint} ignored)" if args.checkpoint else ""), flush=True)
+            if publish is not None and learner.version > 0:
+                publish(learner.runtime.state_dict(), learner.version)  # a server that restarted serves it again
+        else:
+            runtime = load_policy(preset=None if args.checkpoint else "tiny", checkpoint=args.checkpoint or None,
+                                  device=args.device, dtype=args.dtype)
+            learner = Learner(runtime, cfg, **kw)
+        action_dim = learner.runtime.metadata["action_dim"]
+        if args.demos:
+            from vla_robot.rl.dataset import read_demonstrations
+
+            learner.demos = read_demonstrations(args.demos, learner.runtime)
+    except (ValueError, OSError) as e:
+        print(f"learn: {e}", file=sys.stderr)
+        return 2
+    print(f"learn: version {learner.version}, preset {args.preset}: an update after every {cfg.batch_groups} complete "
+          f"group(s) of group_size={cfg.group_size} episodes (the episode manager's scheduler must use group_size "
+          f"{cfg.group_size} too); {args.dtype} on {args.device}, temperature {cfg.temperature:g}, "
+          f"intervened episodes: {cfg.intervened}", flush=True)
     t0 = time.monotonic()
     try:
+        if not _wait_for_dataset(Path(args.dataset), args.idle_timeout):
+            print(f"learn: no dataset folder {args.dataset} within {args.idle_timeout:g} s; stopping", flush=True)
+            return 0
+        print(f"learn: reading {args.dataset} from episode {args.since} ({len(learner.consumed)} already used)",
+              flush=True)
+
+        def on_bad(index: int, reason: str) -> None:
+            learner.skipped["bad_episode"] += 1
+            note(f"skipped bad episode {index} ({learner.skipped['bad_episode']} so far): {reason}")
+
         for episode in follow_dataset(args.dataset, action_dim, since=args.since, follow=True,
-                                      timeout=args.idle_timeout):
-            learner.add(episode)
+                                      timeout=args.idle_timeout, on_bad=on_bad):
+            try:
+                learner.add(episode)
+            except ValueError as e:  # a malformed episode the reader let through: never a crash loop
+                learner.skipped["invalid"] += 1
+                note(f"episode {episode.episode_id} not used: {e}")
+                continue
             learner.step()
     except KeyboardInterrupt:
         pass
     finally:
         if publisher is not None:
             publisher.close()
-    print(f"learn: stopped at version {learner.version} after {time.monotonic() - t0:.0f} s", flush=True)
+    print(f"learn: stopped at version {learner.version} after {time.monotonic() - t0:.0f} s; skipped "
+          f"{dict(learner.skipped) or 'nothing'}", flush=True)
     return 0
 
 
