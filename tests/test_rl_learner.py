@@ -336,3 +336,25 @@ def test_a_save_killed_half_way_leaves_a_checkpoint_to_resume(runtime, tmp_path,
     assert Learner.resume(tmp_path / "checkpoint", cfg).version == want
     learner.save(tmp_path)  # and saving again tidies up what the kill left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_resume_honours_the_requested_dtype_and_device(runtime, tmp_path):
+    """The 7B learner runs in bf16: a resumed learner must come back in the dtype (and on the device)
+    it is asked for, optimiser state included, not in the checkpoint loader's float32 on the CPU."""
+    rng = np.random.default_rng(9)
+    cfg = preset("tiny", group_size=2, batch_groups=1, mode="rl", lr=1e-3)
+    first = Learner(runtime, cfg, out_dir=tmp_path)
+    for e in make_group(runtime, 0, [1, 0], rng):
+        first.add(e)
+    assert first.step()["opt_steps"] == 1
+    resumed = Learner.resume(tmp_path / "checkpoint", cfg, device="cpu", dtype="bfloat16")
+    assert resumed.runtime.dtype == "bfloat16" and resumed.runtime.metadata["dtype"] == "bfloat16"
+    assert {p.dtype for p in resumed.params} == {torch.bfloat16}
+    assert all(v.dtype == torch.bfloat16 for st in resumed.optimizer.state.values() for k, v in st.items() if k != "step")
+    for e in make_group(resumed.runtime, 1, [0, 1], rng, version=1):
+        for s in e.steps:
+            s.version = 1
+        resumed.add(e)
+    stats = resumed.step()
+    assert stats["opt_steps"] == 1 and resumed.version == 2
+    assert stats["ratio_acting"]["median_abs"] < 1e-2  # bf16 sampled, bf16 recomputed
