@@ -207,7 +207,7 @@ def _call(client, request, timeout=30.0):
     return fut.result()
 
 
-def test_label_service_then_server_loss_holds_and_fails_by_fault(ros_context):
+def test_label_service_then_server_loss_holds_and_ends_by_fault(ros_context):
     probe = Probe(ros_context)
     label = probe.node.create_client(SetBool, "/episode_manager_node/label")
     diags = []
@@ -220,7 +220,7 @@ def test_label_service_then_server_loss_holds_and_fails_by_fault(ros_context):
             exclude=("recorder_node", "teleop_node"),
             overrides={
                 "episode_manager_node": {"episodes": 2, "max_duration_s": 0.5, "label_source": "human",
-                                         "autostart": True, "end_on_success": False},
+                                         "autostart": True, "end_on_success": False, "label_timeout_s": 1.0},
                 "policy_node": {"control.watchdog.max_chunk_gap_s": 0.3,
                                 "control.request_timeout_s": 0.5},
             },
@@ -242,8 +242,9 @@ def test_label_service_then_server_loss_holds_and_fails_by_fault(ros_context):
     assert len(results) == 2, results
     first, second = results
     assert (first.label, first.label_source, first.end_reason) == ("success", "human", "timeout")
-    # without a server: the watchdog holds the arm and the episode ends as failed-by-fault
-    assert (second.end_reason, second.label, second.label_source) == ("fault", "failure", "fault")
+    # without a server: the watchdog holds the arm and the episode ends by a fault; nobody labels it, so
+    # it is kept unlabelled (fault), never trained on as a failure
+    assert (second.end_reason, second.label, second.label_source) == ("fault", "unlabelled", "fault")
     assert "no new chunk" in second.fault
     # the arm was held in place: every command of the second episode is a hold at one pose
     # (commands are stamped by sim time; the second episode's are the latest ones)
@@ -289,7 +290,8 @@ def test_operator_takes_over_then_estop_ends_the_episode(ros_context):
             sim=True,
             serve_policy="tiny",
             exclude=("recorder_node",),
-            overrides={"episode_manager_node": {"episodes": 1, "max_duration_s": 60.0, "end_on_success": False},
+            overrides={"episode_manager_node": {"episodes": 1, "max_duration_s": 60.0, "end_on_success": False,
+                                                "label_timeout_s": 1.0},
                        "twin_node": {"realtime_factor": 2.0}},  # slow enough for the operator to act
         ) as g:
             probe.wait_for_publishers()
@@ -325,7 +327,9 @@ def test_operator_takes_over_then_estop_ends_the_episode(ros_context):
         teleop_q = [convert.msg_to_command(m)[0] for _, m in probe.got["cmd"] if m.header.frame_id == "teleop"]
     assert teleop_q[-1][0] - teleop_q[0][0] > 0.1  # the operator's keys moved the joint (safety-limited)
     (r,) = results
-    assert (r.end_reason, r.fault, r.label) == ("fault", "e-stop", "failure")
+    # an e-stop is a fault, not the policy's failure; the takeover is recorded with the episode
+    assert (r.end_reason, r.fault, r.label, r.label_source) == ("fault", "e-stop", "unlabelled", "fault")
+    assert r.intervened
     assert report["estop"] == "e-stop topic"
 
 
@@ -384,6 +388,7 @@ policy_node:
 episode_manager_node:
   ros__parameters:
     mode: evaluate
+    instruction: touch the red cube
     episodes: 1
     autostart: true
     reset_source: none
