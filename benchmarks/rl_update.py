@@ -9,6 +9,16 @@ trainer pays), so the figure to read is the GRPO update's overhead over it.
 
 oft-7b with AdamW on one GPU (no sharding) peaked at 70.1 GiB with the GPU defaults (H100 80GB and
 H200 alike); --gpu-mini-batch 4 took 78.2 GiB. PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True helps.
+(Those runs predate the learner's micro-batches of chunks; the GPU case now graphs
+``micro_batch_chunks`` chunks at a time.)
+
+The 30-s-episode case (tiny, CPU): one group of --long-episodes episodes of --long-chunks chunks
+each (a 30-s episode has 100-200 chunks), updated once by the learner (micro-batches of
+``micro_batch_chunks`` chunks, gradients accumulated) and once as before issue 14 (one autograd graph
+over every chunk of the mini-batch), each in a fresh process, figures side by side: seconds and the
+update's peak resident memory above the process's before it. --skip-long leaves it out.
+Measured on the 2-core CI machine (``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rl_update.py
+--repeats 1``), 8 x 150 chunks: micro-batched 7.2 s and 184 MiB, one graph 13.7 s and 2606 MiB.
 """
 from __future__ import annotations
 
@@ -55,7 +65,9 @@ def bench(runtime, episodes: list[Episode], group_size: int, repeats: int, prese
     """Median seconds of one GRPO update (the learner's) and of an SFT pass over the same sequences."""
     cfg = preset(preset_name, group_size=group_size, batch_groups=len(episodes) // group_size,
                  mini_batch_size=mini_batch, mode="rl")
-    learner = Learner(runtime, cfg)
+    # the SFT baseline below moves the weights after the episodes were sampled: they are off-policy
+    # on purpose here, so the learner's on-policy check has nothing to say
+    learner = Learner(runtime, cfg, note=lambda text: None)
     sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
     # baseline: a teacher-forced SFT step over the same (observation, tokens) pairs, with the
     # learner's own optimizer (a second AdamW state would not fit beside a 7B model on one GPU)
@@ -91,6 +103,55 @@ def bench(runtime, episodes: list[Episode], group_size: int, repeats: int, prese
             "sft_tokens_per_s": toks.numel() / np.median(base)}
 
 
+def long_episode_update(one_graph: bool, episodes: int, chunks: int, threads: int) -> dict:
+    """One GRPO update of a group of long episodes on the tiny policy; run in a fresh process."""
+    from vla_robot.rl.grpo import grpo_loss
+
+    torch.set_num_threads(threads)
+    rt = load_policy(preset="tiny", seed=0)
+    eps = synthetic_episodes(rt, episodes, chunks, episodes, np.random.default_rng(0))
+    cfg = preset("tiny", group_size=episodes, mode="rl")
+    learner = Learner(rt, cfg)
+    for e in eps:
+        learner.add(e)
+    base = _rss_mib()
+    t = time.perf_counter()
+    if one_graph:  # the update before issue 14: one graph over every chunk of the mini-batch
+        rt.model.train()
+        adv = torch.tensor([1.0 if e.label else -1.0 for e in eps])
+        logp, old, mask = learner.trajectory_logprobs(eps, cfg.temperature)
+        loss, _ = grpo_loss(logp, old, adv, mask, cfg.clip_ratio_low, cfg.clip_ratio_high)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(learner.params, cfg.grad_clip)
+        learner.optimizer.step()
+        learner.optimizer.zero_grad(set_to_none=True)
+    else:
+        assert learner.step()["opt_steps"] == 1
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_mib": peak - base, "micro_batch_chunks": cfg.micro_batch_chunks}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def long_episode_case(episodes: int, chunks: int, threads: int) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # a fresh process each: ru_maxrss is a high-water mark
+    with ctx.Pool(1, maxtasksperchild=1) as pool:
+        micro = pool.apply(long_episode_update, (False, episodes, chunks, threads))
+    with ctx.Pool(1, maxtasksperchild=1) as pool:
+        whole = pool.apply(long_episode_update, (True, episodes, chunks, threads))
+    print(f"\n30-s episodes, tiny on the CPU ({threads} thread(s)): one update of {episodes} episodes x {chunks} chunks")
+    print(f"{'update':40} {'seconds':>8} {'peak memory above start':>24}")
+    print(f"{'micro-batched (' + str(micro['micro_batch_chunks']) + ' chunks per graph)':40} {micro['seconds']:8.2f} "
+          f"{micro['peak_mib']:20.0f} MiB")
+    print(f"{'one graph (before issue 14)':40} {whole['seconds']:8.2f} {whole['peak_mib']:20.0f} MiB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--episodes", type=int, default=16)
@@ -102,6 +163,9 @@ def main() -> None:
     ap.add_argument("--gpu-episodes", type=int, default=8, help="one group of this many rollouts")
     ap.add_argument("--gpu-steps", type=int, default=2, help="chunk queries per episode on the GPU")
     ap.add_argument("--gpu-mini-batch", type=int, default=2, help="trajectories per optimizer step on the GPU")
+    ap.add_argument("--long-episodes", type=int, default=8, help="30-s case: episodes (one group)")
+    ap.add_argument("--long-chunks", type=int, default=150, help="30-s case: chunks per episode")
+    ap.add_argument("--skip-long", action="store_true", help="leave out the 30-s-episode case")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -131,6 +195,8 @@ def main() -> None:
     for name, dev, r, mem in rows:
         print(f"{name:8} {dev:22} {r['episodes']:8d} {r['tokens']:7.0f} {r['grpo_tokens_per_s']:11.0f} "
               f"{r['grpo_episodes_per_s']:10.2f} {r['sft_tokens_per_s']:21.0f} {r['grpo_s'] / r['sft_s']:14.2f}  {mem}")
+    if not args.skip_long:
+        long_episode_case(args.long_episodes, args.long_chunks, args.threads)
 
 
 if __name__ == "__main__":
