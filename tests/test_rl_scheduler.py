@@ -60,3 +60,16 @@ def test_executed_mask_marks_the_tokens_of_executed_actions():
     assert m.tolist() == [True] * 6 + [False] * 6
     with pytest.raises(ValueError, match="n_executed must be in"):
         executed_mask(5, 4, 3)
+
+
+def test_position_says_which_group_and_which_episode_of_it():
+    s = GroupScheduler({"reach": [0, 1]}, group_size=2)
+    t, st = s.next()
+    assert s.position(t, st) == (1, 1)
+    assert s.next() == ("reach", 0) and s.position("reach", 0) == (1, 2)
+    s.record("reach", 0, 1)
+    s.record("reach", 0, None)  # discarded: handed out again, as the 2nd episode of group 1
+    assert s.next() == ("reach", 0) and s.position("reach", 0) == (1, 2)
+    s.record("reach", 0, 0)
+    assert s.next() == ("reach", 1) and s.position("reach", 1) == (2, 1)
+    assert s.position("reach", 0) is None  # complete: no longer open

@@ -32,7 +32,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from vla_robot.nodes import common, convert
 from vla_robot.nodes.config import EpisodeManagerNodeConfig
-from vla_robot.nodes.episodes import EpisodeManager, describe_reset
+from vla_robot.nodes.episodes import POLICY_MODES, EpisodeManager, describe_reset
 
 
 class EpisodeManagerNode(common.ConfiguredNode):
@@ -89,11 +89,20 @@ class EpisodeManagerNode(common.ConfiguredNode):
             self.get_logger().info(
                 f"episode {event['episode']} ended: {event['reason']}" + (f" ({event['fault']})" if event["fault"] else "")
             )
-            if self.core.state == EpisodeManager.LABELLING and self._prompt_thread is not None:
+            waiting = self.core.state == EpisodeManager.LABELLING
+            if waiting and event["reason"] == "fault" and self.config.mode in POLICY_MODES:
+                self.get_logger().warning(
+                    f"episode {event['episode']} ended by a fault: label it if you saw how it went; otherwise it is "
+                    f"kept as 'unlabelled' (never trained on) after {self.config.label_timeout_s:g} s or when the "
+                    "next episode starts")
+            if waiting and self._prompt_thread is not None:
                 print(f"\nEpisode {event['episode']} ended ({event['reason']}). Label it: [s]uccess / [f]ailure / "
                       "[d]iscard, then Enter", flush=True)
         elif t == "reset":
-            self.get_logger().info(describe_reset(event, self.config.reset_source))
+            text = describe_reset(event, self.config.reset_source)
+            self.get_logger().info(text)
+            if self._prompt_thread is not None and self.config.reset_source == "operator":
+                print(f"\n{text[0].upper()}{text[1:]}", flush=True)
         elif t == "label_rejected":
             self.get_logger().warning(f"label {event['label']!r} for episode {event['episode']} rejected: "
                                       f"{event['reason']}")
