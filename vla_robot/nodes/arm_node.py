@@ -4,6 +4,8 @@ Publishes ``joint_states`` at ``state_hz`` (reliable, the device's stamps in ROS
 ``arm/command`` (trajectory_msgs/JointTrajectory: its first point is the target; the same message a
 ros2_control joint trajectory controller takes). Between episodes (the episode manager's ``reset``
 event, reset_source operator) it brings the arm home slowly, so a person can reset the scene.
+The e-stop (``estop``, std_msgs/Bool, see common.subscribe_estop) latches here too: the arm holds
+where it is, homing stops, and every command is ignored until an explicit release (``data: false``).
 For ros2_control arms no arm_node runs: commands go to the controller directly (see bringup).
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections import Counter
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import JointState
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_robot.config import ConfigError
@@ -45,6 +47,7 @@ class ArmNode(common.ConfiguredNode):
         self._offset = common.wall_offset()
         self._homing: list[np.ndarray] = []
         self._reset_at = float("-inf")  # ROS time of the last reset event: older commands do not stop homing
+        self.estopped = False  # latched by the e-stop topic; only an explicit release clears it
         self.commands = 0  # sent to the device (homing included)
         self.received: Counter[str] = Counter()  # commands taken from arm/command, by source ("stale": ignored)
         # One caller of the device at a time, but not one callback group: rclpy's executor offers a
@@ -57,11 +60,13 @@ class ArmNode(common.ConfiguredNode):
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self.create_subscription(String, common.EPISODE_EVENTS, self._on_episode_event, common.EVENT_QOS,
                                  callback_group=MutuallyExclusiveCallbackGroup())
+        # its own group: an e-stop must not wait behind a command or a homing step
+        common.subscribe_estop(self, self._on_estop, MutuallyExclusiveCallbackGroup())
         self.create_timer(1.0 / cfg.state_hz, self._on_timer, callback_group=MutuallyExclusiveCallbackGroup())
         self.diagnostics = common.Diagnostics(self)
         self.mon_cmd = self.diagnostics.monitor("commands", max(cfg.command_timeout_s, 0.5))
         self.diagnostics.extra = lambda: (common.OK, "ok", {"commands": self.commands, "received": dict(self.received),
-                                                            "backend": cfg.backend})
+                                                            "backend": cfg.backend, "estop": self.estopped})
         self.get_logger().info(f"arm: {cfg.backend} ({cfg.robot}), joints {self.names}, state at {cfg.state_hz:g} Hz")
 
     def _on_timer(self) -> None:
@@ -82,6 +87,9 @@ class ArmNode(common.ConfiguredNode):
             self.get_logger().warning(f"dropping a bad arm command: {e}", throttle_duration_sec=5.0)
             return
         with self._device:
+            if self.estopped:  # held until the e-stop is released: nobody moves the arm
+                self.received["estop"] += 1
+                return
             if self._homing and stamp < self._reset_at:
                 # sent before the reset, delivered late (a busy process, a queue): it must not undo the homing
                 self.received["stale"] += 1
@@ -98,6 +106,23 @@ class ArmNode(common.ConfiguredNode):
                 self.commands += 1
             except (DriverError, ValueError) as e:
                 self.get_logger().error(f"arm command refused: {e}", throttle_duration_sec=2.0)
+
+    def _on_estop(self, msg: Bool) -> None:
+        with self._device:
+            if bool(msg.data) == self.estopped:
+                return
+            self.estopped = bool(msg.data)
+            if not self.estopped:
+                self.get_logger().warning("e-stop released: commands are taken again")
+                return
+            self._homing = []
+            try:  # hold where the arm is now: the last target may be far away
+                q, _, _ = self.arm.read()
+            except DriverError as e:
+                self.get_logger().error(f"E-STOP: cannot read the arm to hold it: {e}")
+                return
+            self._send(q)
+        self.get_logger().error("E-STOP: holding the arm where it is; commands are ignored until released")
 
     def _on_episode_event(self, msg: String) -> None:
         try:
@@ -118,6 +143,9 @@ class ArmNode(common.ConfiguredNode):
         dist = np.abs(home - q) / (0.25 * self.spec.max_velocity)
         n = max(1, int(np.ceil(dist.max() * self.config.state_hz)))
         with self._device:
+            if self.estopped:
+                self.get_logger().warning("not homing: the e-stop is latched")
+                return
             self._homing = [q + (home - q) * (i + 1) / n for i in range(n)]
         self.get_logger().info(f"homing the arm over {n / self.config.state_hz:.1f} s")
 

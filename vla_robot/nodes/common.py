@@ -82,6 +82,63 @@ def camera_info_topic(camera: str) -> str:
     return f"cameras/{camera}/camera_info"
 
 
+# --- the e-stop ---------------------------------------------------------------------------------
+def subscribe_estop(node: Node, callback: Callable[[Any], None], callback_group=None) -> list:
+    """Subscribe ``callback`` (std_msgs/Bool) to the e-stop so that *every* publisher reaches it.
+
+    A plain ``ros2 topic pub /estop std_msgs/msg/Bool "{data: true}"`` offers reliable + VOLATILE;
+    a TRANSIENT_LOCAL subscription does not match it and DDS drops its messages without a word. A
+    VOLATILE subscription alone would match it, but a node that starts after the e-stop was pressed
+    would never learn of it. So: one subscription per durability. Our own latched publishers
+    (LATCHED_QOS) reach both, and their messages are passed on once (same publisher, same sequence
+    number); a volatile publisher reaches the volatile one only. The callback should still be
+    idempotent (latch on True, release on False): on an rclpy without message info a latched
+    message arrives twice.
+    """
+    from std_msgs.msg import Bool
+
+    seen: deque = deque(maxlen=64)
+    lock = threading.Lock()
+
+    def once(msg, info) -> None:
+        gid = info.get("publisher_gid")
+        seq = info.get("publication_sequence_number")
+        key = (str(gid), seq if seq is not None else info.get("source_timestamp"))
+        with lock:
+            if key in seen:
+                return
+            seen.append(key)
+        callback(msg)
+
+    try:
+        from rclpy.event_handler import SubscriptionEventCallbacks
+    except ImportError:  # Humble
+        from rclpy.qos_event import SubscriptionEventCallbacks
+
+    cb = once if _WITH_MESSAGE_INFO else callback
+    volatile = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.VOLATILE)
+    return [
+        node.create_subscription(Bool, ESTOP, cb, volatile, callback_group=callback_group),
+        # a volatile publisher is expected not to match this one (the volatile subscription takes it): no
+        # "incompatible QoS, no messages will be received" warning that would make a person doubt the e-stop
+        node.create_subscription(Bool, ESTOP, cb, LATCHED_QOS, callback_group=callback_group,
+                                 event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda _event: None)),
+    ]
+
+
+def _message_info_supported() -> bool:
+    """rclpy passes (msg, MessageInfo) to two-argument callbacks since Iron; Humble's does not."""
+    try:
+        from rclpy.subscription import MessageInfo  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_WITH_MESSAGE_INFO = _message_info_supported()
+
+
 # --- typed parameters ---------------------------------------------------------------------------
 _ROS_OWN = {"use_sim_time", "start_type_description_service"}
 

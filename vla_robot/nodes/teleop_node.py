@@ -11,6 +11,11 @@ Keys (terminal, or std_msgs/String on ``teleop/keys`` for remote/scripted use)::
     space  take over / hand back          1..9  select a joint
     w / +  move the joint up by `step`    s / -  move it down
     g      open / close the gripper       h      go to the home pose
+    e      E-STOP (latched on ``estop``; release it from the operator console or with
+           ``ros2 topic pub --once /estop std_msgs/msg/Bool "{data: false}"``)
+
+While the e-stop is latched (from anywhere) the node sends nothing and lets go of the arm: after the
+release the operator takes over again explicitly.
 """
 from __future__ import annotations
 
@@ -91,6 +96,7 @@ class TeleopNode(common.ConfiguredNode):
         self.keyboard = KeyboardTeleop(self.spec, cfg.step)
         self._lock = threading.Lock()
         self._stamp = 0.0
+        self.estopped = False
         self.leader = None
         self.gamepad = None
         if cfg.device == "leader":
@@ -106,6 +112,8 @@ class TeleopNode(common.ConfiguredNode):
         self.command_pub = self.create_publisher(JointTrajectory, common.TELEOP_COMMAND, common.COMMAND_QOS)
         self.intervention_pub = self.create_publisher(Bool, common.TELEOP_INTERVENTION, common.LATCHED_QOS)
         self.intervention_pub.publish(Bool(data=False))
+        self.estop_pub = self.create_publisher(Bool, common.ESTOP, common.LATCHED_QOS)
+        common.subscribe_estop(self, self._on_estop, inputs)
         self.create_subscription(JointState, common.JOINT_STATES, self._on_joint_state, common.STATE_QOS,
                                  callback_group=inputs)
         self.create_subscription(String, "teleop/keys", self._on_keys, common.EVENT_QOS, callback_group=inputs)
@@ -133,8 +141,29 @@ class TeleopNode(common.ConfiguredNode):
         for k in msg.data:
             self.press(k)
 
-    def press(self, k: str) -> None:
+    def _on_estop(self, msg: Bool) -> None:
         with self._lock:
+            if bool(msg.data) == self.estopped:
+                return
+            self.estopped = bool(msg.data)
+            was = self.keyboard.engaged
+            self.keyboard.engaged = False  # after a release the operator takes over again, explicitly
+        if self.estopped:
+            self.get_logger().error("E-STOP: teleop sends nothing until it is released")
+            if was:
+                self.intervention_pub.publish(Bool(data=False))
+        else:
+            self.get_logger().warning("e-stop released")
+
+    def press(self, k: str) -> None:
+        if k == "e":
+            self.estop_pub.publish(Bool(data=True))
+            self.get_logger().error("key 'e': E-STOP")
+            return
+        with self._lock:
+            if self.estopped and k == " ":
+                self.get_logger().warning("key ' ': the e-stop is latched; release it first")
+                return
             was = self.keyboard.engaged
             what = self.keyboard.key(k)
             now = self.keyboard.engaged
@@ -154,7 +183,7 @@ class TeleopNode(common.ConfiguredNode):
         if self.gamepad is not None:
             self._poll_gamepad()
         with self._lock:
-            if not self.keyboard.engaged and self.leader is None:
+            if self.estopped or (not self.keyboard.engaged and self.leader is None):
                 return
             target, stamp = self.keyboard.target, self._stamp
         if target is not None:
