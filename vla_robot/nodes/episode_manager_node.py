@@ -8,8 +8,8 @@ never ends a running one), ``~/discard`` (Trigger: the running or just-ended epi
 Topics in: ``episode/label`` (std_msgs/String JSON ``{"episode": N, "label": "success"|"failure"|
 "discard"}``: applied only to episode N while it waits for its label), ``joint_states`` (the robot's
 time), ``twin/events`` (reset_done, transient-local), ``twin/success`` (Bool), ``policy/events``
-(faults, policy version), ``estop`` (Bool, latched), ``teleop/intervention`` (Bool, latched: the
-operator took over; recorded as ``intervened``).
+(faults, policy version), ``estop`` (Bool; latched or not, see common.subscribe_estop),
+``teleop/intervention`` (Bool, latched: the operator took over; recorded as ``intervened``).
 
 Publishes ``episode/event`` (std_msgs/String JSON, reliable, transient-local: EPISODE_EVENT_QOS):
 ``reset``, ``start``, ``end``, ``save``, ``discard``, ``label_rejected``, ``done`` (fields in
@@ -53,7 +53,7 @@ class EpisodeManagerNode(common.ConfiguredNode):
         self.create_subscription(Bool, common.TWIN_SUCCESS, self._on_success, common.STATE_QOS, callback_group=cb)
         self.create_subscription(String, common.POLICY_EVENTS, self._on_policy_event, common.EVENT_QOS,
                                  callback_group=cb)
-        self.create_subscription(Bool, common.ESTOP, self._on_estop, common.LATCHED_QOS, callback_group=cb)
+        common.subscribe_estop(self, self._on_estop, cb)  # reached by latched and plain publishers alike
         self.create_subscription(Bool, common.TELEOP_INTERVENTION, self._on_intervention, common.LATCHED_QOS,
                                  callback_group=cb)
         self.create_subscription(String, common.EPISODE_LABEL, self._on_label, common.EVENT_QOS, callback_group=cb)
