@@ -358,3 +358,20 @@ def test_resume_honours_the_requested_dtype_and_device(runtime, tmp_path):
     stats = resumed.step()
     assert stats["opt_steps"] == 1 and resumed.version == 2
     assert stats["ratio_acting"]["median_abs"] < 1e-2  # bf16 sampled, bf16 recomputed
+
+
+def test_a_group_completes_without_its_refused_members(runtime):
+    """The scheduler counts a labelled takeover in its group; the learner refuses it, and must still
+    update once the rest of the group is in (else that group never completes on a robot)."""
+    rng = np.random.default_rng(10)
+    learner = Learner(runtime, preset("tiny", group_size=4, mode="rl"), note=lambda text: None)
+    group = make_group(runtime, 0, [1, 0, 1, 0], rng)
+    group[1].intervened = True
+    for e in group[:3]:
+        learner.add(e)
+    assert learner.step() is None  # 2 usable + 1 refused of 4
+    learner.add(group[3])
+    stats = learner.step()
+    assert stats["episodes"] == 3 and learner.version == 1 and learner.skipped["intervened"] == 1
+    assert group[1].episode_id in learner.consumed  # decided: a restart does not count it into a later group
+    assert not learner.refused and not learner.groups

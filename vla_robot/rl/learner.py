@@ -77,6 +77,8 @@ class Learner:
         self.groups: dict[tuple[str, Hashable], list[Episode]] = defaultdict(list)
         self.history: list[dict] = []
         self.skipped: Counter[str] = Counter()  # refused episodes / skipped chunks, by reason
+        # refused members of each group: the scheduler counted them, so the group completes without them
+        self.refused: dict[tuple[str, Hashable], list[str]] = defaultdict(list)
 
     # ---- episodes in ------------------------------------------------------------------------
     def add(self, episode: Episode) -> bool:
@@ -88,8 +90,11 @@ class Learner:
         refusal = self.refusal(episode)
         if refusal is not None:
             reason, text = refusal
-            self.skipped[reason] += 1
-            self.note(f"episode {episode.episode_id} not used: {text}")
+            key = (episode.task, episode.start)
+            if episode.episode_id not in self.refused[key]:
+                self.refused[key].append(episode.episode_id)
+                self.skipped[reason] += 1
+                self.note(f"episode {episode.episode_id} not used: {text}")
             return False
         if episode.version < self.version - self.cfg.max_staleness:
             self.consumed.add(episode.episode_id)
@@ -137,7 +142,8 @@ class Learner:
 
     def complete_groups(self) -> list[tuple[str, Hashable]]:
         n = self.cfg.group_size
-        return [k for k, eps in self.groups.items() if len(eps) >= n]
+        keys = dict.fromkeys([*self.groups, *self.refused])
+        return [k for k in keys if len(self.groups.get(k, ())) + len(self.refused.get(k, ())) >= n]
 
     def ready(self) -> bool:
         return len(self.complete_groups()) >= self.cfg.batch_groups
@@ -153,8 +159,14 @@ class Learner:
         n = self.cfg.group_size
         episodes, gids = [], []
         for gi, key in enumerate(keys):
-            eps = self.groups[key][:n]
-            self.groups[key] = self.groups[key][n:]
+            # the group's refused members stand in for episodes; decided, so never looked at again
+            refused = self.refused.pop(key, [])
+            if refused[n:]:
+                self.refused[key] = refused[n:]
+            self.consumed.update(refused[:n])
+            take = n - len(refused[:n])
+            eps = self.groups[key][:take]
+            self.groups[key] = self.groups[key][take:]
             if not self.groups[key]:
                 del self.groups[key]
             # drop members that went stale while the group filled up
@@ -182,7 +194,8 @@ class Learner:
             self.runtime.version = self.version
         elapsed = time.perf_counter() - t0
         stats.update(
-            version=self.version, groups=len(keys), groups_rl=sum(m == "rl" for m in modes.values()),
+            update=len(self.history) + 1, version=self.version, groups=len(keys),
+            groups_rl=sum(m == "rl" for m in modes.values()),
             groups_sft=sum(m == "sft" for m in modes.values()), groups_dropped=sum(m == "drop" for m in modes.values()),
             episodes=len(episodes), success=float(rewards.mean()) if len(rewards) else float("nan"),
             adv_abs_mean=float(adv.abs().mean()) if len(adv) else 0.0, seconds=elapsed,
@@ -391,16 +404,17 @@ class Learner:
         return learner
 
     def _append_updates_log(self, entries: list[dict]) -> None:
-        """Append to ``<out>/updates.jsonl`` the updates it does not hold yet (by version)."""
+        """Append to ``<out>/updates.jsonl`` the updates it does not hold yet (by ``update`` number;
+        an update whose groups were all dropped makes no version but is a line too)."""
         path = self.out_dir / UPDATES_LOG
         have = set()
         if path.is_file():
             for line in path.read_text().splitlines():
                 try:
-                    have.add(json.loads(line).get("version"))
+                    have.add(json.loads(line).get("update"))
                 except json.JSONDecodeError:
                     pass  # a line a kill cut short; the next one starts on a fresh line
-        new = [e for e in entries if e.get("version") not in have and e.get("opt_steps")]
+        new = [e for e in entries if e.get("update") not in have]
         if new:
             with path.open("a") as f:
                 if path.stat().st_size and not path.read_text().endswith("\n"):
