@@ -144,8 +144,9 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
         RLFinetuneConfig(task="dance").validate()
     with pytest.raises(ValueError, match=r"cubes must be 1..2 \(the pick_place task's red, blue\), got 3"):
         RLFinetuneConfig(task="pick_place", cubes=3).validate()
-    assert main(["learn", "--dataset", str(tmp_path / "missing")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    # started before the recorder: waits for its folder (here until the idle timeout), never "does not exist"
+    assert main(["learn", "--dataset", str(tmp_path / "missing"), "--out", str(tmp_path / "l"), "--idle-timeout", "0.5"]) == 0
+    assert "waiting for the dataset folder" in capsys.readouterr().out
     assert main(["learn", "--dataset", str(tmp_path), "--set", "group_size=1"]) == 2
     assert "group_size must be >= 2" in capsys.readouterr().err
     assert main(["learn", "--dataset", str(tmp_path), "--set", "nonsense"]) == 2
