@@ -78,6 +78,15 @@ def test_learn_waits_for_the_recorders_folder_and_serves_over_curve(tmp_path, ca
         with PolicyClient(server.address, timeout_s=10, curve_server_key=keys / "server.key",
                           curve_client_key=keys / "clients" / "learner.key_secret") as client:
             assert client.metadata()["version"] == 1
+        # a learner whose key the server does not list is refused, and told which keys to check
+        assert main(["keygen", str(keys / "other"), "--name", "stranger"]) == 0
+        from vla_robot.serving import WeightPublisher
+        from vla_robot.serving.client import PolicyTimeout
+
+        with WeightPublisher(server.weights_address, timeout_s=1.0, curve_server_key=keys / "server.key",
+                             curve_client_key=keys / "other" / "stranger.key_secret") as stranger:
+            with pytest.raises(PolicyTimeout, match="authorized keys"):
+                stranger.push({"x": torch.zeros(1)}, 5)
     finally:
         server.stop()
     lines = [json.loads(x) for x in (out / "updates.jsonl").read_text().splitlines()]

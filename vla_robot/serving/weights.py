@@ -6,6 +6,11 @@
     pub.push(runtime.state_dict(), version=7)          # all weights, or a subset of them
     pub.push(update, version=8, delta=True)            # tensors added to the serving ones
 
+A server bound beyond loopback encrypts its weights socket with CurveZMQ, as its policy socket:
+``WeightPublisher(address, curve_server_key="keys/server.key", curve_client_key="keys/learner.key_secret")``
+(``vla-robot keygen`` makes both; ``vla-robot learn --curve-server-key/--curve-client-key``). A
+handshake CurveZMQ refuses is silent on the wire, so a timeout then says which keys to check.
+
 A push is one transfer: ``begin`` (version, tensor count, total bytes), ``part`` messages of at most
 ``part_bytes`` each, then ``commit``. A part carries pieces of tensors (name, dtype, shape, byte
 offset, raw bytes) and a SHA-256 of its bytes, so a tensor larger than a part (a 7B model's
@@ -90,7 +95,8 @@ class WeightPublisher:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.linger = 0
-        if curve_server_key is not None:
+        self._curve = curve_server_key is not None
+        if self._curve:
             curve_client_setup(self._sock, curve_server_key, curve_client_key)
         self._sock.connect(address)
         self._ids = itertools.count(1)
@@ -159,7 +165,10 @@ class WeightPublisher:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._sock.poll(int(remaining * 1000) + 1):
-                raise PolicyTimeout(f"weights server {self.address} did not answer '{msg['type']}' within {self.timeout_s:.3g} s")
+                hint = (" (CurveZMQ: is curve_server_key the server's public key, and is this client's key among "
+                        "the server's authorized keys?)" if self._curve else "")
+                raise PolicyTimeout(f"weights server {self.address} did not answer '{msg['type']}' within "
+                                    f"{self.timeout_s:.3g} s{hint}")
             reply = protocol.unpack(self._sock.recv_multipart(copy=False))
             if reply.get("id") != rid:
                 continue  # a late answer to an earlier, timed-out call
