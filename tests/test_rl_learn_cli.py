@@ -53,6 +53,7 @@ def record_groups(root: Path, groups: int, group_size: int = 2, chunks: int = 2,
     return ids
 
 
+@pytest.mark.slow
 def test_learn_waits_for_the_recorders_folder_and_serves_over_curve(tmp_path, capsys):
     """Started before the recorder, with Curve keys from `vla-robot keygen`: the learner waits, then
     its update reaches a server that admits only listed clients."""
