@@ -259,22 +259,26 @@ class Learner:
     def _accumulate(self, mb: list[tuple[str, Episode, float]], acting: list[torch.Tensor] | None) -> tuple[float, dict]:
         """Gradients of one mini-batch's loss, accumulated over micro-batches of chunks.
 
-        The mini-batch loss is (sum over its RL trajectories of the token-mean GRPO term + sft_coef x
-        its SFT trajectories x the demonstrations' mean cross-entropy) / trajectories; both are sums
-        over chunks, so each micro-batch adds its share with the right weights and no graph ever
-        spans more than ``micro_batch_chunks`` chunks. ``acting`` collects r - 1 of the executed
-        tokens the learner's version sampled. Returns the loss and token sums."""
-        cfg, model, batch, dev = self.cfg, self.runtime.model, self.runtime.batch, self.runtime.device
-        m, b = cfg.micro_batch_chunks, len(mb)
+        The mini-batch loss is (the RL trajectories' token-mean GRPO terms + sft_coef x the SFT
+        trajectories x the demonstrations' mean cross-entropy) / trajectories: sums over chunks, so
+        each micro-batch adds its share with the right weight and no graph spans more than
+        ``micro_batch_chunks`` chunks. ``acting`` collects r - 1 of the executed tokens the learner's
+        own version sampled. Returns the loss and token sums."""
+        b = len(mb)
         sums = {"tokens": 0.0, "clipped": 0.0, "kl_sum": 0.0, "sft_tokens": 0.0, "micro_batches": 0}
-        loss_total = 0.0
-        # RL: every chunk with its trajectory's advantage and 1 / (executed tokens x trajectories)
-        chunks = []
-        for _, e, a in (x for x in mb if x[0] == "rl"):
+        loss = self._accumulate_rl([(e, a) for k, e, a in mb if k == "rl"], b, sums, acting)
+        loss += self._accumulate_sft([e for k, e, _ in mb if k == "sft"], b, sums)
+        return loss, sums
+
+    def _accumulate_rl(self, rl: list[tuple[Episode, float]], b: int, sums: dict, acting: list | None) -> float:
+        """The GRPO terms: every chunk with its trajectory's advantage and weight 1 / (executed tokens x b)."""
+        cfg, model, batch, dev = self.cfg, self.runtime.model, self.runtime.batch, self.runtime.device
+        chunks, total = [], 0.0
+        for e, a in rl:
             n_exec = max(sum(int(s.executed.sum()) for s in e.steps), 1)
             chunks += [(s, a, 1.0 / (n_exec * b), _step_version(e, s) == self.version) for s in e.steps]
-        for i in range(0, len(chunks), m):
-            part = chunks[i: i + m]
+        for i in range(0, len(chunks), cfg.micro_batch_chunks):
+            part = chunks[i: i + cfg.micro_batch_chunks]
             logp = model.token_logprobs(batch([s.observation for s, *_ in part]),
                                         torch.from_numpy(np.stack([s.tokens for s, *_ in part])), cfg.temperature)
             old = torch.from_numpy(np.stack([s.logprobs for s, *_ in part])).to(dev)
@@ -283,27 +287,31 @@ class Learner:
             loss, st = grpo_token_loss(logp, old, torch.tensor([a for _, a, *_ in part]), weight,
                                        cfg.clip_ratio_low, cfg.clip_ratio_high)
             loss.backward()
-            loss_total += float(loss.detach())
+            total += float(loss.detach())
             for k in ("tokens", "clipped", "kl_sum"):
                 sums[k] += st[k]
             sums["micro_batches"] += 1
             if acting is not None:
                 mine = executed & torch.tensor([own for *_, own in part])[:, None]
                 acting.append((torch.exp(logp.detach() - old)[mine.to(dev)] - 1.0).float().cpu())
-        # SFT (hybrid): sft_coef x (its trajectories / b) x the mean cross-entropy over all its tokens
-        demo_steps = [s for _, e, _ in (x for x in mb if x[0] == "sft") for s in e.steps]
-        n_sft = sum(1 for x in mb if x[0] == "sft")
-        n_tok = sum(int(np.size(s.tokens)) for s in demo_steps)
-        for i in range(0, len(demo_steps), m):
-            part = demo_steps[i: i + m]
+        return total
+
+    def _accumulate_sft(self, demos: list[Episode], b: int, sums: dict) -> float:
+        """Hybrid: sft_coef x len(demos) / b x the mean cross-entropy over all the demonstrations' tokens."""
+        cfg, model, batch = self.cfg, self.runtime.model, self.runtime.batch
+        steps = [s for e in demos for s in e.steps]
+        n_tok = sum(int(np.size(s.tokens)) for s in steps)
+        total = 0.0
+        for i in range(0, len(steps), cfg.micro_batch_chunks):
+            part = steps[i: i + cfg.micro_batch_chunks]
             ce = model.sft_loss(batch([s.observation for s in part]), torch.from_numpy(np.stack([s.tokens for s in part])),
                                 reduction="sum", vocab="bins")
-            loss = ce * (cfg.sft_coef * n_sft / b / n_tok)
+            loss = ce * (cfg.sft_coef * len(demos) / b / n_tok)
             loss.backward()
-            loss_total += float(loss.detach())
+            total += float(loss.detach())
             sums["micro_batches"] += 1
-        sums["sft_tokens"] = float(n_tok)
-        return loss_total, sums
+        sums["sft_tokens"] += float(n_tok)
+        return total
 
     def _check_on_policy(self, ratio: dict) -> None:
         """The learner at the acting version must reproduce the behaviour log-probs; say why if not."""
