@@ -375,3 +375,15 @@ def test_a_group_completes_without_its_refused_members(runtime):
     assert stats["episodes"] == 3 and learner.version == 1 and learner.skipped["intervened"] == 1
     assert group[1].episode_id in learner.consumed  # decided: a restart does not count it into a later group
     assert not learner.refused and not learner.groups
+
+
+def test_an_update_without_a_step_still_reports_the_on_policy_check(runtime):
+    """A group that never succeeds (no demonstrations to learn from) makes no optimiser step; the
+    person running the robot must still see that the learner reproduces the acting log-probs."""
+    rng = np.random.default_rng(11)
+    learner = Learner(runtime, preset("tiny", group_size=4, mode="hybrid"))
+    for e in make_group(runtime, 0, [0, 0, 0, 0], rng):
+        learner.add(e)
+    stats = learner.step()
+    assert stats["opt_steps"] == 0 and learner.version == 0
+    assert stats["ratio_acting"]["n"] == 4 * (48 + 18) and stats["ratio_acting"]["median_abs"] < 1e-4

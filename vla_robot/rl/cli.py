@@ -241,6 +241,9 @@ def learn(args: argparse.Namespace) -> int:
           f"group(s) of group_size={cfg.group_size} episodes (the episode manager's scheduler must use group_size "
           f"{cfg.group_size} too); {args.dtype} on {args.device}, temperature {cfg.temperature:g}, "
           f"intervened episodes: {cfg.intervened}", flush=True)
+    if cfg.mode == "hybrid" and not args.demos:
+        print("learn: mode hybrid without --demos: a group that never succeeds is skipped (give --demos DIR, "
+              "teleop demonstrations, to learn from them instead)", flush=True)
     t0 = time.monotonic()
     try:
         if not _wait_for_dataset(Path(args.dataset), args.idle_timeout):

@@ -187,6 +187,10 @@ class Learner:
                     pick = torch.randint(len(pool), (n,), generator=self.generator).tolist()
                     sft_items += [pool[j] for j in pick]
         stats = self._optimise(rl_items, sft_items)
+        if not stats["opt_steps"] and episodes:
+            # no step (every group dropped): the check still runs, on what the first mini-batch would be
+            stats["ratio_acting"] = self.acting_ratio(episodes[: self.cfg.mini_batch_size])
+            self._check_on_policy(stats["ratio_acting"])
         for e in episodes:
             self.consumed.add(e.episode_id)
         if stats["opt_steps"]:  # a new policy version
@@ -312,6 +316,22 @@ class Learner:
             sums["micro_batches"] += 1
         sums["sft_tokens"] += float(n_tok)
         return total
+
+    def acting_ratio(self, episodes: Sequence[Episode]) -> dict:
+        """``ratio_acting`` of the executed tokens of ``episodes`` that this version sampled, at the
+        current weights, without training."""
+        model, batch, dev, m = self.runtime.model, self.runtime.batch, self.runtime.device, self.cfg.micro_batch_chunks
+        steps = [s for e in episodes for s in e.steps if _step_version(e, s) == self.version]
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(steps), m):
+                part = steps[i: i + m]
+                logp = model.token_logprobs(batch([s.observation for s in part]),
+                                            torch.from_numpy(np.stack([s.tokens for s in part])), self.cfg.temperature)
+                old = torch.from_numpy(np.stack([s.logprobs for s in part])).to(dev)
+                executed = torch.from_numpy(np.stack([s.executed for s in part])).to(dev)
+                out.append((torch.exp(logp - old)[executed] - 1.0).float().cpu())
+        return ratio_summary(out)
 
     def _check_on_policy(self, ratio: dict) -> None:
         """The learner at the acting version must reproduce the behaviour log-probs; say why if not."""
