@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     horizon_s = args.horizon * DT
     jobs = [(s, e, seed) for s in SCENARIOS for e in EXECUTORS for seed in range(args.seeds)]
     results: dict = {}
-    for scen, ex, seed in tqdm(jobs, desc="runs", leave=False):
+    for scen, ex, seed in tqdm(jobs, desc="runs", leave=False, disable=None):
         results.setdefault((scen, ex), []).append(run(EXECUTORS[ex], SCENARIOS[scen], args.horizon, seed))
 
     print(f"\nchunk executors at {HZ:.0f} Hz, horizon {args.horizon} actions = {horizon_s * 1e3:.0f} ms, "

@@ -44,7 +44,7 @@ def timed(fn, iters, device, label):
     for _ in range(3):
         fn()
     times = []
-    for _ in tqdm(range(iters), desc=label, leave=False):
+    for _ in tqdm(range(iters), desc=label, leave=False, disable=None):
         sync(device)
         t0 = time.perf_counter()
         fn()

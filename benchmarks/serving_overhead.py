@@ -157,7 +157,7 @@ def bench_ours(port: int, n: int, meta_out: dict) -> tuple[list, list]:
         for _ in range(20):
             c.act(obs)
         over, model, inside = [], [], []
-        for _ in tqdm(range(n), desc="ours (ZMQ)", leave=False):
+        for _ in tqdm(range(n), desc="ours (ZMQ)", leave=False, disable=None):
             t0 = time.perf_counter()
             out = c.act(obs)
             rtt = (time.perf_counter() - t0) * 1e3
@@ -178,7 +178,7 @@ def bench_echo(port: int, n: int, meta: dict, sleep_ms: float) -> list:
     sock.connect(f"tcp://127.0.0.1:{port}")
     frames = protocol.pack(protocol.request("act", 1, observation(meta)))
     over = []
-    for i in tqdm(range(n + 20), desc="bare ZMQ floor", leave=False):
+    for i in tqdm(range(n + 20), desc="bare ZMQ floor", leave=False, disable=None):
         t0 = time.perf_counter()
         sock.send_multipart(frames, copy=False)
         sock.recv_multipart()
@@ -204,7 +204,7 @@ def bench_oft(port: int, n: int, meta: dict, session: bool) -> tuple[list, list]
     for _ in range(10):
         post(url, json=payload).json()
     over, model = [], []
-    for _ in tqdm(range(n), desc="OFT-style" + (" (session)" if session else ""), leave=False):
+    for _ in tqdm(range(n), desc="OFT-style" + (" (session)" if session else ""), leave=False, disable=None):
         t0 = time.perf_counter()
         r = post(url, json=payload)
         actions = r.json()

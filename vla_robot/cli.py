@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command -> (module:function, one-line help, the issue that builds it)
@@ -27,6 +28,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "twin": ("vla_robot.twin.cli:twin", "MuJoCo digital twin: view, mirror, bench, sysid"),
     "calibrate": ("vla_robot.calibration.cli:calibrate", "camera intrinsics and hand-eye calibration"),
 }
+
+
+# commands that may build the MuJoCo twin or render a scene (calibrate capture --arm sim): they need an
+# OpenGL platform chosen before mujoco is imported, or stop with "an OpenGL platform library has not been loaded"
+TWIN_COMMANDS = frozenset({"launch", "record", "evaluate", "rl-finetune", "rehearse", "twin", "calibrate"})
+
+
+def headless_gl(command: str | None) -> None:
+    """Choose MUJOCO_GL=egl (headless rendering, with or without a display) for a twin command, unless the
+    user chose a backend. The one place that does it; node processes started from here inherit it."""
+    if command in TWIN_COMMANDS:
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
+            os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 
 def _resolve(command: str):
@@ -61,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
         command = None
+    headless_gl(command)  # before any module that may import mujoco
     parser = build_parser(command)
     args = parser.parse_args(argv)
     if args.command is None:

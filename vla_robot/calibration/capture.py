@@ -154,7 +154,7 @@ def capture_views(
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, total=len(targets), desc="capturing", unit="view")
+        iterator = tqdm(iterator, total=len(targets), desc="capturing", unit="view", disable=None)
     for i, target in iterator:
         if not _move_to(arm, target, tolerance, timeout_s, command_hz):
             q, _, _ = arm.read()

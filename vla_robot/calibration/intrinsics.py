@@ -118,7 +118,7 @@ def calibrate_intrinsics(
     if progress:
         from tqdm import tqdm
 
-        items = tqdm(items, total=len(images), desc="detecting board", unit="img")
+        items = tqdm(items, total=len(images), desc="detecting board", unit="img", disable=None)
     for name, img in items:
         if img is None:
             rejected[name] = "unreadable image file"

@@ -119,7 +119,7 @@ def _run(graph_name: str, args, serve_policy: str | None, expert: bool) -> tuple
             runner.nodes[helper.get_name()] = helper  # the runner shuts it down with the graph
             runner.executor.add_node(helper)
         print("waiting for the cameras and joint states, opening the dataset ...", file=sys.stderr)
-        bar = tqdm(total=args.episodes, desc=graph_name, unit="episode")
+        bar = tqdm(total=args.episodes, desc=graph_name, unit="episode", disable=None)
 
         def shown(results, rec):
             s = rec.stats if rec is not None else None

@@ -106,7 +106,7 @@ def verify(root: str | Path, decode: bool = True, progress: bool = False) -> Ver
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, desc="verify", unit="episode")
+        iterator = tqdm(iterator, desc="verify", unit="episode", disable=None)
     for pos in iterator:
         ep = eps[pos]
         i, n = int(ep["episode_index"]), int(ep["length"])

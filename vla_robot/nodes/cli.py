@@ -102,7 +102,7 @@ def launch(args: argparse.Namespace) -> int:
 def _run_episodes(runner, args) -> int:
     from tqdm import tqdm
 
-    bar = tqdm(total=args.episodes, desc=f"{args.graph} episodes", unit="ep")
+    bar = tqdm(total=args.episodes, desc=f"{args.graph} episodes", unit="ep", disable=None)
     results: list = []
     deadline = time.monotonic() + args.timeout
     while len(results) < args.episodes and time.monotonic() < deadline:

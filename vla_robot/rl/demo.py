@@ -227,14 +227,14 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
 
     # 1-2. demonstrations and SFT warm-up
     t0 = time.perf_counter()
-    with tqdm(total=cfg.demos, desc="expert demos", unit="ep", disable=not cfg.progress) as bar:
+    with tqdm(total=cfg.demos, desc="expert demos", unit="ep", disable=None if cfg.progress else True) as bar:
         demos = collect_demos(envs[0], range(cfg.seed * 10_000, cfg.seed * 10_000 + cfg.demos), bar)
     demos = [d for d in demos if d["success"]]
     if not demos:
         raise RuntimeError("the scripted expert succeeded in none of the demonstration episodes; check the twin task")
     timings["demos_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with tqdm(total=cfg.sft_steps, desc="SFT warm-up", unit="step", disable=not cfg.progress) as bar:
+    with tqdm(total=cfg.sft_steps, desc="SFT warm-up", unit="step", disable=None if cfg.progress else True) as bar:
         sft_losses = sft_warmup(runtime, demos, cfg.sft_steps, cfg.sft_batch, cfg.sft_lr, cfg.seed, bar)
     timings["sft_s"] = time.perf_counter() - t0
     log(f"SFT: {len(demos)} demonstrations, loss {sft_losses[0]:.3f} -> {np.mean(sft_losses[-20:]):.3f} "
@@ -262,7 +262,7 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     def evaluate_both(when: str) -> tuple[list[Episode], list[Episode]]:
         """The headline evaluation and the extra one, on the held-out starts with the same sampling seeds."""
         t0 = time.perf_counter()
-        with tqdm(total=len(eval_seeds), desc=f"eval {when} RL", unit="ep", disable=not cfg.progress) as bar:
+        with tqdm(total=len(eval_seeds), desc=f"eval {when} RL", unit="ep", disable=None if cfg.progress else True) as bar:
             main = evaluate(envs, policy, eval_seeds, cfg.eval_mode, cfg.temperature, bar, sample_seed=cfg.seed,
                             safety=safety)
         extra = (evaluate(envs, policy, eval_seeds, cfg.extra_eval_mode, cfg.temperature, sample_seed=cfg.seed,
@@ -310,7 +310,7 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
         t0 = time.perf_counter()
         episodes = []
         for _ in tqdm(range(cfg.groups_per_round), desc=f"round {r + 1}/{cfg.rounds} rollouts", unit="group",
-                      disable=not cfg.progress):
+                      disable=None if cfg.progress else True):
             episodes += rollout_group(envs, policy, train_seed, mode="sample", temperature=cfg.temperature,
                                       safety=safety)
             train_seed += 1
@@ -338,7 +338,7 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, policy_factory: Callable 
     versions_served = sorted({e.version for e in after})
     graph = None
     if server is not None and cfg.graph_episodes:
-        with tqdm(total=1, desc="ROS graph episodes", unit="run", disable=not cfg.progress) as bar:
+        with tqdm(total=1, desc="ROS graph episodes", unit="run", disable=None if cfg.progress else True) as bar:
             graph = graph_episodes(cfg, server.address, out / "dataset", EVAL_SEED_OFFSET // 2 + cfg.seed * 10_000,
                                    runtime.metadata["action_dim"])
             bar.update(1)

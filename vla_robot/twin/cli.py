@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -59,7 +58,6 @@ def twin_args(parser: argparse.ArgumentParser) -> None:
 
 
 def twin(args: argparse.Namespace) -> int:
-    os.environ.setdefault("MUJOCO_GL", "egl")
     action = getattr(args, "action", None)
     if action is None:
         print(__doc__.strip())

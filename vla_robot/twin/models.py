@@ -109,7 +109,7 @@ def build_reduced_meshes(robot: str, ratio: float = 12.0, min_faces: int = 300, 
     if progress:
         from tqdm import tqdm
 
-        files = tqdm(files, desc=f"reducing {robot} meshes", unit="mesh")
+        files = tqdm(files, desc=f"reducing {robot} meshes", unit="mesh", disable=None)
     written = []
     for src in files:
         v, f = read_mesh(src)
