@@ -26,6 +26,43 @@ def _fmt(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
 
 
+def available_memory_bytes(device: str) -> int | None:
+    """Free memory where the model would be loaded: a CUDA device's free memory, else the host's
+    MemAvailable (Linux). None when it cannot be told (then nothing is refused)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def memory_refusal(name: str, n_params: int, device: str, dtype: str, available: int | None) -> str | None:
+    """Why loading ``n_params`` on ``device`` would not fit, with the fix; None when it fits or cannot be told.
+
+    The need is the weights alone (a preset on the CPU is built in float32, then cast) plus 10 % and
+    1 GiB for activations and the interpreter: the kernel kills a process that asks for more, silently."""
+    if available is None:
+        return None
+    per_param = 4 if device == "cpu" or dtype == "float32" else 2
+    need = int(n_params * per_param * 1.1) + 2**30
+    if need <= available:
+        return None
+    gib = 2**30
+    return (f"{name} needs about {need / gib:.1f} GiB to load on {device} ({n_params / 1e9:.2f} B parameters x "
+            f"{per_param} bytes, plus headroom); {available / gib:.1f} GiB is available, so it was not loaded. "
+            f"Use --no-forward to describe it without loading it, or --device cuda --dtype bfloat16 on a GPU "
+            f"with that much free memory.")
+
+
 def policy(args: argparse.Namespace) -> int:
     if getattr(args, "policy_command", None) != "inspect":
         print("usage: vla-robot policy inspect DIR | --preset NAME", file=sys.stderr)
@@ -43,6 +80,12 @@ def policy(args: argparse.Namespace) -> int:
             cfg = read_model_config(args.checkpoint) if args.checkpoint else load_preset(args.preset)
             model, runtime = build_model(cfg, device="meta"), None
         else:
+            cfg = read_model_config(args.checkpoint) if args.checkpoint else load_preset(args.preset)
+            n_params = _count(build_model(cfg, device="meta"))  # no memory: shapes only
+            refusal = memory_refusal(cfg.name, n_params, args.device, args.dtype, available_memory_bytes(args.device))
+            if refusal:
+                print(f"vla-robot policy inspect: {refusal}", file=sys.stderr)
+                return 1
             t0 = time.perf_counter()
             runtime = load_policy(preset=args.preset, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
                                   seed=args.seed, norm_key=args.norm_key)

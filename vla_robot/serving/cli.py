@@ -73,8 +73,14 @@ def serve(args: argparse.Namespace) -> int:
     from vla_robot.policy import load_policy
     from vla_robot.serving.server import PolicyServer
 
-    runtime = load_policy(preset=args.preset, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
-                          seed=args.seed)
+    try:
+        runtime = load_policy(preset=args.preset, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
+                              seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError: the message says what is wrong
+        hint = ("; --checkpoint takes a folder in the OpenVLA-OFT layout (config.json, safetensors, "
+                "dataset_statistics.json), or serve a preset with --preset tiny") if args.checkpoint else ""
+        print(f"vla-robot serve: {e}{hint}", file=sys.stderr)
+        return 2
     try:
         server = PolicyServer(
             runtime, bind=cfg.bind, weights_bind=cfg.weights_bind or None, max_batch=cfg.max_batch,
