@@ -17,7 +17,8 @@ the on-policy ratio of each update, success per version) and writes ``OUT/report
 
 The served policy starts from ``--checkpoint``, or from the tiny preset warmed up on the twin's
 scripted demonstrations (made once, kept in ``OUT/warm``), so that some episodes succeed and GRPO
-groups carry a signal.
+groups carry a signal; the learner then also gets those demonstrations (``--demos``) for the hybrid
+loss, as a user gives it their teleop demonstrations.
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def rehearse_args(parser: argparse.ArgumentParser) -> None:
 def rehearse(args: argparse.Namespace) -> int:
     from vla_robot.config import ConfigError
 
+    os.environ.setdefault("MUJOCO_GL", "egl")  # the warm-up renders the twin in this process
     if args.minutes <= 0:
         print(f"vla-robot rehearse: --minutes must be > 0, got {args.minutes}", file=sys.stderr)
         return 2
@@ -97,34 +99,45 @@ class Session:
     def run(self, seconds: float) -> dict:
         from tqdm import tqdm
 
-        checkpoint = self.args.checkpoint or warm_checkpoint(self.out / "warm", seed=self.args.seed)
-        port, weights_port = free_port(), free_port()
-        server = f"tcp://127.0.0.1:{port}"
-        weights = f"tcp://127.0.0.1:{weights_port}"
+        if self.args.checkpoint:
+            checkpoint, demos = Path(self.args.checkpoint), None
+        else:
+            checkpoint, demos = warm_start(self.out / "warm", seed=self.args.seed)
+        server = f"tcp://127.0.0.1:{free_port()}"
+        weights = f"tcp://127.0.0.1:{free_port()}"
         t0 = time.time()
         try:
             self._spawn("server", ["serve", "--checkpoint", str(checkpoint), "--bind", server,
                                    "--weights-bind", weights, "--http-port", "-1"])
+            wait_for_server(server, self.procs["server"], self.logs / "server.log")
+            t0 = time.time()  # the session starts once the policy answers, as a person starts when it is up
             self.graph = self._graph(server).start()
+            # the learner stands for the GPU box: here it shares the robot PC's cores, at a lower priority
             self._spawn("learner", ["learn", "--dataset", str(self.out / "dataset"), "--weights", weights,
                                     "--checkpoint", str(checkpoint), "--preset", self.args.learner_preset,
-                                    "--out", str(self.out / "learner"), *self.args.learn_arg])
-            with tqdm(total=int(seconds), desc="rehearsal", unit="s") as bar:
+                                    "--out", str(self.out / "learner"),
+                                    *(["--demos", str(demos)] if demos else []), *self.args.learn_arg], nice=10)
+            with tqdm(total=int(seconds), desc="rehearsal", unit="s", disable=None) as bar:
+                minute = 0
                 while time.time() - t0 < seconds:
                     time.sleep(min(5.0, max(0.0, seconds - (time.time() - t0))))
-                    bar.n = int(time.time() - t0)
-                    bar.set_postfix(self._progress(), refresh=True)
+                    bar.n, progress = int(time.time() - t0), self._progress()
+                    bar.set_postfix(progress, refresh=True)
+                    if bar.disable and bar.n // 60 > minute:  # no terminal: a line a minute instead of a bar
+                        minute = bar.n // 60
+                        print(f"rehearsal: {minute} min, {progress}", flush=True)
         finally:
             codes = self._stop()
         report = summarize(self.out, codes, time.time() - t0, self.env["ROS_DOMAIN_ID"])
         (self.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
         return report
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], nice: int = 0) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "vla_robot.cli", *argv], stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env={**os.environ, **self.env}, start_new_session=True)
+                                            env={**os.environ, **self.env}, start_new_session=True,
+                                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
         log.close()
 
     def _graph(self, server: str):
@@ -189,10 +202,35 @@ def standin_graph(server: str, out: Path, overrides: dict, labels: str = "twin",
             for s in specs]
 
 
-def warm_checkpoint(folder: Path, seed: int = 0) -> Path:
-    """The tiny preset after the demo's SFT warm-up on the twin's scripted demonstrations (made once)."""
-    if (folder / "config.json").is_file():
-        return folder
+def wait_for_server(address: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300.0) -> None:
+    """Until the server at ``address`` answers (it loads the policy first); its log if it died instead."""
+    from vla_robot.serving.client import PolicyClient, PolicyTimeout
+
+    deadline = time.monotonic() + timeout_s
+    with PolicyClient(address, timeout_s=2.0) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the policy server exited ({proc.returncode}):\n{log.read_text()[-2000:]}")
+            try:
+                client.metadata(timeout_s=2.0)
+                return
+            except PolicyTimeout:
+                pass
+    raise RuntimeError(f"the policy server at {address} did not answer within {timeout_s:.0f} s; see {log}")
+
+
+def warm_start(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """The tiny preset after the demo's SFT warm-up, and its demonstrations as a LeRobotDataset (made once).
+
+    The twin's scripted expert stands in for a person's teleoperated demonstrations (what
+    `vla-robot record` records on a robot). The learner gets them too (``--demos``): the tiny preset
+    learns in hybrid mode, where a group that never succeeds trains on the demonstrations instead.
+    """
+    checkpoint, demos_root = folder / "checkpoint", folder / "demos"
+    if (checkpoint / "config.json").is_file() and demos_root.is_dir():
+        return checkpoint, demos_root
+    import shutil
+
     import torch
     from tqdm import tqdm
 
@@ -201,19 +239,35 @@ def warm_checkpoint(folder: Path, seed: int = 0) -> Path:
     from vla_robot.rl.demo import collect_demos, sft_warmup
     from vla_robot.twin import make_env
 
+    shutil.rmtree(folder, ignore_errors=True)  # a warm-up cut off half-way
     cfg = RLFinetuneConfig(seed=seed)
     torch.manual_seed(seed)
     env = make_env(cfg.task, seed=seed, image_size=(cfg.image_size, cfg.image_size), episode_s=cfg.episode_s,
                    cubes=cfg.cubes)
     runtime = load_policy(preset="tiny", seed=seed)
-    with tqdm(total=cfg.demos, desc="warm-up: expert demos", unit="ep") as bar:
+    with tqdm(total=cfg.demos, desc="warm-up: expert demos", unit="ep", disable=None) as bar:
         demos = [d for d in collect_demos(env, range(seed * 10_000, seed * 10_000 + cfg.demos), bar) if d["success"]]
-    with tqdm(total=cfg.sft_steps, desc="warm-up: SFT", unit="step") as bar:
+    with tqdm(total=cfg.sft_steps, desc="warm-up: SFT", unit="step", disable=None) as bar:
         sft_warmup(runtime, demos, cfg.sft_steps, cfg.sft_batch, cfg.sft_lr, seed, bar)
-    tmp = folder.with_name(folder.name + ".tmp")
-    save_checkpoint(runtime, tmp)
-    tmp.rename(folder)
-    return folder
+    write_demonstrations(demos, demos_root, list(env.robot.joint_names))
+    save_checkpoint(runtime, checkpoint)
+    return checkpoint, demos_root
+
+
+def write_demonstrations(demos: list[dict], root: Path, joint_names: list[str]) -> None:
+    """Scripted-expert episodes into a LeRobotDataset, as teleop demonstrations (control = teleop)."""
+    from vla_robot.data import Recorder
+    from vla_robot.data.schema import CONTROL_TELEOP, Schema
+
+    first = demos[0]["observations"][0]
+    schema = Schema({c: img.shape[:2] for c, img in first["images"].items()}, joint_names, joint_names)
+    with Recorder(root, schema, repo_id="local/standin_demos", robot_type="so101") as rec:
+        for d in demos:
+            rec.start_episode(first["instruction"], start_condition=d["start"])
+            for obs, action in zip(d["observations"], d["actions"]):
+                while not rec.add_frame(obs["images"], obs["state"], action, control=CONTROL_TELEOP):
+                    time.sleep(0.01)  # the writer is behind: this is no robot, wait for it
+            rec.save_episode("success")
 
 
 def free_port() -> int:
@@ -263,9 +317,13 @@ def summarize(out: Path, codes: dict[str, int], seconds: float, domain: str) -> 
         "labels": dict(Counter(e["label"] for e in saves)),
         "saved_episodes": len(journal),
         "dropped_frames": sum(r.dropped_frames for r in journal),
+        # the rate the graph held: recorded frames (one per arm command) per second of episode
+        "recorded_hz": _median([r.length / r.duration_s for r in journal if r.duration_s > 0.5]),
         "recorder_meta": _sum_meta(journal),
+        # an update that changed nothing (every group dropped, no demonstrations for an all-fail group) is no update
         "updates": [{k: u.get(k) for k in ("version", "episodes", "groups", "success", "ratio_acting", "seconds")}
-                    for u in updates],
+                    for u in updates if u.get("opt_steps")],
+        "batches_without_update": sum(not u.get("opt_steps") for u in updates),
         "versions_acting": sorted(first_seen),
         "first_episode_of_version": first_seen,
         "success_by_version": {v: {"episodes": len(s), "successes": int(sum(s))} for v, s in sorted(by_version.items())},
@@ -274,12 +332,17 @@ def summarize(out: Path, codes: dict[str, int], seconds: float, domain: str) -> 
     }
 
 
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else None
+
+
 def _sum_meta(journal) -> dict:
     """Integer counters the recorder keeps per episode in its journal meta (lost chunks and the like)."""
     total: Counter = Counter()
     for r in journal:
         for k, v in (r.meta or {}).items():
-            if isinstance(v, int) and not isinstance(v, bool):
+            if isinstance(v, int) and not isinstance(v, bool) and k != "episode":
                 total[k] += v
     return dict(total)
 
@@ -290,9 +353,11 @@ def format_report(r: dict) -> str:
              f"  faults          {len(r['faults'])} ({100 * r['fault_fraction']:.1f}%)"
              + (f": {Counter(r['faults']).most_common(2)}" if r["faults"] else ""),
              f"  labels          {r['labels']}",
-             f"  saved episodes  {r['saved_episodes']}, dropped frames {r['dropped_frames']}"
+             f"  saved episodes  {r['saved_episodes']}, dropped frames {r['dropped_frames']}, "
+             f"recorded at {r['recorded_hz'] or 0:.1f} Hz (median)"
              + (f", {r['recorder_meta']}" if r["recorder_meta"] else ""),
-             f"  updates         {len(r['updates'])}"]
+             f"  updates         {len(r['updates'])}"
+             + (f" ({r['batches_without_update']} batch(es) of groups gave no update)" if r["batches_without_update"] else "")]
     for u in r["updates"]:
         ra = u.get("ratio_acting") or {}
         ratio = (f"|r-1| median {ra.get('median_abs', float('nan')):.2e}, mean {ra.get('mean_abs', float('nan')):.2e} "
@@ -308,4 +373,4 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["rehearse_args", "rehearse", "standin_graph", "summarize", "format_report", "warm_checkpoint"]
+__all__ = ["rehearse_args", "rehearse", "standin_graph", "summarize", "format_report", "warm_start"]

@@ -10,8 +10,9 @@ manager never sees those. Each action comes after a human-like delay drawn from
 
 * idle: press start; on ``reset`` of episode N, wait for the scene, then press start again;
 * running: when the task succeeds, press stop (a person does not wait out a finished episode);
-* ended: label it success if the task succeeded during it, failure otherwise, and discard it if it
-  ended by a fault (a person who saw the arm freeze does not reward or punish it).
+* ended: label it success if the task succeeded during it, failure otherwise; if it ended by a
+  fault, press start without a label (a person who saw the arm freeze neither rewards nor punishes
+  it: the manager keeps it unlabelled, never trained on).
 
 Every episode event and every action goes, one JSON object per line, to ``log`` (the rehearsal's
 report reads it). ``labels: alternate`` labels success and failure in turn whatever happened: for
@@ -31,10 +32,6 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from vla_robot.nodes import common, convert
-
-SCENE_READY = "scene/ready"
-SCENE_SUCCESS = "scene/success"
-EPISODE_LABEL = "episode/label"
 
 
 @dataclass
@@ -71,11 +68,12 @@ class StandinPerson(common.ConfiguredNode):
         srv = f"/{cfg.manager}"
         self.start_cli = self.create_client(Trigger, f"{srv}/start", callback_group=cb)
         self.stop_cli = self.create_client(Trigger, f"{srv}/stop", callback_group=cb)
-        self.label_pub = self.create_publisher(String, EPISODE_LABEL, common.EVENT_QOS)
+        self.label_pub = self.create_publisher(String, common.EPISODE_LABEL, common.EVENT_QOS)
         self.create_subscription(String, common.EPISODE_EVENTS, self._on_event, common.EPISODE_EVENT_QOS,
                                  callback_group=cb)
-        self.create_subscription(String, SCENE_READY, self._on_ready, common.EVENT_QOS, callback_group=cb)
-        self.create_subscription(Bool, SCENE_SUCCESS, self._on_success, common.STATE_QOS, callback_group=cb)
+        self.create_subscription(String, common.SCENE_READY, self._on_ready, common.LATCHED_QOS,
+                                 callback_group=cb)
+        self.create_subscription(Bool, common.SCENE_SUCCESS, self._on_success, common.STATE_QOS, callback_group=cb)
         self.create_timer(0.05, self._on_timer, callback_group=cb)
 
     def _delay(self) -> float:
@@ -102,8 +100,9 @@ class StandinPerson(common.ConfiguredNode):
                 self._due = None
             elif t == "end" and n == self.episode:
                 self.state = "ended"
+                # a fault: leave it unlabelled (the manager keeps it, never trained on) and go on
                 fault = ev.get("reason") == "fault"
-                self._due = (time.monotonic() + self._delay(), "discard" if fault else "label")
+                self._due = (time.monotonic() + self._delay(), "start" if fault else "label")
             elif t in ("save", "discard") and n == self.episode:
                 self.state = "idle"
                 self._due = (time.monotonic() + self._delay(), "start")
@@ -111,7 +110,7 @@ class StandinPerson(common.ConfiguredNode):
                 self.state, self._due = "done", None
 
     def _on_ready(self, msg: String) -> None:
-        info = convert.msg_to_event(msg)
+        info = json.loads(msg.data)
         with self._lock:
             self.ready.add(int(info.get("episode", -1)))
             if self.state == "resetting" and info.get("episode") == self.episode and self._due is None:
@@ -135,9 +134,9 @@ class StandinPerson(common.ConfiguredNode):
             self._call(self.start_cli, action, episode)
         elif action == "stop":
             self._call(self.stop_cli, action, episode)
-        elif action in ("label", "discard"):
-            label = "discard" if action == "discard" else self._label(succeeded)
-            self.label_pub.publish(convert.event_to_msg({"episode": episode, "label": label}))
+        elif action == "label":
+            label = self._label(succeeded)
+            self.label_pub.publish(String(data=json.dumps({"episode": episode, "label": label})))
             self.labelled += 1
             self._write({"action": "label", "episode": episode, "label": label})
 
