@@ -111,31 +111,32 @@ def test_messages_while_the_dataset_opens_are_replayed_in_order(tmp_path):
 def test_records_are_kept_whatever_their_arrival_order_and_masks_mark_what_ran(tmp_path):
     """The policy node tags each command with (chunk, action index). An executor that drops the
     actions whose time has passed starts a chunk at index 1: only the actions that ran are marked
-    executed. A chunk's record that arrives after its first commands (or after the episode's end,
-    before its save) is kept all the same; one that comes after the save belongs to no episode."""
+    executed. A chunk's record travels on its own topic: it is kept whether it comes before the
+    episode's start, after the chunk's first commands, or (up to a grace period) after the save."""
     root = tmp_path / "ds"
     s = RecordingSession(lambda schema: Recorder(root, schema), ["front"], joint_names=NAMES)
     img = np.zeros((16, 24, 3), np.uint8)
     s.on_image("front", img, 0.0)
     s.on_joint_state(NAMES, np.zeros(2), 0.0, now=0.0)
     assert s.ready.wait(60)
+    s.on_record(chunk_record(9, horizon=3))  # of no episode: never claimed
+    s.on_record(chunk_record(1, horizon=3))  # before the start event reached the recorder
     s.on_event({"type": "start", "episode": 0, "instruction": "wave"})
     s.on_chunk(1, 0, obs_stamp=0.0, now=0.1)  # a chunk of 3 actions x 2 dims
     for step in (1, 2):  # action 0 was already in the past when the chunk arrived
         assert s.on_command(np.zeros(2), 0.1 * step, "policy", 0.2 * step, chunk=(1, step))
-    s.on_record(chunk_record(1, horizon=3))  # after the commands that execute it: kept
     s.on_chunk(2, 0, obs_stamp=0.2, now=0.5)  # the next chunk arrived; the arm follows it from index 0
-    s.on_record(chunk_record(2, horizon=3))
     assert s.on_command(np.zeros(2), 0.3, "policy", 0.6, chunk=(2, 0))
-    s.on_event({"type": "end", "episode": 0})
     s.on_record(chunk_record(3, horizon=3))  # sampled, never executed: on disk, not trained on
+    s.on_event({"type": "end", "episode": 0})
     s.on_event({"type": "save", "episode": 0, "label": "success"})
-    s.on_record(chunk_record(4, horizon=3))  # after the save: no episode to keep it
+    s.on_record(chunk_record(2, horizon=3))  # after the save (within the grace period): still kept
     s.close()
-    assert s.records_outside == 1
+    assert s.records_outside == 3
     f = load_episode(root, 0).frames
     assert f["action.chunk_id"].tolist() == [1, 1, 2] and f["action.chunk_step"].tolist() == [1, 2, 0]
     assert [c["chunk_id"] for c in records.read_episode(records.episode_path(root, 0))["chunks"]] == [1, 2, 3]
+    assert read_journal(root)[0].meta["chunks_without_record"] == 0
     steps = to_learner_episode(load_episode(root, 0), action_dim=2).steps
     assert [st.tokens[0] for st in steps] == [100, 200]  # chunk 3 ran no action: left out
     assert steps[0].executed.tolist() == [False, False, True, True, True, True]  # actions 1 and 2 of chunk 1

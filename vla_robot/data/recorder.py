@@ -187,16 +187,19 @@ class Recorder:
         return True
 
     def save_episode(self, label: str | bool | None = "unlabelled", *, timeout_reached: bool = False,
-                     meta: dict | None = None, records: list[dict] | None = None, wait: bool = True,
+                     meta: dict | None = None, records=None, wait: bool = True,
                      timeout: float | None = None):
         """Label and save the open episode. With ``wait`` returns its :class:`EpisodeRecord` once it is
         durable; otherwise a ``concurrent.futures.Future`` of it. An empty episode is a ValueError.
 
         ``records``: the episode's on-policy chunk records (:func:`vla_robot.data.records.make_chunk`),
-        written losslessly to ``rl/episode_NNNNNN.msgpack`` and made durable together with the episode."""
+        written losslessly to ``rl/episode_NNNNNN.msgpack`` and made durable together with the episode;
+        or a callable that returns them, called on the writer thread once the episode's frames are written
+        (records that travel on another topic than the commands may still be on their way)."""
         value = S.label_value(label)
-        for c in records or ():
-            records_mod.check_chunk(c)
+        if not callable(records):
+            for c in records or ():
+                records_mod.check_chunk(c)
         if not self._episode_open:
             raise RuntimeError("save_episode() with no open episode: call start_episode() first")
         self._check_usable()
@@ -204,7 +207,8 @@ class Recorder:
             if self._stats.episode_frames == 0:
                 raise ValueError("cannot save an empty episode (no frame was recorded); discard_episode() it")
             fut: concurrent.futures.Future = concurrent.futures.Future()
-            self._items.append(("save", value, bool(timeout_reached), dict(meta or {}), list(records or ()),
+            self._items.append(("save", value, bool(timeout_reached), dict(meta or {}),
+                                records if callable(records) else list(records or ()),
                                 self._stats.episode_dropped, time.monotonic(), fut))
             self._cv.notify()
         self._episode_open = False
@@ -468,7 +472,7 @@ class Recorder:
         return {"onpolicy_chunks": len(chunks), "chunks_without_record": len(missing)}
 
     def _save(self, task: str, label: int, timed_out: bool, meta: dict, start_condition, dropped: int,
-              chunks: list[dict]) -> EpisodeRecord:
+              chunks) -> EpisodeRecord:
         ds = self._ds
         buf = ds.episode_buffer
         n = int(buf["size"])
@@ -482,6 +486,10 @@ class Recorder:
         buf[S.REWARD] = list(reward)
         buf[S.DONE] = list(done)
         control = np.concatenate(buf[S.CONTROL])
+        if callable(chunks):
+            chunks = chunks()
+            for c in chunks:
+                records_mod.check_chunk(c)
         if chunks:
             meta = {**meta, **self._write_records(chunks, index, n, np.concatenate(buf[S.CHUNK_ID]), control)}
         stamps = S.stamps_s(np.concatenate(buf[S.OBS_STAMP]))

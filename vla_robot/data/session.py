@@ -64,7 +64,13 @@ class RecordingSession:
         self._chunk_step = 0
         self._chunk_seen: set[int] = set()  # chunk ids that already have a frame in this episode
         self._records: dict[int, dict] = {}  # on-policy chunk records of the open episode, by chunk id
-        self.records_outside = 0  # records that arrived while no episode was open (belong to none: not saved)
+        # records that came while no episode was open: a record and the episode events travel on different
+        # topics from different nodes, so a chunk's record may come before its episode's start (or after its
+        # save); kept a while and claimed by chunk id when an episode whose frames executed it is saved
+        self._stray: collections.OrderedDict[int, dict] = collections.OrderedDict()
+        self.max_stray = 32  # records (real cameras: ~1.8 MB each)
+        self.record_grace_s = 1.0  # a saved episode waits this long for the records of its executed chunks
+        self.records_outside = 0  # records that came while no episode was open (most are claimed later)
         self._running = False
         self._open = False
         self._end_reason: str | None = None
@@ -149,10 +155,29 @@ class RecordingSession:
         with self._lock:
             if not self._open:
                 self.records_outside += 1
-                log.warning("recorder: on-policy record of chunk %d arrived while no episode was open; not saved "
-                            "(%d so far)", chunk["chunk_id"], self.records_outside)
+                self._stray[int(chunk["chunk_id"])] = chunk
+                while len(self._stray) > self.max_stray:
+                    self._stray.popitem(last=False)
                 return
             self._records[int(chunk["chunk_id"])] = chunk
+
+    def _claim_records(self, got: dict[int, dict], executed: set[int]):
+        """The records of a saved episode, for the recorder's writer thread to call once the episode's frames
+        are written: those that came while it was open, and, by chunk id, those of chunks it executed that
+        came outside it (before its start, or up to ``record_grace_s`` after its save)."""
+
+        def claim() -> list[dict]:
+            deadline = time.monotonic() + self.record_grace_s
+            while True:
+                with self._lock:
+                    for cid in [c for c in executed if c not in got and c in self._stray]:
+                        got[cid] = self._stray.pop(cid)
+                    done = executed <= set(got)
+                if done or time.monotonic() >= deadline:
+                    return list(got.values())
+                time.sleep(0.02)
+
+        return claim
 
     def on_command(self, q_target: np.ndarray, stamp: float, source: str, now: float,
                    chunk: tuple[int, int] | None = None) -> bool:
@@ -187,6 +212,7 @@ class RecordingSession:
                 elif self._chunk is not None and source == "policy":
                     cid, latency = self._chunk
                     kw["chunk_id"], kw["chunk_step"] = cid, self._chunk_step
+                    self._chunk_seen.add(cid)
                     if self._chunk_step == 0:
                         kw["latency"] = latency
                     self._chunk_step += 1
@@ -239,7 +265,8 @@ class RecordingSession:
                 if not self._open:
                     return
                 self._running = self._open = False
-                ev = {**ev, "records": list(self._records.values())} if kind == "save" else ev
+                if kind == "save":
+                    ev = {**ev, "records": self._claim_records(self._records, set(self._chunk_seen))}
                 self._records = {}
             end_reason = self._end_reason
         if not self.ready.is_set():

@@ -39,7 +39,11 @@ class _RosLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = self.format(record)
-        (self.node.get_logger().error if record.levelno >= logging.ERROR else self.node.get_logger().warning)(msg)
+        # one call site per severity: rclpy refuses a call site whose severity changes between calls
+        if record.levelno >= logging.ERROR:
+            self.node.get_logger().error(msg)
+        else:
+            self.node.get_logger().warning(msg)
 
 
 class RecorderNode(common.ConfiguredNode):
