@@ -359,15 +359,34 @@ def run_single_node(cls: type, args: list[str] | None = None) -> None:
 def spin_nodes(builders: list[tuple[type, dict[str, Any]]], init_args: list[str] | None = None) -> None:
     """rclpy.init, build each ``(cls, kwargs)``, spin on one MultiThreadedExecutor, shut down cleanly.
 
-    SIGTERM stops as SIGINT does (``kill`` and ``ros2 launch``'s escalation both end in a clean close:
-    the recorder finishes its episode files). Bad parameters stop the process at start with the key
-    named (exit status 2); a device that does not start, with status 1.
+    The first SIGINT or SIGTERM asks for a clean stop: spinning ends, callbacks in flight finish, then
+    every node closes (the recorder finishes its episode files) while the ROS context is still valid,
+    and the process exits 0. Further signals are ignored: under ``ros2 launch`` one Ctrl-C delivers two
+    SIGINTs (launch's and the terminal's, which reaches the whole process group), and a second
+    KeyboardInterrupt in the middle of a close, or a close after rclpy's own handler shut the context
+    down (``RCLError: publisher's context is invalid``), would end in tracebacks and a non-zero status.
+    launch's SIGKILL escalation still ends a process that does not stop. Bad parameters stop the
+    process at start with the key named (exit status 2); a device that does not start, with status 1.
     """
     import signal
 
+    from rclpy.signals import SignalHandlerOptions
+
     from vla_robot.drivers.base import DriverError
 
-    rclpy.init(args=init_args)
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:  # noqa: ARG001 - no printing here: it may interrupt a print
+        stop.set()
+        # from now on ignored, at the OS level: Python's finalization puts back the default handler of a
+        # signal it handles, and a second SIGINT arriving then would kill the stopped process with -2
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+
+    # ours, not rclpy's: rclpy's handler shuts the context down at once, before the nodes have closed
+    rclpy.init(args=init_args, signal_handler_options=SignalHandlerOptions.NO)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     nodes = []
     try:
         for cls, kwargs in builders:
@@ -379,18 +398,25 @@ def spin_nodes(builders: list[tuple[type, dict[str, Any]]], init_args: list[str]
             _close_node(node)
         rclpy.try_shutdown()
         sys.exit(2 if isinstance(e, ConfigError) else 1)
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
     executor = MultiThreadedExecutor(num_threads=4)
     for node in nodes:
         executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.2)  # bounded: a signal is seen within 0.2 s
+    except ExternalShutdownException:
         pass
-    finally:
-        for node in nodes:
+    executor.shutdown(timeout_sec=10.0)  # callbacks in flight finish; none starts on a node being closed
+    failed = []
+    for node in nodes:
+        try:
             _close_node(node)
-        rclpy.try_shutdown()
+        except Exception as e:  # noqa: BLE001 - close every node, then say which one failed
+            failed.append(f"{type(node).__name__}: {e!r}")
+    rclpy.try_shutdown()
+    if failed:
+        print("closing failed: " + "; ".join(failed), file=sys.stderr)
+        sys.exit(1)
 
 
 def _close_node(node) -> None:
