@@ -8,7 +8,7 @@ episode. Frames come from the episode's parquet file (pyarrow), images from its 
 
     for ep in iter_episodes(root, since=0, labelled_only=True, follow=True, timeout=60):
         ep.record.label, ep.record.start_condition          # journal entry (EpisodeRecord)
-        ep.frames["action.tokens"], ep.frames["control"]    # numpy arrays, one row per frame
+        ep.frames["action.chunk_id"], ep.frames["control"]  # numpy arrays, one row per frame
         imgs = ep.images(frame_indices=[0, 8, 16])          # {cam: uint8 [k, H, W, 3]}
         since = ep.index + 1                                  # resume point for the next call
 
