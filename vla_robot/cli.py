@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "learn": ("vla_robot.rl.cli:learn", "run the RL learner on a dataset that is being recorded"),
     "rehearse": ("vla_robot.nodes.rehearse:rehearse",
                  "a real-robot RL session on a stand-in robot: server, graph, learner, a stand-in person"),
+    "operator": ("vla_robot.operator.cli:operator",
+                 "the console of the person at the robot: start, label, stop, e-stop (beside ros2 launch)"),
     "twin": ("vla_robot.twin.cli:twin", "MuJoCo digital twin: view, mirror, bench, sysid"),
     "calibrate": ("vla_robot.calibration.cli:calibrate", "camera intrinsics and hand-eye calibration"),
 }
@@ -90,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
-    return int(run(args) or 0)
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling of it (while loading, say): no traceback
+        print(f"vla-robot {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
