@@ -391,6 +391,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             "errors": c["errors"],
             "last_error": c["last_error"],
             "policy_version": self._version,
+            "records_published": self.records_published,
             "watchdog_holds": rep["watchdog_holds"],
         }
         return level, msg, values
