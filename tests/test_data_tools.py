@@ -79,6 +79,27 @@ def test_verify_catches_a_journal_that_disagrees(tmp_path):
     assert rep.problems == ["episode 0: journal says 99 frames, episode table 3"]
 
 
+def test_verify_reads_each_on_policy_record(tmp_path):
+    from vla_robot.data import records
+
+    root = tmp_path / "ds"
+    obs = {"images": {"front": np.zeros((8, 8, 3), np.uint8)}, "state": np.zeros(2, np.float32), "instruction": "reach"}
+    reply = {"actions": np.zeros((2, 2), np.float32), "tokens": np.arange(4), "logprobs": np.full(4, -1.0, np.float32)}
+    with Recorder(root, SCHEMA) as rec:
+        for k in range(2):
+            rec.start_episode("reach the ball")
+            for i in range(2):
+                rec.add_frame({"front": np.zeros((24, 32, 3), np.uint8)}, [k, i], [k, i], chunk_id=0, chunk_step=i)
+            rec.save_episode("success", records=[records.make_chunk(reply, obs, {"mode": "sample"}, 0, 0.0, {})])
+    assert tools.verify(root, decode=False).ok
+    path = records.episode_path(root, 1)
+    data = bytearray(path.read_bytes())
+    data[:8] = b"\xff" * 8  # damaged in place: the size still matches the commit
+    path.write_bytes(bytes(data))
+    rep = tools.verify(root, decode=False)
+    assert len(rep.problems) == 1 and rep.problems[0].startswith("episode 1: ") and "not a readable" in rep.problems[0]
+
+
 def test_adopt_a_stock_lerobot_dataset_and_refuse_broken_ones(tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import reader, store
+from . import reader, records, store
 from . import schema as S
 
 
@@ -72,6 +72,21 @@ class VerifyReport:
         return {"root": self.root, "ok": self.ok, "episodes": self.episodes, "frames": self.frames, "problems": self.problems}
 
 
+def _check_record(root: Path, index: int, length: int) -> list[str]:
+    """Problems of episode ``index``'s on-policy record, if it has one (RL episodes)."""
+    path = records.episode_path(root, index)
+    if not path.exists():
+        return []
+    try:
+        rec = records.read_episode(path)
+    except ValueError as e:
+        return [f"episode {index}: {e}"]
+    if rec["episode_index"] != index or rec["length"] != length:
+        return [f"episode {index}: its on-policy record is of episode {rec['episode_index']} with {rec['length']} "
+                f"frames, not of this one ({length} frames)"]
+    return []
+
+
 def verify(root: str | Path, decode: bool = True, progress: bool = False) -> VerifyReport:
     """Load with stock LeRobot and check every episode; problems are listed, not raised."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -120,6 +135,7 @@ def verify(root: str | Path, decode: bool = True, progress: bool = False) -> Ver
                 rep.problems.append(f"episode {i}: missing from the journal (meta/{store.JOURNAL})")
             elif rec.length != n:
                 rep.problems.append(f"episode {i}: journal says {rec.length} frames, episode table {n}")
+        rep.problems += _check_record(root, i, n)
         if decode and n:
             for j in (int(ep["dataset_from_index"]), int(ep["dataset_to_index"]) - 1):
                 try:
