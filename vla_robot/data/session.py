@@ -71,6 +71,7 @@ class RecordingSession:
         self.max_stray = 32  # records (real cameras: ~1.8 MB each)
         self.record_grace_s = 1.0  # a saved episode waits this long for the records of its executed chunks
         self.records_outside = 0  # records that came while no episode was open (most are claimed later)
+        self.records_seen = 0  # 0: the policy publishes none (return_tokens off): a save waits for none
         self._running = False
         self._open = False
         self._end_reason: str | None = None
@@ -153,6 +154,7 @@ class RecordingSession:
         """An on-policy chunk record (checked by the caller, :func:`records.decode_chunk`). Kept with the
         open episode whether it comes before or after the commands that execute the chunk."""
         with self._lock:
+            self.records_seen += 1
             if not self._open:
                 self.records_outside += 1
                 self._stray[int(chunk["chunk_id"])] = chunk
@@ -172,7 +174,7 @@ class RecordingSession:
                 with self._lock:
                     for cid in [c for c in executed if c not in got and c in self._stray]:
                         got[cid] = self._stray.pop(cid)
-                    done = executed <= set(got)
+                    done = executed <= set(got) or not self.records_seen
                 if done or time.monotonic() >= deadline:
                     return list(got.values())
                 time.sleep(0.02)
