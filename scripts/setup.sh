@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything `make test` and `make demo` need on a fresh machine, and nothing twice:
-#   1. Debian packages: libusb (pyrealsense2 imports it), Mesa EGL (MuJoCo renders headless).
+#   1. Debian packages: libusb (pyrealsense2 imports it), Mesa EGL (MuJoCo renders headless),
+#      chromium + chromium-driver and tmux (the operator console's web page and terminal, tested for real).
 #   2. A virtual environment in .venv with the pinned set (requirements.txt) and the ROS 2 wheels
 #      (requirements-ros.txt; skipped when a ROS 2 install is sourced: its rclpy is used instead).
 #   3. vla_robot itself, editable.
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 VENV=.venv
-DEBS="libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 libgles2"
+DEBS="libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 libgles2 chromium chromium-driver tmux"
 
 missing=""
 for p in $DEBS; do

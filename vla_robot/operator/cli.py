@@ -17,6 +17,11 @@ def operator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manager", default="/episode_manager_node",
                         help="the episode manager node whose ~/start, ~/stop, ~/discard services to call")
     parser.add_argument("--plain", action="store_true", help="no full-screen drawing: print each change")
+    parser.add_argument("--web", metavar="[HOST:]PORT", default="",
+                        help="also serve the console as a web page (e.g. 8088 on loopback; 0.0.0.0:8088 for a phone "
+                             "on the robot's network: a token is then required and printed)")
+    parser.add_argument("--token", default=None, help="the web page's token (default: made up when bound beyond loopback)")
+    parser.add_argument("--cameras", default="front,wrist", help="camera views on the web page (comma-separated)")
 
 
 def operator(args: argparse.Namespace) -> int:
@@ -27,17 +32,40 @@ def operator(args: argparse.Namespace) -> int:
     from vla_robot.operator.console import Console
     from vla_robot.operator.ros import OperatorNode
 
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops as cleanly as Ctrl-C
     console = Console(manager=args.manager)
     ctx = rclpy.Context()
     # Ctrl-C is a KeyboardInterrupt here (the screen is put back first), not rclpy's context shutdown
     rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
-    node = OperatorNode(console, manager=args.manager, context=ctx)
+    cameras = tuple(c for c in args.cameras.split(",") if c) if args.web else ()
+    try:
+        web_host, web_port = _host_port(args.web) if args.web else ("", 0)
+    except ValueError as e:
+        print(f"vla-robot operator: {e}", file=sys.stderr)
+        rclpy.try_shutdown(context=ctx)
+        return 2
+    node = OperatorNode(console, manager=args.manager, cameras=cameras, context=ctx)
     executor = MultiThreadedExecutor(num_threads=2, context=ctx)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True, name="operator-ros")
     spinner.start()
+    web = None
     try:
-        if sys.stdin.isatty() and sys.stdout.isatty() and not args.plain:
+        if args.web:
+            from vla_robot.operator.web import OperatorWeb
+
+            try:
+                web = OperatorWeb(console, node, host=web_host, port=web_port, token=args.token,
+                                  cameras=cameras).start()
+            except OSError as e:
+                print(f"vla-robot operator: cannot serve the web page on {args.web}: {e}", file=sys.stderr)
+                return 2
+            print(f"operator web page: {web.url}", flush=True)
+        if args.web and not sys.stdin.isatty():
+            threading.Event().wait()  # the page is the console; Ctrl-C (SIGINT) stops
+        elif sys.stdin.isatty() and sys.stdout.isatty() and not args.plain:
             import curses
 
             curses.wrapper(_screen, console, node)
@@ -46,10 +74,24 @@ def operator(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if web is not None:
+            web.close()
         executor.shutdown(timeout_sec=2.0)
+        spinner.join(timeout=5.0)  # no thread may be inside rclpy when its context goes
         node.destroy_node()
         rclpy.try_shutdown(context=ctx)
     return 0
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    try:
+        n = int(port)
+    except ValueError:
+        n = -1
+    if not 0 <= n < 65536:
+        raise ValueError(f"--web takes [HOST:]PORT (e.g. 8088 or 0.0.0.0:8088), got {text!r}")
+    return host.strip("[]") or "127.0.0.1", n
 
 
 def _screen(stdscr, console, node) -> None:  # pragma: no cover - needs a terminal (tested in tmux)

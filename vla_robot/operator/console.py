@@ -8,7 +8,7 @@ episode it is for, so a key pressed late cannot label the next episode.
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,7 @@ class Console:
     last: str = ""
     by_version: dict = field(default_factory=lambda: defaultdict(Tally))
     done: bool = False
+    latencies: deque = field(default_factory=lambda: deque(maxlen=300))  # seconds, observation -> chunk
 
     def __post_init__(self):
         self._lock = threading.RLock()
@@ -114,6 +115,34 @@ class Console:
                 self.version = int(ev["version"])
                 if self.running:
                     self.episode_version = self.version
+
+    def on_chunk_latency(self, seconds: float) -> None:
+        """A chunk arrived ``seconds`` after the observation it was computed from."""
+        with self._lock:
+            self.latencies.append(float(seconds))
+
+    def latency_histogram(self, edges_ms=(0, 25, 50, 75, 100, 150, 200, 300, 500, 1000)) -> dict:
+        """Counts of the recent latencies between ``edges_ms`` (the last bin is open-ended)."""
+        with self._lock:
+            ms = [1000.0 * x for x in self.latencies]
+        counts = [0] * len(edges_ms)
+        for x in ms:
+            i = max((j for j, e in enumerate(edges_ms) if x >= e), default=0)
+            counts[i] += 1
+        return {"edges_ms": list(edges_ms), "counts": counts, "n": len(ms)}
+
+    def snapshot(self) -> dict:
+        """Everything a screen shows, as plain data (the web page's state)."""
+        with self._lock:
+            return {
+                "lines": self.lines(), "episode": self.episode, "phase": self.phase, "running": self.running,
+                "waiting_label": self.waiting_label, "start_condition": self.start_condition,
+                "instruction": self.instruction, "version": self.version, "estopped": self.estopped,
+                "message": self.message, "last": self.last, "done": self.done,
+                "by_version": [[v, t.success, t.failure] for v, t in sorted(
+                    self.by_version.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))],
+                "latency": self.latency_histogram(),
+            }
 
     def on_estop(self, active: bool) -> None:
         with self._lock:

@@ -9,20 +9,36 @@ from __future__ import annotations
 
 import json
 
+import threading
+import time
+
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
+from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
 
 from vla_robot.nodes import common, convert
 from vla_robot.operator.console import Command, Console
 
 
 class OperatorNode(Node):
-    def __init__(self, console: Console, manager: str = "/episode_manager_node", **kwargs):
+    def __init__(self, console: Console, manager: str = "/episode_manager_node", cameras: tuple[str, ...] = (),
+                 view_width: int = 160, **kwargs):
         super().__init__("operator_console", **kwargs)
         self.console = console
         cb = ReentrantCallbackGroup()
+        # the web page's views: the newest frame of each camera, downscaled, as JPEG
+        self.view_width = view_width
+        self.views: dict[str, bytes] = {}
+        self._views_lock = threading.Lock()
+        self._view_at: dict[str, float] = {}
+        for cam in cameras:
+            self.create_subscription(Image, common.image_topic(cam), lambda m, c=cam: self._on_image(c, m),
+                                     common.IMAGE_QOS, callback_group=cb)
+        self.create_subscription(JointTrajectory, common.POLICY_CHUNK, self._on_chunk, common.COMMAND_QOS,
+                                 callback_group=cb)
         self.create_subscription(String, common.EPISODE_EVENTS, self._on_event, common.EPISODE_EVENT_QOS,
                                  callback_group=cb)
         self.create_subscription(String, common.POLICY_EVENTS, self._on_policy_event, common.EVENT_QOS,
@@ -45,6 +61,36 @@ class OperatorNode(Node):
             self.console.on_policy_event(convert.msg_to_event(msg))
         except (ValueError, KeyError, TypeError):
             pass
+
+    def _on_chunk(self, msg: JointTrajectory) -> None:
+        # stamped with the observation it was computed from (policy_node): the age on arrival is the latency
+        age = time.time() - convert.from_stamp(msg.header.stamp)
+        if 0.0 <= age < 60.0:  # a sim-time stamp (lockstep twin) is no wall-clock latency
+            self.console.on_chunk_latency(age)
+
+    def _on_image(self, camera: str, msg: Image) -> None:
+        now = time.monotonic()
+        if now - self._view_at.get(camera, 0.0) < 0.2:  # five views a second are plenty for a person
+            return
+        self._view_at[camera] = now
+        import cv2
+
+        try:
+            rgb, _ = convert.msg_to_image(msg)
+        except ValueError:
+            return
+        h, w = rgb.shape[:2]
+        if w > self.view_width:
+            rgb = cv2.resize(rgb, (self.view_width, max(1, round(h * self.view_width / w))),
+                             interpolation=cv2.INTER_AREA)
+        ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        if ok:
+            with self._views_lock:
+                self.views[camera] = jpg.tobytes()
+
+    def view(self, camera: str) -> bytes | None:
+        with self._views_lock:
+            return self.views.get(camera)
 
     def execute(self, cmd: Command | None) -> None:
         """Carry out a key's command; the answer comes back through the console (``message``)."""
