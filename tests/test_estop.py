@@ -208,3 +208,27 @@ def test_teleop_stops_sending_on_a_plain_estop_and_has_an_estop_key(ros_context)
         node.close()
         node.destroy_node()
         probe.destroy_node()
+
+
+def test_the_policy_node_and_episode_manager_latch_on_a_plain_estop(ros_context):
+    from vla_robot.nodes.episode_manager_node import EpisodeManagerNode
+    from vla_robot.nodes.policy_node import PolicyNode
+
+    P = rclpy.parameter.Parameter
+    policy = PolicyNode("policy_node", context=ros_context,
+                        parameter_overrides=[P("policy_server", value="tcp://127.0.0.1:9")])  # no server needed
+    manager = EpisodeManagerNode("episode_manager_node", context=ros_context, use_terminal=False,
+                                 parameter_overrides=[P("mode", value="evaluate"), P("task", value="reach")])
+    spin = Spinner(ros_context, policy, manager)
+    try:
+        out = topic_pub(True, subscribers=2)
+        assert "matched 2" in out, out
+        assert wait(lambda: policy.controller.watchdog.estopped and manager.core.estopped is not None, 10)
+        assert not manager.core.start()[0]  # no episode starts while it is latched
+        topic_pub(False, subscribers=2)
+        assert wait(lambda: not policy.controller.watchdog.estopped and manager.core.estopped is None, 10)
+    finally:
+        spin.close()
+        for n in (policy, manager):
+            getattr(n, "close", lambda: None)()
+            n.destroy_node()

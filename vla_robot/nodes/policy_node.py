@@ -108,7 +108,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
                                  callback_group=inputs)
         self.create_subscription(String, common.EPISODE_EVENTS, self._on_episode_event, common.EPISODE_EVENT_QOS,
                                  callback_group=inputs)
-        self.create_subscription(Bool, common.ESTOP, self._on_estop, common.LATCHED_QOS, callback_group=inputs)
+        common.subscribe_estop(self, self._on_estop, inputs)  # latched and plain `ros2 topic pub` publishers alike
         self.command_pub = self.create_publisher(JointTrajectory, common.ARM_COMMAND, common.COMMAND_QOS)
         self.chunk_pub = self.create_publisher(JointTrajectory, common.POLICY_CHUNK, common.COMMAND_QOS)
         self.action_pub = self.create_publisher(JointState, common.POLICY_ACTION, common.STATE_QOS)
