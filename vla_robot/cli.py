@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("vla_robot.serving.cli:serve", "serve a policy over ZMQ (and OFT-compatible HTTP)"),
     "keygen": ("vla_robot.serving.cli:keygen", "make a CurveZMQ key pair for remote serving"),
     "policy": ("vla_robot.policy.cli:policy", "inspect a checkpoint or preset, run one forward pass"),
-    "launch": ("vla_robot.nodes.cli:launch", "run a node graph (rl_finetune, record_demos, evaluate, twin) in one process"),
+    "launch": ("vla_robot.nodes.cli:launch", "run a node graph (rl_finetune, record_demos, evaluate, twin), a process per node as ros2 launch does"),
     "record": ("vla_robot.data.cli:record", "record teleoperated demonstrations into a LeRobotDataset"),
     "evaluate": ("vla_robot.data.cli:evaluate", "run labelled evaluation episodes and write a report"),
     "dataset": ("vla_robot.data.cli:dataset", "inspect, verify or repair a recorded dataset"),

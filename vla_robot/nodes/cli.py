@@ -1,4 +1,8 @@
-"""`vla-robot launch GRAPH`: run a bringup graph in this process (the nodes ros2 launch would start).
+"""`vla-robot launch GRAPH`: run a bringup graph (the nodes ros2 launch would start).
+
+On a robot each node runs in its own process, as ``ros2 launch`` runs them (``--processes``, the
+default without ``--sim``): the policy node's timer then holds its rate while the recorder encodes
+video. With ``--sim`` the lockstep graph runs in this process.
 
     vla-robot launch rl_finetune --sim --serve tiny --episodes 4
     vla-robot launch evaluate --policy-server tcp://gpu-box:5555 --set episode_manager_node.max_duration_s=20
@@ -35,6 +39,9 @@ def launch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=0, help="run this many episodes, then exit (0: run until Ctrl-C)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="give up on --episodes after this many seconds")
     parser.add_argument("--results", default=None, help="write the episode results as JSON here")
+    parser.add_argument("--processes", action=argparse.BooleanOptionalAction, default=None,
+                        help="each node in its own process, as ros2 launch runs them (default: on for a robot, "
+                             "off with --sim, whose lockstep graph runs in one process)")
 
 
 def parse_sets(sets: list[str]) -> dict[str, dict]:
@@ -68,6 +75,8 @@ def launch(args: argparse.Namespace) -> int:
             torch.set_num_threads(max(1, torch.get_num_threads() // 2))
         from vla_robot.nodes.runner import GraphRunner
 
+        if args.processes if args.processes is not None else not args.sim:
+            return _launch_processes(args, overrides)
         if args.sim and not args.serve and not args.policy_server:
             args.serve = "tiny"
             print("vla-robot launch: --sim without --serve or --policy-server: serving the 'tiny' preset in this "
@@ -97,6 +106,94 @@ def launch(args: argparse.Namespace) -> int:
         return 0
     finally:
         runner.close()
+
+
+def _launch_processes(args, overrides: dict) -> int:
+    """The graph with a process per node (and the server, with --serve), until Ctrl-C or --episodes are done."""
+    import dataclasses
+
+    from vla_robot.bringup import graph
+    from vla_robot.config import ConfigError
+    from vla_robot.nodes.processes import ProcessGraph, start_server
+    from vla_robot.nodes.runner import _flatten
+
+    server = None
+    if args.serve:
+        server, args.policy_server, _ = start_server(args.serve)
+    specs = [s for s in graph(args.graph, use_sim=args.sim, robot=args.robot, arm_driver=args.arm_driver,
+                              policy_server=args.policy_server, task=args.task, instruction=args.instruction,
+                              config=args.config)
+             if s.executable not in args.exclude and s.name not in args.exclude]
+    unknown = set(overrides) - {s.name for s in specs}
+    if unknown:
+        raise ConfigError(f"--set names nodes that are not in graph '{args.graph}': {sorted(unknown)}; "
+                          f"its nodes: {', '.join(s.name for s in specs)}")
+    specs = [dataclasses.replace(s, overrides=s.overrides + tuple(_flatten(overrides.get(s.name, {})).items()))
+             for s in specs]
+    procs = ProcessGraph(specs).start()
+    print(f"running graph '{args.graph}', a process per node ({', '.join(procs.procs)}); Ctrl-C to stop", flush=True)
+    watch = _EpisodeWatch() if args.episodes else None
+    try:
+        deadline = time.monotonic() + (args.timeout if args.episodes else float("inf"))
+        while procs.alive() and time.monotonic() < deadline and not (watch and watch.done.wait(0.5)):
+            time.sleep(0.0 if watch else 0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        codes = procs.stop()
+        if server is not None:
+            server.send_signal(2)
+            server.wait(timeout=30)
+        if watch is not None:
+            watch.close()
+    bad = {u: c for u, c in codes.items() if c not in (0, -2)}
+    if bad:
+        print(f"vla-robot launch: processes that did not stop cleanly: {bad}", file=sys.stderr)
+    if watch is not None:
+        saves = [e for e in watch.events if e["type"] == "save"]
+        for e in saves:
+            print(f"episode {e['episode']}: {e['label']} ({e.get('label_source', '')}), start {e.get('start_condition')}")
+        print(f"{sum(e['label'] == 'success' for e in saves)}/{len(saves)} successful")
+        return 1 if bad or not watch.done.is_set() else 0
+    return 1 if bad else 0
+
+
+class _EpisodeWatch:
+    """The episode manager's events, from this process, until it says ``done``."""
+
+    def __init__(self):
+        import threading
+
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from std_msgs.msg import String
+
+        from vla_robot.nodes import common, convert
+
+        self.events: list[dict] = []
+        self.done = threading.Event()
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("launch_episode_watch", context=self.context)
+
+        def on_event(msg):
+            ev = convert.msg_to_event(msg)
+            self.events.append(ev)
+            if ev["type"] == "done":
+                self.done.set()
+
+        self.node.create_subscription(String, common.EPISODE_EVENTS, on_event, common.EPISODE_EVENT_QOS)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
 
 
 def _run_episodes(runner, args) -> int:

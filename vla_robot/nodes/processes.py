@@ -20,15 +20,17 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vla_robot.bringup import NodeSpec
 
-__all__ = ["ProcessGraph", "write_specs", "read_specs"]
+__all__ = ["ProcessGraph", "write_specs", "read_specs", "start_server", "wait_for_server", "free_port"]
 
 
 def write_specs(specs: Sequence[NodeSpec], path: Path) -> Path:
@@ -49,14 +51,15 @@ def read_specs(path: str | Path) -> list[NodeSpec]:
 class ProcessGraph:
     """Start ``specs`` as processes (one per node, or per group); stop them with SIGINT, then SIGKILL."""
 
-    def __init__(self, specs: Sequence[NodeSpec], log_dir: str | Path, *,
+    def __init__(self, specs: Sequence[NodeSpec], log_dir: str | Path | None = None, *,
                  groups: Mapping[str, Sequence[str]] | None = None, env: Mapping[str, str] | None = None):
+        """``log_dir``: each process's output in ``<unit>.log`` there; None: on this terminal, as ros2 launch."""
         names = [s.name for s in specs]
         grouped = {n for members in (groups or {}).values() for n in members}
         unknown = grouped - set(names)
         if unknown:
             raise ValueError(f"groups name nodes that are not in the graph: {sorted(unknown)}; nodes: {names}")
-        self.log_dir = Path(log_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None else None
         self.env = {**os.environ, **(env or {})}
         self.units: dict[str, list[NodeSpec]] = {}
         for gname, members in (groups or {}).items():
@@ -67,16 +70,18 @@ class ProcessGraph:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self) -> ProcessGraph:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        spec_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="vla_robot_graph_"))
+        spec_dir.mkdir(parents=True, exist_ok=True)
         for unit, specs in self.units.items():
-            spec_file = write_specs(specs, self.log_dir / f"{unit}.nodes.json")
-            log = open(self.log_dir / f"{unit}.log", "ab")  # noqa: SIM115 - the child keeps it
+            spec_file = write_specs(specs, spec_dir / f"{unit}.nodes.json")
+            log = open(self.log_dir / f"{unit}.log", "ab") if self.log_dir else None  # noqa: SIM115
             self.procs[unit] = subprocess.Popen(
                 [sys.executable, "-m", "vla_robot.nodes.processes", str(spec_file)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT if log else None, stdin=subprocess.DEVNULL, env=self.env,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop the children once
             )
-            log.close()
+            if log is not None:
+                log.close()
         return self
 
     def alive(self) -> list[str]:
@@ -87,8 +92,8 @@ class ProcessGraph:
         return {u: p.returncode for u, p in self.procs.items() if p.poll() is not None}
 
     def log_text(self, unit: str) -> str:
-        path = self.log_dir / f"{unit}.log"
-        return path.read_text(errors="replace") if path.is_file() else ""
+        path = self.log_dir / f"{unit}.log" if self.log_dir else None
+        return path.read_text(errors="replace") if path is not None and path.is_file() else ""
 
     def stop(self, timeout_s: float = 20.0, order: Sequence[str] = ()) -> dict[str, int]:
         """SIGINT each process (those in ``order`` first, each waited for), SIGKILL what outlives ``timeout_s``."""
@@ -122,6 +127,54 @@ class ProcessGraph:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(source: str, log: Path | None = None, env: Mapping[str, str] | None = None,
+                 weights: bool = False) -> tuple[subprocess.Popen, str, str]:
+    """``vla-robot serve`` of a preset or checkpoint folder on free loopback ports, once it answers.
+
+    Returns the process, its request address and its weights address ('' unless ``weights``)."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    weights_address = f"tcp://127.0.0.1:{free_port()}" if weights else ""
+    kind = "--checkpoint" if Path(source).is_dir() else "--preset"
+    out = open(log, "ab") if log else None  # noqa: SIM115 - the child keeps it
+    proc = subprocess.Popen([sys.executable, "-m", "vla_robot.cli", "serve", kind, source, "--bind", address,
+                             "--weights-bind", weights_address, "--http-port", "-1"],
+                            stdout=out, stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    if out is not None:
+        out.close()
+    try:
+        wait_for_server(address, proc, log)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, address, weights_address
+
+
+def wait_for_server(address: str, proc: subprocess.Popen, log: Path | None = None, timeout_s: float = 300.0) -> None:
+    """Until the server at ``address`` answers (it loads the policy first); its log if it died instead."""
+    from vla_robot.serving.client import PolicyClient, PolicyTimeout
+
+    deadline = time.monotonic() + timeout_s
+    with PolicyClient(address, timeout_s=2.0) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:] if log is not None and log.is_file() else ""
+                raise RuntimeError(f"the policy server exited ({proc.returncode})" + (f":\n{tail}" if tail else ""))
+            try:
+                client.metadata(timeout_s=2.0)
+                return
+            except PolicyTimeout:
+                pass
+    raise RuntimeError(f"the policy server at {address} did not answer within {timeout_s:.0f} s"
+                       + (f"; see {log}" if log else ""))
 
 
 def main(argv: list[str] | None = None) -> None:

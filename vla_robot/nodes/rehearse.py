@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -103,13 +102,12 @@ class Session:
             checkpoint, demos = Path(self.args.checkpoint), None
         else:
             checkpoint, demos = warm_start(self.out / "warm", seed=self.args.seed)
-        server = f"tcp://127.0.0.1:{free_port()}"
-        weights = f"tcp://127.0.0.1:{free_port()}"
+        from vla_robot.nodes.processes import start_server
+
         t0 = time.time()
         try:
-            self._spawn("server", ["serve", "--checkpoint", str(checkpoint), "--bind", server,
-                                   "--weights-bind", weights, "--http-port", "-1"])
-            wait_for_server(server, self.procs["server"], self.logs / "server.log")
+            self.procs["server"], server, weights = start_server(str(checkpoint), self.logs / "server.log", self.env,
+                                                                 weights=True)
             t0 = time.time()  # the session starts once the policy answers, as a person starts when it is up
             self.graph = self._graph(server).start()
             # the learner stands for the GPU box: here it shares the robot PC's cores, at a lower priority
@@ -202,23 +200,6 @@ def standin_graph(server: str, out: Path, overrides: dict, labels: str = "twin",
             for s in specs]
 
 
-def wait_for_server(address: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300.0) -> None:
-    """Until the server at ``address`` answers (it loads the policy first); its log if it died instead."""
-    from vla_robot.serving.client import PolicyClient, PolicyTimeout
-
-    deadline = time.monotonic() + timeout_s
-    with PolicyClient(address, timeout_s=2.0) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the policy server exited ({proc.returncode}):\n{log.read_text()[-2000:]}")
-            try:
-                client.metadata(timeout_s=2.0)
-                return
-            except PolicyTimeout:
-                pass
-    raise RuntimeError(f"the policy server at {address} did not answer within {timeout_s:.0f} s; see {log}")
-
-
 def warm_start(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     """The tiny preset after the demo's SFT warm-up, and its demonstrations as a LeRobotDataset (made once).
 
@@ -268,12 +249,6 @@ def write_demonstrations(demos: list[dict], root: Path, joint_names: list[str]) 
                 while not rec.add_frame(obs["images"], obs["state"], action, control=CONTROL_TELEOP):
                     time.sleep(0.01)  # the writer is behind: this is no robot, wait for it
             rec.save_episode("success")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_jsonl(path: Path) -> list[dict]:
