@@ -27,7 +27,7 @@ def clean_env() -> dict:
 
 def vla_robot(*argv: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vla_robot.cli", *argv], cwd=cwd, env=clean_env(),
-                          capture_output=True, text=True, timeout=timeout)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 
 def ok(r: subprocess.CompletedProcess) -> str:
@@ -74,7 +74,8 @@ def readme_commands() -> list[str]:
 
 
 # every command of the block, with what this test does with it
-COVERED = {"serve", "launch", "record", "evaluate", "dataset", "learn", "policy", "twin", "calibrate", "keygen"}
+COVERED = {"serve", "launch", "record", "evaluate", "dataset", "learn", "policy", "twin", "calibrate", "keygen",
+           "operator"}
 
 
 def test_the_readme_block_is_covered():
@@ -112,6 +113,8 @@ def test_everyday_commands_from_a_plain_shell(tmp_path):
                       str(ROOT / "calibration/boards/charuco_7x5_40mm.yaml"), "--out", "x.yaml", cwd=tmp_path),
             "nothing_here")
     assert "server.key" in ok(vla_robot("keygen", "keys", "--name", "server", cwd=tmp_path))
+    # the person's console, without a terminal and with no keys to read: it shows the screen and ends
+    assert "SPACE start / confirm reset" in ok(vla_robot("operator", "--plain", cwd=tmp_path, timeout=60))
 
 
 def test_a_policy_too_large_for_this_machine_is_refused_before_loading(tmp_path):
