@@ -44,6 +44,9 @@ def test_console_follows_the_events_and_labels_name_their_episode():
     c.on_event({"type": "label_rejected", "episode": 7, "reason": "episode 7 is not waiting for its label"})
     assert "not waiting" in c.message
     assert (c.key("e"), c.key("r"), c.key("q")) == (Command("estop", True), Command("estop", False), Command("quit"))
+    assert c.key("t") == Command("teleop", " ")
+    c.on_intervention(True)
+    assert "TELEOP: the operator drives" in "\n".join(c.lines())
     c.on_estop(True)
     assert "E-STOP LATCHED" in "\n".join(c.lines())
     assert c.key("?") is None and "unknown key" in c.message
@@ -144,3 +147,49 @@ def test_the_console_runs_in_a_terminal_in_tmux(tmp_path):
         assert "Traceback" not in screen()
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+@pytest.mark.ros
+def test_take_over_from_the_console_goes_through_the_teleop_node(ros_context):
+    """'t' takes over through the teleop node (its keys topic), as the keyboard beside the arm would;
+    the console shows it from teleop/intervention; 't' again hands back."""
+    rclpy = pytest.importorskip("rclpy")
+    pytest.importorskip("mujoco")
+    from rclpy.executors import MultiThreadedExecutor
+    from sensor_msgs.msg import JointState
+
+    from vla_robot.nodes import common, convert
+    from vla_robot.nodes.teleop_node import TeleopNode
+    from vla_robot.operator.ros import OperatorNode
+    from vla_robot.twin.robots import robot_spec
+
+    console = Console()
+    op = OperatorNode(console, context=ros_context)
+    teleop = TeleopNode("teleop_node", context=ros_context, use_terminal=False)
+    probe = rclpy.create_node("takeover_probe", context=ros_context)
+    js = probe.create_publisher(JointState, "/joint_states", common.STATE_QOS)
+    ex = MultiThreadedExecutor(num_threads=3, context=ros_context)
+    for n in (op, teleop, probe):
+        ex.add_node(n)
+    threading.Thread(target=ex.spin, daemon=True).start()
+
+    def wait(cond, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return cond()
+
+    try:
+        spec = robot_spec("so101")
+        assert wait(lambda: js.get_subscription_count() > 0 and op.teleop_keys_pub.get_subscription_count() > 0)
+        js.publish(convert.joint_state_to_msg(list(spec.joint_names), spec.home, time.time()))
+        assert wait(lambda: teleop.keyboard.target is not None)
+        op.execute(console.key("t"))
+        assert wait(lambda: teleop.keyboard.engaged and console.intervening), console.lines()
+        op.execute(console.key("t"))
+        assert wait(lambda: not teleop.keyboard.engaged and not console.intervening), console.lines()
+    finally:
+        ex.shutdown()
+        teleop.close()
+        for n in (op, teleop, probe):
+            n.destroy_node()

@@ -62,6 +62,7 @@ POLICY_RECORD = "policy/record"  # UInt8MultiArray: msgpack on-policy record of 
 POLICY_EVENTS = "policy/events"  # String JSON: fault, recovered
 TELEOP_COMMAND = "teleop/command"  # JointTrajectory from the operator
 TELEOP_INTERVENTION = "teleop/intervention"  # Bool, latched: the operator has taken over
+TELEOP_KEYS = "teleop/keys"  # String: key presses for the teleop node from elsewhere (operator console, scripts)
 EPISODE_EVENTS = "episode/event"  # String JSON: reset, start, end, save, discard, label_rejected, done
 EPISODE_LABEL = "episode/label"  # String JSON {"episode": N, "label": success|failure|discard}: a person's label
 TWIN_EVENTS = "twin/events"  # String JSON: reset_done (EPISODE_EVENT_QOS)

@@ -116,7 +116,7 @@ class TeleopNode(common.ConfiguredNode):
         common.subscribe_estop(self, self._on_estop, inputs)
         self.create_subscription(JointState, common.JOINT_STATES, self._on_joint_state, common.STATE_QOS,
                                  callback_group=inputs)
-        self.create_subscription(String, "teleop/keys", self._on_keys, common.EVENT_QOS, callback_group=inputs)
+        self.create_subscription(String, common.TELEOP_KEYS, self._on_keys, common.EVENT_QOS, callback_group=inputs)
         self.create_timer(1.0 / cfg.rate_hz, self._on_timer, callback_group=MutuallyExclusiveCallbackGroup())
         self._stop = threading.Event()
         self._tty_thread = None

@@ -18,6 +18,7 @@ KEYS = (
     ("f", "failure"),
     ("d", "discard"),
     ("x", "stop"),
+    ("t", "take over / hand back"),
     ("e", "E-STOP"),
     ("r", "release e-stop"),
     ("q", "quit"),
@@ -28,7 +29,7 @@ KEYS = (
 class Command:
     """What a key asks of the graph: ``service`` (start, stop, discard: the manager's Trigger services),
     ``label`` ({"episode": N, "label": ...} on episode/label), ``estop`` (True latches, False releases),
-    or ``quit``."""
+    ``teleop`` (keys for the teleop node: " " takes over or hands back), or ``quit``."""
 
     kind: str
     arg: Any = None
@@ -59,6 +60,7 @@ class Console:
     version: int | None = None  # the policy version that acts now
     episode_version: int | None = None  # ... that acted in the current episode
     estopped: bool = False
+    intervening: bool = False  # the operator drives the arm through teleop (teleop/intervention)
     message: str = ""
     last: str = ""
     by_version: dict = field(default_factory=lambda: defaultdict(Tally))
@@ -138,11 +140,15 @@ class Console:
                 "lines": self.lines(), "episode": self.episode, "phase": self.phase, "running": self.running,
                 "waiting_label": self.waiting_label, "start_condition": self.start_condition,
                 "instruction": self.instruction, "version": self.version, "estopped": self.estopped,
-                "message": self.message, "last": self.last, "done": self.done,
+                "message": self.message, "last": self.last, "done": self.done, "intervening": self.intervening,
                 "by_version": [[v, t.success, t.failure] for v, t in sorted(
                     self.by_version.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))],
                 "latency": self.latency_histogram(),
             }
+
+    def on_intervention(self, active: bool) -> None:
+        with self._lock:
+            self.intervening = bool(active)
 
     def on_estop(self, active: bool) -> None:
         with self._lock:
@@ -173,6 +179,8 @@ class Console:
                 return Command("service", "discard")  # the running episode, if any (the manager says)
             if k == "x":
                 return Command("service", "stop")
+            if k == "t":
+                return Command("teleop", " ")
             if k == "e":
                 return Command("estop", True)
             if k == "r":
@@ -189,6 +197,8 @@ class Console:
             out.append("*** E-STOP LATCHED: nothing moves; r releases ***" if self.estopped else "e-stop: clear")
             ep = "-" if self.episode is None else str(self.episode)
             out.append(f"episode {ep}: {self.phase}")
+            if self.intervening:
+                out.append("TELEOP: the operator drives the arm (t hands back)")
             if self.start_condition is not None:
                 out.append(f"start condition: {self.start_condition}")
             if self.instruction:

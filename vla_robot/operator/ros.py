@@ -1,9 +1,11 @@
 """The operator console's ROS side: the graph's topics and services, nothing else.
 
 In: ``episode/event`` (transient-local: the history replays on joining), ``policy/events`` (the
-acting version), the e-stop (both durabilities, common.subscribe_estop). Out: the episode manager's
+acting version), the e-stop (both durabilities, common.subscribe_estop), ``teleop/intervention``,
+``policy/chunk`` (latency) and, for the web page, the camera images. Out: the episode manager's
 ``~/start``, ``~/stop``, ``~/discard`` (std_srvs/Trigger), ``episode/label`` (a label names its
-episode), ``estop`` (latched Bool: a node that starts later still learns of it).
+episode), ``estop`` (latched Bool: a node that starts later still learns of it), ``teleop/keys``
+(" ": the teleop node takes over or hands back).
 """
 from __future__ import annotations
 
@@ -44,6 +46,9 @@ class OperatorNode(Node):
         self.create_subscription(String, common.POLICY_EVENTS, self._on_policy_event, common.EVENT_QOS,
                                  callback_group=cb)
         common.subscribe_estop(self, lambda m: console.on_estop(m.data), cb)
+        self.create_subscription(Bool, common.TELEOP_INTERVENTION, lambda m: console.on_intervention(m.data),
+                                 common.LATCHED_QOS, callback_group=cb)
+        self.teleop_keys_pub = self.create_publisher(String, common.TELEOP_KEYS, common.EVENT_QOS)
         self.label_pub = self.create_publisher(String, common.EPISODE_LABEL, common.EVENT_QOS)
         self.estop_pub = self.create_publisher(Bool, common.ESTOP, common.LATCHED_QOS)
         manager = manager.rstrip("/")
@@ -99,6 +104,12 @@ class OperatorNode(Node):
         if cmd.kind == "estop":
             self.estop_pub.publish(Bool(data=bool(cmd.arg)))
             self.console.on_reply("e-stop", True, "latched" if cmd.arg else "released")
+        elif cmd.kind == "teleop":
+            if self.teleop_keys_pub.get_subscription_count() == 0:
+                self.console.on_reply("take over", False, "no teleop node listens on teleop/keys")
+                return
+            self.teleop_keys_pub.publish(String(data=cmd.arg))
+            self.console.on_reply("take over", True, "sent to the teleop node")
         elif cmd.kind == "label":
             self.label_pub.publish(String(data=json.dumps(cmd.arg)))
             self.console.on_reply("label", True, f"episode {cmd.arg['episode']}: {cmd.arg['label']} sent")

@@ -150,6 +150,7 @@ PAGE = r"""<!doctype html>
  <button id="failure" data-key="f">Failure</button>
  <button id="discard" data-key="d">Discard</button>
  <button id="stop" data-key="x">Stop</button>
+ <button id="takeover" data-key="t">Take over / hand back</button>
  <button id="release" data-key="r">Release e-stop</button>
 </div>
 <div id="message"></div>
@@ -194,6 +195,7 @@ async function refresh() {
     if (s.message) $("message").textContent = s.message;
     $("banner").textContent = s.estopped ? "E-STOP LATCHED: nothing moves (Release to clear)" : "e-stop: clear";
     $("banner").className = s.estopped ? "latched" : "";
+    $("takeover").textContent = s.intervening ? "Hand back (teleop drives)" : "Take over";
     const pts = s.by_version.filter(r => r[1] + r[2] > 0).map(r => ["v" + (r[0] ?? "?"), r[1] / (r[1] + r[2])]);
     curve($("curve"), pts);
     $("rates").textContent = s.by_version.map(r => `v${r[0] ?? "?"} ${r[1]}/${r[1] + r[2]}`).join(", ");
