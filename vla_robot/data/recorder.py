@@ -159,14 +159,16 @@ class Recorder:
             self._cv.notify()
         self._episode_open = True
 
-    def add_frame(self, images: dict[str, np.ndarray], state, action, **fields) -> bool:
+    def add_frame(self, images: dict[str, np.ndarray], state, action, *, wait_s: float | None = None,
+                  **fields) -> bool:
         """Queue one step (see :meth:`Schema.make_frame` for the fields). Returns False when the
-        frame was dropped because the writer is behind; raises ValueError for malformed data."""
+        frame was dropped because the writer is behind (after ``wait_s``, default the config's
+        ``put_timeout_s``: a control loop must not wait long); raises ValueError for malformed data."""
         if not self._episode_open:
             raise RuntimeError("add_frame() before start_episode(): no episode is open")
         self._check_usable()
         frame = self.schema.make_frame(images, state, action, **fields)
-        deadline = time.monotonic() + self.config.put_timeout_s
+        deadline = time.monotonic() + (self.config.put_timeout_s if wait_s is None else wait_s)
         with self._cv:
             while self._pending_frames >= self.config.max_pending_frames:
                 remaining = deadline - time.monotonic()

@@ -81,7 +81,7 @@ class RecordingSession:
         self.finished = 0  # save requests completed (saved or failed)
         self._creating: threading.Thread | None = None
         self._gate = threading.Lock()  # orders the backlog replay before newer messages
-        self._backlog: list[tuple[str, object, object]] = []  # events and frames while the dataset opens
+        self._backlog: collections.deque = collections.deque()  # events and frames while the dataset opens
         self.max_backlog = 3000  # frames (about 100 s at 30 Hz, small images in sim; bounded memory)
         self.backlog_dropped = 0
         self._rec_open = False  # the Recorder has an open episode
@@ -125,15 +125,21 @@ class RecordingSession:
         except BaseException as e:  # noqa: BLE001 - reported now and at every start
             self._create_error = e
             log.error("recorder: cannot open the dataset: %s", e)
-        with self._gate:  # replay what arrived while opening, in order, before anything newer
+        with self._gate:
             self.recorder = rec
-            backlog, self._backlog = self._backlog, []
-            for kind, item, extra in backlog:
-                if kind == "event":
-                    self._apply_event(item, extra)
-                else:
-                    self._submit(item)
-            self.ready.set()
+        # replay what arrived while opening, in order, before anything newer: newer messages keep joining
+        # the backlog until it is empty, so the replay never blocks the subscriptions, and it waits for the
+        # writer instead of dropping (these frames are in memory already)
+        while True:
+            with self._gate:
+                if not self._backlog:
+                    self.ready.set()
+                    return
+                kind, item, extra = self._backlog.popleft()
+            if kind == "event":
+                self._apply_event(item, extra)
+            else:
+                self._submit(item, wait_s=30.0)
 
     def on_policy_action(self, raw: np.ndarray) -> None:
         with self._lock:
@@ -229,12 +235,12 @@ class RecordingSession:
                     return True
         return self._submit(frame)
 
-    def _submit(self, frame) -> bool:
+    def _submit(self, frame, wait_s: float | None = None) -> bool:
         if self.recorder is None or not self._rec_open:
             return False
         images, q, target, kw = frame
         try:
-            ok = self.recorder.add_frame(images, q, target, **kw)
+            ok = self.recorder.add_frame(images, q, target, wait_s=wait_s, **kw)
         except (ValueError, RuntimeError) as e:
             log.error("recorder: frame rejected: %s", e)
             return False

@@ -137,6 +137,8 @@ def _launch_processes(args, overrides: dict) -> int:
         deadline = time.monotonic() + (args.timeout if args.episodes else float("inf"))
         while procs.alive() and time.monotonic() < deadline and not (watch and watch.done.wait(0.5)):
             time.sleep(0.0 if watch else 0.5)
+        if watch is not None:
+            watch.settle(timeout_s=60.0)
     except KeyboardInterrupt:
         pass
     finally:
@@ -176,6 +178,8 @@ class _EpisodeWatch:
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("launch_episode_watch", context=self.context)
 
+        self.recorded: list[dict] = []  # the recorder's saved / save_failed reports
+
         def on_event(msg):
             ev = convert.msg_to_event(msg)
             self.events.append(ev)
@@ -183,10 +187,19 @@ class _EpisodeWatch:
                 self.done.set()
 
         self.node.create_subscription(String, common.EPISODE_EVENTS, on_event, common.EPISODE_EVENT_QOS)
+        self.node.create_subscription(String, "recorder/events", lambda m: self.recorded.append(convert.msg_to_event(m)),
+                                      common.EVENT_QOS)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
+
+    def settle(self, timeout_s: float) -> None:
+        """Until the recorder has reported every saved episode durable (or failed), so stopping loses none."""
+        deadline = time.monotonic() + timeout_s
+        saves = sum(e["type"] == "save" for e in self.events)
+        while len(self.recorded) < saves and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def close(self) -> None:
         import rclpy
