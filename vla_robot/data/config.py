@@ -18,7 +18,10 @@ class RecorderConfig:
     # default preset does not: benchmarks/recording.py); both ship in PyAV's wheel and decode with pyav
     vcodec: str = "libsvtav1"
     encoder_threads: int = 1  # per camera; 1 keeps a 2-core robot PC responsive
-    max_pending_s: float = 2.0  # frames waiting for the writer, in seconds of recording, before add_frame drops
+    # frames waiting for the writer, in seconds of recording, before add_frame drops: a loaded robot PC stalls
+    # the writer for a few seconds now and then (2 s lost 27 frames in a 10-minute rehearsal); 5 s of
+    # 2x640x480 is about 280 MB
+    max_pending_s: float = 5.0
     put_timeout_s: float = 0.0  # how long add_frame may wait for room (0: never blocks the control loop)
     fsync: bool = True  # fsync every saved episode's files before it counts as durable (power loss)
     keep_commits: int = 2  # commit snapshots kept under <root>/.vla_recorder
