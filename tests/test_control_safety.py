@@ -237,3 +237,9 @@ def test_config_loads_from_ros_parameters_and_names_bad_keys():
         from_dict(ControlConfig, {"watchdog": {"timeout": 1.0}})
     with pytest.raises(ConfigError, match="control_hz must be"):
         from_dict(ControlConfig, {"control_hz": 0})
+
+
+def test_a_workspace_box_without_kinematics_is_an_error_that_says_so():
+    cfg = SafetyConfig(workspace_min=[0, 0, 0], workspace_max=[1, 1, 1])
+    with pytest.raises(ValueError, match="no forward kinematics"):
+        SafetyFilter(limits(), cfg)

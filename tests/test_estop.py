@@ -161,7 +161,7 @@ def test_a_node_started_after_a_latched_estop_starts_stopped(ros_context, tmp_pa
         arm._on_command(convert.command_to_msg(far, NAMES, time.time(), 0.05))
         arm._on_episode_event(convert.event_to_msg({"type": "reset", "episode": 0}))  # no homing either
         time.sleep(0.3)
-        assert np.abs(arm.arm.read()[0] - q).max() < 0.01 and arm._homing == []
+        assert np.abs(arm.arm.read()[0] - q).max() < 0.01 and not arm._homing
     finally:
         spin.close()
         arm.close()

@@ -59,7 +59,7 @@ class SafetyFilter:
     """Clamp joint targets to what the arm may safely be told (see the module docstring).
 
     ``limits``: the robot's :class:`JointLimits`; ``config``: :class:`SafetyConfig`;
-    ``fk``: optional ``fk(q) -> xyz`` of the end effector for the workspace box.
+    ``fk``: ``fk(q) -> xyz`` of the end effector, required when the config has a workspace box.
     Call :meth:`reset` with the measured pose before the first :meth:`filter` of an episode.
     """
 
@@ -93,6 +93,13 @@ class SafetyFilter:
             self._gripper_mask[g] = True
         self.max_velocity = limits.max_velocity * config.velocity_scale
         self.max_acceleration = limits.max_acceleration * config.acceleration_scale
+        if config.workspace_min is not None and fk is None:
+            # a box that passes validation and does nothing would be worse than no box
+            raise ValueError(
+                f"safety.workspace_min/max {config.workspace_min} .. {config.workspace_max} is set but no forward "
+                "kinematics was given: the box needs the robot's fk(q) -> xyz (nodes use "
+                "vla_robot.twin.kinematics.end_effector_fk); remove the box or pass fk"
+            )
         self.fk = fk
         if config.workspace_min is not None:
             self.box_min = np.asarray(config.workspace_min, dtype=np.float64)

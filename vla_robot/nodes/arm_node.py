@@ -3,7 +3,11 @@
 Publishes ``joint_states`` at ``state_hz`` (reliable, the device's stamps in ROS time) and takes
 ``arm/command`` (trajectory_msgs/JointTrajectory: its first point is the target; the same message a
 ros2_control joint trajectory controller takes). Between episodes (the episode manager's ``reset``
-event, reset_source operator) it brings the arm home slowly, so a person can reset the scene.
+event, reset_source operator) it brings the arm home through its own SafetyFilter (limits from
+``safety``: a ramp at ``ramp_velocity_scale`` of the velocity limit, within the acceleration limit),
+so a person can reset the scene beside it. Commands on ``arm/command`` arrive filtered by their
+publisher (policy_node, teleop_node: each declares ``ARM_SAFETY``); filtering them again here with
+a second state would only lag them.
 The e-stop (``estop``, std_msgs/Bool, see common.subscribe_estop) latches here too: the arm holds
 where it is, homing stops, and every command is ignored until an explicit release (``data: false``).
 For ros2_control arms no arm_node runs: commands go to the controller directly (see bringup).
@@ -29,6 +33,8 @@ from vla_robot.twin.robots import robot_spec
 
 class ArmNode(common.ConfiguredNode):
     config_class = ArmNodeConfig
+    #: what passes the safety filter before this node sends it to the device (tests/test_arm_safety.py)
+    ARM_SAFETY = {"homing": "_home_filter"}
 
     def __init__(self, node_name: str = "arm_node", **kwargs):
         super().__init__(node_name, **kwargs)
@@ -45,7 +51,8 @@ class ArmNode(common.ConfiguredNode):
             raise ConfigError(f"the {cfg.backend} arm's joints {self.names} differ from robot '{cfg.robot}': "
                               f"{list(self.spec.joint_names)}")
         self._offset = common.wall_offset()
-        self._homing: list[np.ndarray] = []
+        self._home_filter = common.safety_filter(cfg.robot, cfg.safety)  # its state is the homing move's
+        self._homing = False
         self._reset_at = float("-inf")  # ROS time of the last reset event: older commands do not stop homing
         self.estopped = False  # latched by the e-stop topic; only an explicit release clears it
         self.commands = 0  # sent to the device (homing included)
@@ -77,7 +84,7 @@ class ArmNode(common.ConfiguredNode):
                 self.get_logger().error(f"arm read failed: {e}", throttle_duration_sec=2.0)
                 return
             if self._homing:  # under the lock: a command that takes over cannot be overwritten by a step home
-                self._send(self._homing.pop(0))
+                self._home_step()
         self.js_pub.publish(convert.joint_state_to_msg(self.names, q, stamp + self._offset, velocity=dq))
 
     def _on_command(self, msg: JointTrajectory) -> None:
@@ -94,7 +101,7 @@ class ArmNode(common.ConfiguredNode):
                 # sent before the reset, delivered late (a busy process, a queue): it must not undo the homing
                 self.received["stale"] += 1
                 return
-            self._homing = []  # a commander took over
+            self._homing = False  # a commander took over
         self.mon_cmd.tick()
         self.received[source] += 1
         self._send(q)
@@ -115,7 +122,7 @@ class ArmNode(common.ConfiguredNode):
             if not self.estopped:
                 self.get_logger().warning("e-stop released: commands are taken again")
                 return
-            self._homing = []
+            self._homing = False
             try:  # hold where the arm is now: the last target may be far away
                 q, _, _ = self.arm.read()
             except DriverError as e:
@@ -138,16 +145,21 @@ class ArmNode(common.ConfiguredNode):
         except DriverError as e:
             self.get_logger().error(f"cannot home the arm: {e}")
             return
-        # a straight joint-space path home at a quarter of the velocity limit
-        home = self.spec.home
-        dist = np.abs(home - q) / (0.25 * self.spec.max_velocity)
-        n = max(1, int(np.ceil(dist.max() * self.config.state_hz)))
         with self._device:
             if self.estopped:
                 self.get_logger().warning("not homing: the e-stop is latched")
                 return
-            self._homing = [q + (home - q) * (i + 1) / n for i in range(n)]
-        self.get_logger().info(f"homing the arm over {n / self.config.state_hz:.1f} s")
+            self._home_filter.reset(q)  # from where the arm is, at rest
+            self._homing = True
+        self.get_logger().info(f"homing the arm from {np.round(q, 3).tolist()}")
+
+    def _home_step(self) -> None:
+        """One state tick of the homing move: the filtered step towards home; done once it rests there."""
+        f = self._home_filter
+        self._send(f.filter(self.spec.home, 1.0 / self.config.state_hz))
+        if not f.ramping and not np.any(np.abs(f.velocity) > 1e-9):
+            self._homing = False
+            self.get_logger().info("the arm is home")
 
     def close(self) -> None:
         try:

@@ -300,3 +300,24 @@ class Diagnostics:
 def wall_offset() -> float:
     """time.time() - time.monotonic(): turns a driver's monotonic stamp into a ROS (wall) stamp."""
     return time.time() - time.monotonic()
+
+
+def workspace_fk(robot: str, safety) -> Callable[[Any], Any] | None:
+    """The robot's forward kinematics for a safety config's workspace box (None when it has no box).
+
+    Every node that builds a SafetyFilter takes its fk from here, so a box is enforced the same way
+    everywhere, in the frame of the robot's MuJoCo model (its base).
+    """
+    if safety.workspace_min is None:
+        return None
+    from vla_robot.twin.kinematics import end_effector_fk
+
+    return end_effector_fk(robot)
+
+
+def safety_filter(robot: str, safety):
+    """A SafetyFilter for ``robot`` with the config's limits (and the workspace box, through its fk)."""
+    from vla_robot.control.safety import SafetyFilter
+    from vla_robot.twin.robots import robot_spec
+
+    return SafetyFilter(robot_spec(robot).joint_limits(), safety, fk=workspace_fk(robot, safety))

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-from vla_robot.control.config import ControlConfig
+from vla_robot.control.config import ControlConfig, SafetyConfig
 
 ROBOTS = ("so101", "panda")
 EPISODE_MODES = ("record", "evaluate", "rl")
@@ -106,6 +106,9 @@ class ArmNodeConfig:
     state_hz: float = 30.0
     # Hold the last target when no command came for this long (seconds); 0 disables.
     command_timeout_s: float = 0.5
+    # Limits of the homing move between episodes (it runs while a person resets the scene): it
+    # ramps at safety.ramp_velocity_scale of the velocity limit, within the acceleration limit.
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def validate(self) -> None:
         _robot(self.robot)
@@ -127,6 +130,9 @@ class TeleopNodeConfig:
     leader: dict = field(default_factory=dict)
     # gamepad: evdev device path ('' = first gamepad found)
     gamepad_path: str = ""
+    # Limits of every command teleop publishes (keys, the 'h' home key, gamepad, leader arm): in
+    # record_demos and the twin graph its commands go straight to the arm.
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def validate(self) -> None:
         _robot(self.robot)

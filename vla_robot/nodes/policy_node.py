@@ -58,6 +58,9 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
     With ``autostart`` (default) it configures and activates itself."""
 
     config_class = PolicyNodeConfig
+    #: what passes the safety filter before it is published: policy, hold and teleop commands alike
+    #: (tests/test_arm_safety.py)
+    ARM_SAFETY = {common.ARM_COMMAND: "controller.safety"}
 
     def __init__(self, node_name: str = "policy_node", *, client=None, **kwargs):
         super().__init__(node_name, **kwargs)
@@ -74,7 +77,8 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             options["temperature"] = cfg.temperature
         ctrl_client = _LockstepClient(self.client, cfg.control.request_timeout_s) if cfg.lockstep else self.client
         self.controller = ChunkController(
-            cfg.control, self.spec.joint_limits(), ctrl_client, request_options=options, clock=self._control_clock
+            cfg.control, self.spec.joint_limits(), ctrl_client, request_options=options, clock=self._control_clock,
+            fk=common.workspace_fk(cfg.robot, cfg.control.safety),  # the workspace box needs the robot's kinematics
         )
         self._lock = threading.Lock()  # guards the latest inputs
         self._tick_lock = threading.Lock()  # one tick at a time; a trigger during a tick is dropped

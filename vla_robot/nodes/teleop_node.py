@@ -4,7 +4,10 @@
 Publishes ``teleop/command`` (JointTrajectory, frame_id ``teleop``) at ``rate_hz`` while engaged,
 and ``teleop/intervention`` (Bool, latched): the policy node then forwards the operator's commands
 through its safety filter instead of the policy's, and the recorder marks those frames. In
-record_demos the command topic is remapped straight to ``arm/command``.
+record_demos and the twin graph the command topic is remapped straight to ``arm/command``, so every
+command teleop publishes passes its own SafetyFilter first (limits from ``safety``; the ``h`` key
+ramps home, it does not jump). The filter starts from the measured arm each time the operator takes
+over; behind policy_node a second filter sees only commands already within the limits.
 
 Keys (terminal, or std_msgs/String on ``teleop/keys`` for remote/scripted use)::
 
@@ -87,6 +90,8 @@ class KeyboardTeleop:
 
 class TeleopNode(common.ConfiguredNode):
     config_class = TeleopNodeConfig
+    #: what passes the safety filter before it is published (tests/test_arm_safety.py)
+    ARM_SAFETY = {common.TELEOP_COMMAND: "safety"}
 
     def __init__(self, node_name: str = "teleop_node", *, use_terminal: bool = True, **kwargs):
         super().__init__(node_name, **kwargs)
@@ -96,6 +101,9 @@ class TeleopNode(common.ConfiguredNode):
         self.keyboard = KeyboardTeleop(self.spec, cfg.step)
         self._lock = threading.Lock()
         self._stamp = 0.0
+        self._measured: np.ndarray | None = None
+        self.safety = common.safety_filter(cfg.robot, cfg.safety)
+        self._filtering = False  # the filter's state follows what was published since the last take-over
         self.estopped = False
         self.leader = None
         self.gamepad = None
@@ -135,6 +143,7 @@ class TeleopNode(common.ConfiguredNode):
             return
         with self._lock:
             self._stamp = stamp
+            self._measured = q
             self.keyboard.sync(q)
 
     def _on_keys(self, msg: String) -> None:
@@ -184,12 +193,25 @@ class TeleopNode(common.ConfiguredNode):
             self._poll_gamepad()
         with self._lock:
             if self.estopped or (not self.keyboard.engaged and self.leader is None):
+                self._filtering = False  # the next take-over starts from the measured arm
                 return
-            target, stamp = self.keyboard.target, self._stamp
-        if target is not None:
+            command = self._safe(self.keyboard.target)
+            stamp = self._stamp
+        if command is not None:
             self.command_pub.publish(
-                convert.command_to_msg(target, self.names, stamp, 1.0 / self.config.rate_hz, source="teleop")
+                convert.command_to_msg(command, self.names, stamp, 1.0 / self.config.rate_hz, source="teleop")
             )
+
+    def _safe(self, target: np.ndarray | None) -> np.ndarray | None:
+        """The filtered command towards ``target`` for this tick (None until the arm has been measured)."""
+        if target is None:
+            return None
+        if not self._filtering:
+            if self._measured is None:
+                return None  # the filter must start where the arm is
+            self.safety.reset(self._measured)
+            self._filtering = True
+        return self.safety.filter(target, 1.0 / self.config.rate_hz)
 
     def _poll_gamepad(self) -> None:  # pragma: no cover - needs a gamepad
         for etype, code, value in self.gamepad.events():

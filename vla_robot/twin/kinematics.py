@@ -94,3 +94,22 @@ class Kinematics:
         pos, axis = self.fk(q, base_qpos)
         axis_err = 0.0 if want is None else float(np.arccos(np.clip(axis @ want, -1, 1)))
         return IKResult(q=q, pos_error=float(np.linalg.norm(target - pos)), axis_error=axis_err, iterations=it)
+
+
+def end_effector_fk(robot: str):
+    """``fk(q) -> xyz``: the tool centre point (metres, the robot's base frame) for a full joint vector
+    ``q`` (gripper included, as commands are), from the robot's own MuJoCo model (no scene).
+
+    The safety filter's workspace box is in this frame; control/ stays numpy-only by taking the callable.
+    """
+    from vla_robot.twin.models import robot_mjspec
+    from vla_robot.twin.robots import robot_spec
+
+    spec = robot_spec(robot)
+    arm = list(spec.arm_joints)
+    kin = Kinematics(robot_mjspec(robot).compile(), spec.ee_site, [spec.joint_names[i] for i in arm])
+
+    def fk(q) -> np.ndarray:
+        return kin.fk(np.asarray(q, dtype=np.float64)[arm])[0]
+
+    return fk
