@@ -208,3 +208,50 @@ def test_shipped_device_options_fit_their_backends(name):
     leader = sections.get("teleop_node", {}).get("leader")
     if leader:
         from_dict(backend_class("arm", "lerobot").config_class, leader, source=f"{name}.yaml leader")
+
+
+def test_task_and_instruction_have_one_meaning_each():
+    """A task names the twin's scene, an instruction is the words the policy reads; the README's mix-up
+    (task:="touch the red cube" with use_sim:=true) is caught before any node starts, saying which was meant."""
+    import argparse
+
+    from vla_robot.config import from_dict
+    from vla_robot.data.cli import _common_args
+    from vla_robot.nodes.cli import launch_args
+    from vla_robot.nodes.config import TwinNodeConfig
+
+    with pytest.raises(ValueError, match=r"task 'touch the red cube' looks like an instruction .*"
+                                         r"use instruction:='touch the red cube'.*twin scene: reach, pick_place"):
+        bringup.graph_from_launch_arguments("record_demos", {"use_sim": "true", "task": "touch the red cube"})
+    with pytest.raises(ValueError, match="task is 'stack'; on the twin a task names its scene, one of reach, pick_place"):
+        bringup.graph("rl_finetune", use_sim=True, task="stack")
+    with pytest.raises(ConfigError, match="looks like an instruction"):  # a parameter file or --set says the same
+        from_dict(TwinNodeConfig, {"task": "touch the red cube"})
+    # the README's command as fixed
+    specs = bringup.graph_from_launch_arguments("record_demos", {"use_sim": "true", "instruction": "touch the red cube"})
+    em = dict(next(s for s in specs if s.name == "episode_manager_node").overrides)
+    assert em == {"instruction": "touch the red cube"}
+    # every launch argument and CLI flag says which one it takes
+    assert "NAME" in bringup.LAUNCH_ARGUMENTS["task"][1] and "WORDS" in bringup.LAUNCH_ARGUMENTS["instruction"][1]
+    for add in (launch_args, lambda p: _common_args(p, "runs/x")):
+        p = argparse.ArgumentParser()
+        add(p)
+        helps = {a.dest: a.help for a in p._actions}
+        assert "NAME" in helps["task"] and "WORDS" in helps["instruction"], helps
+    readme = (ROOT / "README.md").read_text()
+    assert 'task:="touch the red cube"' not in readme
+
+
+def test_record_demos_on_the_twin_gives_teleop_a_device_that_works_there(ros_context):
+    """record_demos.yaml's leader arm needs scservo_sdk and a serial port; on the twin sim.yaml swaps it."""
+    pytest.importorskip("rclpy")
+    from vla_robot.nodes.runner import node_kwargs
+    from vla_robot.nodes.teleop_node import TeleopNode
+
+    spec = next(s for s in bringup.graph("record_demos", use_sim=True) if s.name == "teleop_node")
+    node = TeleopNode("teleop_node", context=ros_context, use_terminal=False, **node_kwargs(spec))
+    try:
+        assert node.config.device == "keyboard" and node.leader is None
+    finally:
+        node.close()
+        node.destroy_node()

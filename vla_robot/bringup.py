@@ -27,10 +27,10 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "robot": ("so101", "robot model: so101 or panda"),
     "arm_driver": ("lerobot", "lerobot (arm_node bridges a lerobot robot) or ros2_control (commands go to its JTC)"),
     "policy_server": ("tcp://127.0.0.1:5555", "ZMQ address of the policy server"),
-    "task": ("", "task name (sim: the twin's task, e.g. reach or pick_place, whose instruction the twin gives; "
-                 "robot: a short name of what the arm does)"),
-    "instruction": ("", "language instruction the policy gets (robot: empty = the task's text; sim: empty = the "
-                        "twin task's own); rl and evaluate need one of task or instruction"),
+    "task": ("", "a task NAME, not the words the policy reads (sim: the twin's scene, reach or pick_place; "
+                 "robot: a short name of what the arm does, for the dataset and rl groups)"),
+    "instruction": ("", "the WORDS the policy reads, e.g. 'touch the red cube' (robot: empty = the task's text; "
+                        "sim: empty = the twin scene's own); rl and evaluate need one of task or instruction"),
     "config": ("", "parameter file to use instead of config/<graph>.yaml"),
 }
 
@@ -87,6 +87,10 @@ def graph(
         raise ValueError(f"arm_driver must be one of {', '.join(ARM_DRIVERS)}, got '{arm_driver}'")
     if robot not in ("so101", "panda"):
         raise ValueError(f"robot must be so101 or panda, got '{robot}'")
+    if use_sim and task:
+        from vla_robot.twin.config import check_twin_task
+
+        check_twin_task(task)  # before any node starts: the twin would stop on it
     params = parameter_files(name, use_sim, config)
     robot_o = (("robot", robot),)
 

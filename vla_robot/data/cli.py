@@ -62,7 +62,11 @@ def _common_args(p: argparse.ArgumentParser, default_root: str) -> None:
     p.add_argument("--episodes", type=int, default=5, help="episodes to run (evaluate: per task; default 5)")
     p.add_argument("--root", default=default_root, help=f"dataset folder (default {default_root}); resumed if it exists")
     p.add_argument("--repo-id", default=None, help="dataset label, user/name (default from the graph's config)")
-    p.add_argument("--task", default="", help="task (sim: the twin's task, e.g. reach; evaluate: a,b for several)")
+    p.add_argument("--task", default="", help="a task NAME (sim: the twin's scene, reach or pick_place; evaluate: a,b "
+                                              "for several); the words the policy reads go in --instruction")
+    p.add_argument("--instruction", default="",
+                   help="the WORDS the policy reads, e.g. 'touch the red cube' (default: the twin scene's own; "
+                        "robot: the task's text)")
     p.add_argument("--robot", default="so101", choices=("so101", "panda"))
     p.add_argument("--config", default=None, help="parameter file instead of config/<graph>.yaml")
     p.add_argument("--max-duration", type=float, default=None, help="episode timeout in seconds (sim: sim seconds)")
@@ -104,7 +108,8 @@ def _run(graph_name: str, args, serve_policy: str | None, expert: bool) -> tuple
 
     root = Path(args.root)
     before = len(reader.read_journal(root)) if root.exists() else 0
-    runner = GraphRunner(graph_name, sim=args.sim, robot=args.robot, task=args.task, config=args.config,
+    runner = GraphRunner(graph_name, sim=args.sim, robot=args.robot, task=args.task, instruction=args.instruction,
+                         config=args.config,
                          serve_policy=serve_policy, overrides=_overrides(args, args.episodes),
                          exclude=("teleop_node",) if expert else ())
     t0 = time.monotonic()

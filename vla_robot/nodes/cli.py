@@ -29,9 +29,12 @@ def launch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy-server", default="", help="ZMQ address of a running policy server")
     parser.add_argument("--serve", default=None, metavar="PRESET_OR_DIR",
                         help="also start a policy server in this process (a preset such as 'tiny', or a checkpoint folder)")
-    parser.add_argument("--task", default="", help="task name (sim: the twin's task)")
+    parser.add_argument("--task", default="",
+                        help="a task NAME (sim: the twin's scene, reach or pick_place; robot: a short name of what "
+                             "the arm does); the words the policy reads go in --instruction")
     parser.add_argument("--instruction", default="",
-                        help="language instruction for the policy (robot: default the task's text; sim: the twin's)")
+                        help="the WORDS the policy reads, e.g. 'touch the red cube' (robot: default the task's "
+                             "text; sim: the twin scene's own)")
     parser.add_argument("--config", default=None, help="parameter file to use instead of config/<graph>.yaml")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.KEY=VALUE",
                         help="override one node parameter (repeatable)")

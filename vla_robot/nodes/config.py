@@ -145,10 +145,11 @@ class EpisodeManagerNodeConfig:
     """episode_manager_node: reset -> run -> label -> save, with timeouts; modes record / evaluate / rl."""
 
     mode: Literal["record", "evaluate", "rl"] = "evaluate"
-    # The task's name. On the twin, a twin task (reach, pick_place) whose instruction the twin gives;
-    # on a robot, a short name of what the arm should do (its text is the instruction if none is set).
+    # The task: on the twin, the scene it sets up (reach, pick_place; the twin gives its instruction);
+    # on a robot, a short name of what the arm does, for the dataset and the rl groups (its text is the
+    # instruction only if none is set).
     task: str = ""
-    # The language instruction the policy gets ('' = the twin's own, or on a robot the task's text).
+    # The instruction: the words the policy reads ('' = the twin's own, or on a robot the task's text).
     # In rl and evaluate mode no episode starts without one.
     instruction: str = ""
     # Episodes to run; 0 = until stopped. With autostart the next episode starts by itself.
@@ -235,6 +236,9 @@ class TwinNodeConfig:
 
     def validate(self) -> None:
         _robot(self.robot)
+        from vla_robot.twin.config import check_twin_task
+
+        check_twin_task(self.task)  # the scene: words meant for the policy are an instruction
         if self.mode == "scene" and not self.session.strip():
             raise ValueError("session must name the twin session of this process's camera and arm "
                              "(their options' 'session'), e.g. session: standin")

@@ -9,11 +9,27 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = ["TwinConfig", "RandomizationConfig", "MirrorConfig", "CameraCalibrationFiles", "TwinArmConfig",
-           "TwinCameraConfig", "TWIN_CAMERAS", "TASKS", "TASK_CUBES"]
+           "TwinCameraConfig", "TWIN_CAMERAS", "TASKS", "TASK_CUBES", "check_twin_task"]
 
 TWIN_CAMERAS = ("front", "wrist", "side", "top")
 TASKS = ("reach", "pick_place")
 TASK_CUBES = {"reach": ("red", "green", "blue"), "pick_place": ("red", "blue")}  # each task's cubes, in order
+
+
+def check_twin_task(task: str, flag: str = "task") -> str:
+    """``task`` if it names a twin scene (one of TASKS); else a ValueError that says which was meant.
+
+    A task names the twin's scene; an instruction is the words the policy reads. Words given as a task
+    (``task:="touch the red cube"``) are the usual mix-up, so the error says to pass them as the instruction.
+    """
+    if task in TASKS:
+        return task
+    names = ", ".join(TASKS)
+    if len(str(task).split()) > 1:
+        raise ValueError(f"{flag} '{task}' looks like an instruction (the words the policy reads): use "
+                         f"instruction:='{task}' (--instruction); {flag} names a twin scene: {names}")
+    raise ValueError(f"{flag} is '{task}'; on the twin a task names its scene, one of {names} "
+                     "(the words the policy reads go in instruction:=... / --instruction)")
 
 
 def _range(name: str, value: list[float], lo: float = 0.0) -> None:
