@@ -4,7 +4,6 @@ exit 0 with no traceback (no KeyboardInterrupt during close, no RCLError from a 
 context is gone); the recorder closes while it can still publish. The stand-in robot graph runs one process per node (ProcessGraph, as ros2 launch runs it)."""
 import os
 import signal
-import threading
 import time
 
 import pytest
@@ -13,30 +12,23 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
 torch = pytest.importorskip("torch")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
-
-from vla_robot.nodes import common, convert  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 
-def test_two_sigints_to_every_node_process_stop_the_graph_with_exit_0_and_no_traceback(tmp_path, ros_context):
+def test_two_sigints_to_every_node_process_stop_the_graph_with_exit_0_and_no_traceback(tmp_path, ros_context, probe):
     from vla_robot.nodes.processes import ProcessGraph
     from vla_robot.nodes.rehearse import HARDWARE, standin_graph
     from vla_robot.policy import load_policy
     from vla_robot.serving.server import PolicyServer
 
     torch.set_num_threads(1)
-    events, lock = [], threading.Lock()
-    probe = rclpy.create_node("clean_stop_probe", context=ros_context)
-
-    def on_event(msg):
-        with lock:
-            events.append(convert.msg_to_event(msg))
-
-    probe.create_subscription(String, common.EPISODE_EVENTS, on_event, common.EPISODE_EVENT_QOS)
     ex = SingleThreadedExecutor(context=ros_context)
-    ex.add_node(probe)
+    ex.add_node(probe.node)
+
+    def started():
+        return probe.events(lambda e: e["type"] == "start")
+
     manager = {"max_duration_s": 30.0, "reset_source": "none", "autostart": True}
     env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_DOMAIN_ID": os.environ["ROS_DOMAIN_ID"]}
     with PolicyServer(load_policy(preset="tiny", seed=0), bind="tcp://127.0.0.1:*", weights_bind=None).start() as server:
@@ -44,10 +36,10 @@ def test_two_sigints_to_every_node_process_stop_the_graph_with_exit_0_and_no_tra
         graph = ProcessGraph(specs, tmp_path / "logs", groups={"hardware": HARDWARE}, env=env).start()
         try:
             deadline = time.monotonic() + 240
-            while time.monotonic() < deadline and not any(e["type"] == "start" for e in events):
+            while time.monotonic() < deadline and not started():
                 assert not graph.exited(), {u: graph.log_text(u)[-2000:] for u in graph.exited()}
                 ex.spin_once(timeout_sec=0.1)
-            assert any(e["type"] == "start" for e in events), "no episode started"
+            assert started(), "no episode started"
             time.sleep(1.0)  # an episode in progress: the recorder has frames to finish
             # launch's SIGINT and the terminal's, a moment apart, to every process
             for p in graph.procs.values():
@@ -66,7 +58,6 @@ def test_two_sigints_to_every_node_process_stop_the_graph_with_exit_0_and_no_tra
         finally:
             graph.stop(timeout_s=10)
             ex.shutdown()
-            probe.destroy_node()
     logs = {u: graph.log_text(u) for u in graph.procs}
     assert codes == {u: 0 for u in graph.procs}, {u: logs[u][-3000:] for u, c in codes.items() if c != 0}
     bad = {u: t[-3000:] for u, t in logs.items() if "Traceback" in t or "RCLError" in t}

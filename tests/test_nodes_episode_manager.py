@@ -2,7 +2,6 @@
 the operator's takeover, and what the operator is told before each episode."""
 import json
 import threading
-import time
 
 import pytest
 
@@ -12,26 +11,19 @@ from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 
 from vla_robot.config import from_dict  # noqa: E402
-from vla_robot.nodes import common, convert  # noqa: E402
+from vla_robot.nodes import common  # noqa: E402
 from vla_robot.nodes.config import EpisodeManagerNodeConfig  # noqa: E402
 
 pytestmark = [pytest.mark.ros]
 
 
-def test_labels_over_ros_name_their_episode_and_a_takeover_is_recorded(ros_context):
+def test_labels_over_ros_name_their_episode_and_a_takeover_is_recorded(ros_context, probe):
     from vla_robot.nodes.episode_manager_node import EpisodeManagerNode
 
     manager = EpisodeManagerNode(config=from_dict(EpisodeManagerNodeConfig, {
         "mode": "rl", "task": "pick up the cube", "reset_source": "operator", "start_conditions": ["left", "right"],
         "group_size": 2, "prompt": False}), use_terminal=False, context=ros_context)
-    person = rclpy.create_node("person", context=ros_context)
-    events, lock = [], threading.Lock()
-
-    def on_event(msg):
-        with lock:
-            events.append(convert.msg_to_event(msg))
-
-    person.create_subscription(String, common.EPISODE_EVENTS, on_event, common.EPISODE_EVENT_QOS)
+    person = probe.node  # the person at the robot: reads the episode events, labels, takes over
     labels = person.create_publisher(String, common.EPISODE_LABEL, common.EVENT_QOS)
     takeover = person.create_publisher(Bool, common.TELEOP_INTERVENTION, common.LATCHED_QOS)
     label_srv = person.create_client(SetBool, "/episode_manager_node/label")
@@ -43,15 +35,10 @@ def test_labels_over_ros_name_their_episode_and_a_takeover_is_recorded(ros_conte
     spinner = threading.Thread(target=ex.spin, daemon=True)
     spinner.start()
 
-    def wait_for(cond, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while not cond() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return cond()
+    wait_for = probe.wait_for
 
     def last(kind):
-        with lock:
-            found = [e for e in events if e["type"] == kind]
+        found = probe.events(lambda e: e["type"] == kind)
         return found[-1] if found else None
 
     def call_label(success):
@@ -86,10 +73,9 @@ def test_labels_over_ros_name_their_episode_and_a_takeover_is_recorded(ros_conte
         assert wait_for(lambda: last("save") is not None)
         save = last("save")
         assert (save["episode"], save["label"], save["label_source"], save["intervened"]) == (0, "failure", "human", True)
-        start = [e for e in events if e["type"] == "start"][0]
+        start = probe.events(lambda e: e["type"] == "start")[0]
         assert start["instruction"] == "pick up the cube" and start["start_condition"] == "left"
     finally:
         ex.shutdown(timeout_sec=5)
         spinner.join(timeout=5)
-        person.destroy_node()
         manager.destroy_node()

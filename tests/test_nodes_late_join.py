@@ -18,9 +18,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
 
-from vla_robot.nodes import common, convert  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -65,27 +63,17 @@ def _stop(proc):
             proc.wait()
 
 
-def test_twin_started_after_the_manager_runs_episode_0(tmp_path, ros_context):
+def test_twin_started_after_the_manager_runs_episode_0(tmp_path, ros_context, probe):
     params = tmp_path / "params.yaml"
     params.write_text(PARAMS)
-    events, lock = [], threading.Lock()
-    node = rclpy.create_node("late_join_probe", context=ros_context)
-
-    def on_event(msg):
-        with lock:
-            events.append(convert.msg_to_event(msg))
-
-    node.create_subscription(String, common.EPISODE_EVENTS, on_event, common.EPISODE_EVENT_QOS)
     ex = SingleThreadedExecutor(context=ros_context)
-    ex.add_node(node)
+    ex.add_node(probe.node)
     stop = threading.Event()
     spinner = threading.Thread(target=lambda: [ex.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)],
                                daemon=True)
     spinner.start()
 
-    def seen(pred):
-        with lock:
-            return [e for e in events if pred(e)]
+    seen = probe.events
 
     logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("manager", "twin")}
     manager = _start("episode_manager_node", params, logs["manager"])
@@ -118,10 +106,9 @@ def test_twin_started_after_the_manager_runs_episode_0(tmp_path, ros_context):
         stop.set()
         spinner.join(timeout=5)
         ex.shutdown()
-        node.destroy_node()
     failed = seen(lambda e: e["type"] == "end" and e["reason"] == "reset_failed")
-    assert starts and starts[0]["episode"] == 0, (json.dumps(events), (tmp_path / "manager.log").read_text())
+    assert starts and starts[0]["episode"] == 0, (json.dumps(probe.events()), (tmp_path / "manager.log").read_text())
     assert starts[0]["instruction"].startswith("touch") and starts[0]["start_condition"] == 3
     assert not failed, failed
     saves = seen(lambda e: e["type"] == "save")
-    assert [e["episode"] for e in saves[:2]] == [0, 1], events
+    assert [e["episode"] for e in saves[:2]] == [0, 1], probe.events()
