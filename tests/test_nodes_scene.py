@@ -38,7 +38,7 @@ def test_start_condition_names_stand_for_fixed_twin_starts():
         from_dict(TwinNodeConfig, {"mode": "scene", "session": " "})
 
 
-def test_scene_mode_sets_up_each_start_condition_and_reports_success(ros_context):
+def test_scene_mode_sets_up_each_start_condition_and_reports_success(ros_context, probe):
     from vla_robot.drivers.twin import find_session
     from vla_robot.nodes.arm_node import ArmNode
     from vla_robot.nodes.episode_manager_node import EpisodeManagerNode
@@ -51,36 +51,22 @@ def test_scene_mode_sets_up_each_start_condition_and_reports_success(ros_context
         "mode": "rl", "task": "reach", "instruction": "touch the red cube", "reset_source": "operator",
         "start_conditions": ["left", "right"], "group_size": 2, "prompt": False}),
         use_terminal=False, context=ros_context)
-    probe = rclpy.create_node("scene_probe", context=ros_context)
-    ready, success, lock = [], [], threading.Lock()
-
-    def keep(store, conv):
-        def cb(msg):
-            with lock:
-                store.append((time.monotonic(), conv(msg)))
-        return cb
-
-    probe.create_subscription(String, common.SCENE_READY, keep(ready, lambda m: json.loads(m.data)), common.EVENT_QOS)
-    probe.create_subscription(Bool, common.SCENE_SUCCESS, keep(success, lambda m: m.data), common.STATE_QOS)
+    probe.collect(common.SCENE_READY, String, common.EVENT_QOS, lambda m: json.loads(m.data))
+    probe.collect(common.SCENE_SUCCESS, Bool, common.STATE_QOS, lambda m: (time.monotonic(), m.data))
     ex = MultiThreadedExecutor(num_threads=4, context=ros_context)
-    for n in (arm, scene, manager, probe):
+    for n in (arm, scene, manager, probe.node):
         ex.add_node(n)
     spinner = threading.Thread(target=ex.spin, daemon=True)
     spinner.start()
     sess = find_session("scene_test")
 
-    def wait_for(cond, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while not cond() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return cond()
+    wait_for = probe.wait_for
 
     def ready_for(episode):
-        with lock:
-            return [r for _, r in ready if r["episode"] == episode]
+        return probe.seen(common.SCENE_READY, lambda r: r["episode"] == episode)
 
     try:
-        assert wait_for(lambda: probe.count_publishers(common.SCENE_READY) and
+        assert wait_for(lambda: probe.node.count_publishers(common.SCENE_READY) and
                         manager._events_pub.get_subscription_count() >= 2)
         core = manager.core
         assert core.start()[0] and core.state == "resetting"
@@ -104,10 +90,10 @@ def test_scene_mode_sets_up_each_start_condition_and_reports_success(ros_context
             time.sleep(1 / 30)
         with sess.lock:
             assert sess.env.success(), "the expert did not reach the cube"
-        assert wait_for(lambda: any(s for _, s in list(success)), timeout=5)
-        with lock:
-            assert not success[0][1]
-            stamps = [t for t, _ in success]
+        assert wait_for(lambda: probe.seen(common.SCENE_SUCCESS, lambda s: s[1]), timeout=5)
+        success = probe.seen(common.SCENE_SUCCESS)
+        assert not success[0][1]
+        stamps = [t for t, _ in success]
         assert len(stamps) >= 5 and 3.0 < (len(stamps) - 1) / (stamps[-1] - stamps[0]) < 20.0  # about 10 Hz
         core.stop()
         assert core.label_episode(0, "success")[0]
@@ -121,6 +107,6 @@ def test_scene_mode_sets_up_each_start_condition_and_reports_success(ros_context
     finally:
         ex.shutdown(timeout_sec=5)
         spinner.join(timeout=5)
-        for n in (probe, manager, scene, arm):
+        for n in (manager, scene, arm):
             getattr(n, "close", lambda: None)()
             n.destroy_node()

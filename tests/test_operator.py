@@ -150,10 +150,10 @@ def test_the_console_runs_in_a_terminal_in_tmux(tmp_path):
 
 
 @pytest.mark.ros
-def test_take_over_from_the_console_goes_through_the_teleop_node(ros_context):
+def test_take_over_from_the_console_goes_through_the_teleop_node(ros_context, probe):
     """'t' takes over through the teleop node (its keys topic), as the keyboard beside the arm would;
     the console shows it from teleop/intervention; 't' again hands back."""
-    rclpy = pytest.importorskip("rclpy")
+    pytest.importorskip("rclpy")
     pytest.importorskip("mujoco")
     from rclpy.executors import MultiThreadedExecutor
     from sensor_msgs.msg import JointState
@@ -166,18 +166,12 @@ def test_take_over_from_the_console_goes_through_the_teleop_node(ros_context):
     console = Console()
     op = OperatorNode(console, context=ros_context)
     teleop = TeleopNode("teleop_node", context=ros_context, use_terminal=False)
-    probe = rclpy.create_node("takeover_probe", context=ros_context)
-    js = probe.create_publisher(JointState, "/joint_states", common.STATE_QOS)
+    js = probe.node.create_publisher(JointState, "/joint_states", common.STATE_QOS)
     ex = MultiThreadedExecutor(num_threads=3, context=ros_context)
-    for n in (op, teleop, probe):
+    for n in (op, teleop, probe.node):
         ex.add_node(n)
     threading.Thread(target=ex.spin, daemon=True).start()
-
-    def wait(cond, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while not cond() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return cond()
+    wait = probe.wait_for
 
     try:
         spec = robot_spec("so101")
@@ -191,5 +185,5 @@ def test_take_over_from_the_console_goes_through_the_teleop_node(ros_context):
     finally:
         ex.shutdown()
         teleop.close()
-        for n in (op, teleop, probe):
+        for n in (op, teleop):
             n.destroy_node()
