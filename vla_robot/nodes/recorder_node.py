@@ -23,6 +23,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String, UInt8MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
+from vla_robot.control.config import SafetyConfig
 from vla_robot.data.config import RecorderNodeConfig
 from vla_robot.data.session import RecordingSession
 from vla_robot.nodes import common, convert
@@ -169,7 +170,9 @@ class RecorderNode(common.ConfiguredNode):
 class SimExpertTeleop:
     """The twin's scripted expert as the operator (record --sim): on each new joint state while an
     episode runs it asks the twin node's env for ``expert_action()`` and publishes it on
-    ``arm/command`` with source ``teleop``. Needs the twin node in the same process."""
+    ``arm/command`` with source ``teleop``, through a SafetyFilter on the robot's limits as every arm
+    command (no slow ramp: the expert's targets are already a step from the measured arm). Needs the
+    twin node in the same process."""
 
     def __init__(self, node: Node, twin_node):
         self.node = node
@@ -178,6 +181,8 @@ class SimExpertTeleop:
         self.dt = twin_node.dt
         self.running = False
         self._last = -1.0
+        self.safety = common.safety_filter(twin_node.config.robot, SafetyConfig(ramp_velocity_scale=1.0))
+        self._filtering = False  # reset from the measured arm at each episode's first command
         cb = MutuallyExclusiveCallbackGroup()
         self.pub = node.create_publisher(JointTrajectory, common.ARM_COMMAND, common.COMMAND_QOS)
         node.create_subscription(JointState, common.JOINT_STATES, self._on_js, common.STATE_QOS, callback_group=cb)
@@ -186,7 +191,7 @@ class SimExpertTeleop:
     def _on_event(self, msg: String) -> None:
         ev = convert.msg_to_event(msg)
         if ev["type"] == "start":
-            self.running = True
+            self.running, self._filtering = True, False
         elif ev["type"] in ("end", "save", "discard", "reset"):
             self.running = False
 
@@ -196,6 +201,10 @@ class SimExpertTeleop:
             return
         self._last = stamp
         q = self.twin._env_thread.submit(self.twin.env.expert_action).result()
+        if not self._filtering:
+            self.safety.reset(convert.msg_to_joint_state(msg, self.names)[0])
+            self._filtering = True
+        q = self.safety.filter(q, self.dt)
         self.pub.publish(convert.command_to_msg(q, self.names, stamp, self.dt, source="teleop"))
 
 
