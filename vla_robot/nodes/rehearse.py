@@ -57,7 +57,6 @@ def rehearse_args(parser: argparse.ArgumentParser) -> None:
 def rehearse(args: argparse.Namespace) -> int:
     from vla_robot.config import ConfigError
 
-    os.environ.setdefault("MUJOCO_GL", "egl")  # the warm-up renders the twin in this process
     if args.minutes <= 0:
         print(f"vla-robot rehearse: --minutes must be > 0, got {args.minutes}", file=sys.stderr)
         return 2
@@ -89,7 +88,6 @@ class Session:
         self.env = {
             "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
             "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID") or str(random.Random().randint(1, 100)),
-            "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
             "PYTHONUNBUFFERED": "1",
         }
         self.procs: dict[str, subprocess.Popen] = {}

@@ -55,7 +55,6 @@ def rl_finetune(args: argparse.Namespace) -> int:
               "recorder) plus `vla-robot learn --dataset DIR`; add --sim to run the whole loop on the MuJoCo twin.",
               file=sys.stderr)
         return 2
-    os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # the demo's graph stays on this host
     from vla_robot.rl import demo
     from vla_robot.rl.config import RLFinetuneConfig
