@@ -90,6 +90,19 @@ def assert_within_limits(start, commands, dt):
 FAR = SPEC.lower + 0.05  # far from home on every joint
 
 
+def assert_declared_filters(node):
+    """Each filter the node class declares is a SafetyFilter with the configured limits."""
+    from functools import reduce
+
+    from vla_robot.control.safety import SafetyFilter
+
+    for what, path in type(node).ARM_SAFETY.items():
+        f = reduce(getattr, path.split("."), node)
+        assert isinstance(f, SafetyFilter), f"{type(node).__name__}.{path} ({what}) is no SafetyFilter"
+        np.testing.assert_allclose(f.max_velocity, VMAX)
+        np.testing.assert_allclose(f.max_acceleration, AMAX)
+
+
 def drive_teleop(ros_context):
     """record_demos: teleop writes straight to the arm; 'h' from a far pose must ramp home."""
     spec = next(s for s in bringup.graph("record_demos") if s.executable == "teleop_node")
@@ -99,6 +112,7 @@ def drive_teleop(ros_context):
     node = TeleopNode("teleop_node", context=ros_context, use_terminal=False, **kw)
     sent = []
     try:
+        assert_declared_filters(node)
         assert node.command_pub.topic_name == "/arm/command"  # the remapping is in force
         node.command_pub.publish = lambda m: sent.append(convert.msg_to_command(m, SPEC.joint_names)[0])
         node._on_joint_state(convert.joint_state_to_msg(SPEC.joint_names, FAR, time.time()))
@@ -134,6 +148,7 @@ def drive_policy(ros_context):
     node = PolicyNode("policy_node", context=ros_context, client=FarClient(), **kw)
     sent = []
     try:
+        assert_declared_filters(node)
         node.command_pub.publish = lambda m: sent.append(convert.msg_to_command(m, SPEC.joint_names)[0])
         node._on_episode_event(convert.event_to_msg({"type": "start", "episode": 0, "stamp": 1.0}))
         dt = node.dt
@@ -175,6 +190,7 @@ def drive_arm_homing(ros_context, tmp_path):
 
     real, node.arm = node.arm, FollowingArm()
     try:
+        assert_declared_filters(node)
         node._on_episode_event(convert.event_to_msg({"type": "reset", "episode": 0}))
         for _ in range(5000):
             node._on_timer()
