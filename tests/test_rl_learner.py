@@ -89,6 +89,24 @@ def test_stale_and_unlabelled_episodes_are_not_used(runtime):
         learner.add(Episode("reach", 0, [], 2, 5))
 
 
+def test_a_stale_episode_serves_the_learners_version_again(runtime):
+    """A server restarted from its first checkpoint acts with version 0 while the learner is at 5: every
+    episode would be stale and no group would fill. The learner pushes its version again (not on every one)."""
+    rng = np.random.default_rng(3)
+    pushed = []
+    learner = Learner(runtime, preset("tiny", group_size=2, batch_groups=1, max_staleness=2),
+                      publish=lambda sd, v: pushed.append((v, len(sd))), note=lambda text: None)
+    learner.version = 5
+    first, second = make_group(runtime, 0, [1, 0], rng, version=0)
+    assert not learner.add(first)
+    assert [v for v, _ in pushed] == [5] and pushed[0][1] == len(runtime.model.state_dict())
+    assert not learner.add(second)
+    assert len(pushed) == 1  # at most every republish_s
+    assert learner.skipped["stale"] == 2
+    fresh = make_group(runtime, 1, [1], rng, version=4)[0]
+    assert learner.add(fresh) and len(pushed) == 1  # a recent version pushes nothing
+
+
 def test_resume_from_checkpoint_reaches_the_identical_state(runtime, tmp_path):
     rng = np.random.default_rng(3)
     gen = torch.Generator().manual_seed(0)

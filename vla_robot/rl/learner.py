@@ -79,6 +79,8 @@ class Learner:
         self.skipped: Counter[str] = Counter()  # refused episodes / skipped chunks, by reason
         # refused members of each group: the scheduler counted them, so the group completes without them
         self.refused: dict[tuple[str, Hashable], list[str]] = defaultdict(list)
+        self.republish_s = 30.0  # at most this often, serve our version again when a stale episode arrives
+        self._republished_at = -float("inf")
 
     # ---- episodes in ------------------------------------------------------------------------
     def add(self, episode: Episode) -> bool:
@@ -98,12 +100,31 @@ class Learner:
             return False
         if episode.version < self.version - self.cfg.max_staleness:
             self.consumed.add(episode.episode_id)
+            self.skipped["stale"] += 1
+            self._serve_again(episode.version)
             return False
         key = (episode.task, episode.start)
         if any(e.episode_id == episode.episode_id for e in self.groups[key]):
             return False
         self.groups[key].append(episode)
         return True
+
+    def _serve_again(self, acted: int) -> None:
+        """A stale episode means the server acts with weights far behind ours: it restarted (from its first
+        checkpoint) or missed a push. Without this, every later episode would be stale too and no group
+        would ever fill. Push our version again, at most every ``republish_s``."""
+        now = time.monotonic()
+        if self.publish is None or self.version == 0 or now - self._republished_at < self.republish_s:
+            return
+        self._republished_at = now
+        self.note(f"an episode acted by version {acted}, {self.version - acted} behind this learner: "
+                  f"serving version {self.version} again (a restarted server?)")
+        self._publish_weights()
+
+    def _publish_weights(self) -> None:
+        # a copy on the CPU: what the publisher sends from, and no second model on the GPU
+        self.publish({k: v.detach().to("cpu", copy=True) for k, v in self.runtime.model.state_dict().items()},
+                     self.version)
 
     def refusal(self, episode: Episode) -> tuple[str, str] | None:
         """Why ``episode`` must not train this learner, as (reason key, message), or None."""
@@ -216,9 +237,7 @@ class Learner:
             self.save(self.out_dir)
             self._append_updates_log([stats])
         if stats["opt_steps"] and self.publish is not None:
-            # a copy on the CPU: what the publisher sends from, and no second model on the GPU
-            self.publish({k: v.detach().to("cpu", copy=True) for k, v in self.runtime.model.state_dict().items()},
-                         self.version)
+            self._publish_weights()
         return stats
 
     def _optimise(self, rl_items: list[tuple[Episode, float]], sft_items: list[Episode]) -> dict:
