@@ -68,9 +68,12 @@ class ProcessGraph:
             if s.name not in grouped:
                 self.units[s.name] = [s]
         self.procs: dict[str, subprocess.Popen] = {}
+        self._spec_tmp: tempfile.TemporaryDirectory | None = None
 
     def start(self) -> ProcessGraph:
-        spec_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="vla_robot_graph_"))
+        if self.log_dir is None:
+            self._spec_tmp = tempfile.TemporaryDirectory(prefix="vla_robot_graph_")  # removed by stop()
+        spec_dir = self.log_dir or Path(self._spec_tmp.name)
         spec_dir.mkdir(parents=True, exist_ok=True)
         for unit, specs in self.units.items():
             spec_file = write_specs(specs, spec_dir / f"{unit}.nodes.json")
@@ -107,6 +110,9 @@ class ProcessGraph:
             self._interrupt(u)
         for u in rest:
             self._wait(u, deadline)
+        if self._spec_tmp is not None:
+            self._spec_tmp.cleanup()
+            self._spec_tmp = None
         return {u: p.returncode for u, p in self.procs.items()}
 
     def _interrupt(self, unit: str) -> None:
