@@ -128,10 +128,11 @@ def test_a_plain_volatile_estop_stops_the_moving_arm_until_released(ros_context,
         assert wait(lambda: sum(s[0] for s in states) >= 20, 10)
         with lock:
             after = [(q, dq) for latched, q, dq in states if latched]
-        # the measured velocity is ~0 within two control ticks and stays there while the commander keeps
-        # sending: the arm holds where it was stopped. after[0] may have been measured just before the latch
-        # took effect (it was in flight); after[2] is two ticks later (measured here: 0.27, 0.03, 0.004 rad/s)
-        assert np.abs(after[2][1]).max() < 0.1, [np.abs(dq).max() for _, dq in after[:6]]
+        # the measured velocity is ~0 within a couple of control ticks and stays there while the commander keeps
+        # sending: the arm holds where it was stopped. Counted in state messages seen after the latch, which
+        # include ones measured before it that were still in flight, or a state published twice between two
+        # physics steps on a loaded machine (seen: 0.92, 0.63, 0.63, 0.006 rad/s); quiet: 0.27, 0.03, 0.004
+        assert np.abs(after[3][1]).max() < 0.1, [np.abs(dq).max() for _, dq in after[:6]]
         held = np.array([q for q, _ in after[3:]])
         assert np.ptp(held, axis=0).max() < 0.01 and max(np.abs(dq).max() for _, dq in after[3:]) < 0.05
         assert arm.received["estop"] > 0  # commands came and were refused

@@ -194,8 +194,15 @@ class _EpisodeWatch:
                                       common.EVENT_QOS)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._stop = threading.Event()
+        # spun in short steps until close() asks it to stop, then joined: a thread still inside rclpy when
+        # the interpreter exits aborts the process ("terminate called without an active exception")
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.1)
 
     def settle(self, timeout_s: float) -> None:
         """Until the recorder has reported every saved episode durable (or failed), so stopping loses none."""
@@ -207,6 +214,8 @@ class _EpisodeWatch:
     def close(self) -> None:
         import rclpy
 
+        self._stop.set()
+        self.thread.join(timeout=5.0)
         self.executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
