@@ -113,26 +113,20 @@ def launch(args: argparse.Namespace) -> int:
 
 def _launch_processes(args, overrides: dict) -> int:
     """The graph with a process per node (and the server, with --serve), until Ctrl-C or --episodes are done."""
-    import dataclasses
-
     from vla_robot.bringup import graph
-    from vla_robot.config import ConfigError
     from vla_robot.nodes.processes import ProcessGraph, start_server
-    from vla_robot.nodes.runner import _flatten
+    from vla_robot.nodes.runner import with_overrides
 
-    server = None
-    if args.serve:
-        server, args.policy_server, _ = start_server(args.serve)
     specs = [s for s in graph(args.graph, use_sim=args.sim, robot=args.robot, arm_driver=args.arm_driver,
                               policy_server=args.policy_server, task=args.task, instruction=args.instruction,
                               config=args.config)
              if s.executable not in args.exclude and s.name not in args.exclude]
-    unknown = set(overrides) - {s.name for s in specs}
-    if unknown:
-        raise ConfigError(f"--set names nodes that are not in graph '{args.graph}': {sorted(unknown)}; "
-                          f"its nodes: {', '.join(s.name for s in specs)}")
-    specs = [dataclasses.replace(s, overrides=s.overrides + tuple(_flatten(overrides.get(s.name, {})).items()))
-             for s in specs]
+    specs = with_overrides(specs, overrides, args.graph)  # a bad --set stops here, before any process starts
+    server = None
+    if args.serve:
+        server, address, _ = start_server(args.serve)
+        if any(s.name == "policy_node" for s in specs):
+            specs = with_overrides(specs, {"policy_node": {"policy_server": address}}, args.graph)
     procs = ProcessGraph(specs).start()
     print(f"running graph '{args.graph}', a process per node ({', '.join(procs.procs)}); Ctrl-C to stop", flush=True)
     watch = _EpisodeWatch() if args.episodes else None

@@ -173,7 +173,7 @@ class Session:
 def standin_graph(server: str, out: Path, overrides: dict, labels: str = "twin", seed: int = 0) -> list:
     """The rl_finetune graph with the stand-in hardware and person (NodeSpecs)."""
     from vla_robot.bringup import NodeSpec, graph
-    from vla_robot.config import ConfigError, config_dir
+    from vla_robot.config import config_dir
 
     standin = str(config_dir() / "standin.yaml")
     specs = []
@@ -188,14 +188,9 @@ def standin_graph(server: str, out: Path, overrides: dict, labels: str = "twin",
     specs.append(NodeSpec("twin_node", "twin_node", parameters=(standin,)))
     specs.append(NodeSpec("standin_person", "standin_person", overrides=(
         ("log", str(out / "person.jsonl")), ("labels", labels), ("seed", seed))))
-    names = {s.name for s in specs}
-    unknown = set(overrides) - names
-    if unknown:
-        raise ConfigError(f"--set names nodes that are not in the graph: {sorted(unknown)}; nodes: {sorted(names)}")
-    from vla_robot.nodes.runner import _flatten
+    from vla_robot.nodes.runner import with_overrides
 
-    return [dataclasses.replace(s, overrides=s.overrides + tuple(_flatten(overrides.get(s.name, {})).items()))
-            for s in specs]
+    return with_overrides(specs, overrides, GRAPH)
 
 
 def warm_start(folder: Path, seed: int = 0) -> tuple[Path, Path]:

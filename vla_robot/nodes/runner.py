@@ -32,7 +32,7 @@ from rclpy.parameter import Parameter
 from vla_robot.bringup import NodeSpec, graph
 from vla_robot.config import ConfigError
 
-__all__ = ["GraphRunner", "run_single_node", "spin_nodes", "node_class", "node_kwargs"]
+__all__ = ["GraphRunner", "run_single_node", "spin_nodes", "node_class", "node_kwargs", "with_overrides"]
 
 
 def node_class(spec_or_executable: NodeSpec | str) -> type:
@@ -57,6 +57,21 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + k] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+def with_overrides(specs: list[NodeSpec], overrides: dict[str, dict[str, Any]], graph_name: str) -> list[NodeSpec]:
+    """``specs`` with ``{node: {key: value}}`` (``--set``) added to each node's overrides, nested keys dotted.
+
+    A node that is not in the graph is a ConfigError that lists the graph's nodes."""
+    import dataclasses
+
+    names = [s.name for s in specs]
+    unknown = set(overrides) - set(names)
+    if unknown:
+        raise ConfigError(f"--set names nodes that are not in graph '{graph_name}': {sorted(unknown)}; "
+                          f"its nodes: {', '.join(names)}")
+    return [dataclasses.replace(s, overrides=s.overrides + tuple(_flatten(overrides.get(s.name, {})).items()))
+            for s in specs]
 
 
 def node_kwargs(spec: NodeSpec, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
