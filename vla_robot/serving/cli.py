@@ -92,15 +92,22 @@ def serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"vla-robot serve: {e}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops as cleanly as Ctrl-C
+    try:  # the ready line is printed inside: a Ctrl-C right after it must still stop cleanly
+        _print_ready(server)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+def _print_ready(server) -> None:
     meta = server.metadata()
     print(f"serving {meta.get('model')} v{meta['version']} on {server.address}"
           + (f", weights on {server.weights_address}" if server.weights_address else "")
           + (f", OFT HTTP on {server.http_url}/act" if server.http_url else "")
           + f"; cameras {meta['cameras']}, chunk {meta['chunk_size']}x{meta['action_dim']}. Ctrl-C stops.",
           flush=True)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops as cleanly as Ctrl-C
-    server.serve_forever()
-    return 0
 
 
 def keygen_args(parser: argparse.ArgumentParser) -> None:
