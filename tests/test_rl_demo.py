@@ -72,7 +72,7 @@ def test_learner_updates_while_the_next_round_rolls_out(tmp_path):
 
 
 def test_seeded_evaluation_replays_the_same_episodes_and_groups_still_differ():
-    from vla_robot.rl.episodes import rollout
+    from vla_robot.rl.rollout import rollout
     from vla_robot.twin import make_env
 
     runtime = load_policy(preset="tiny", seed=0)
@@ -102,7 +102,7 @@ def test_rollouts_through_the_safety_filter_execute_only_what_the_arm_may():
     the robot behind policy_node does) and the episode counts the clamped steps; without it the twin
     gets the raw targets."""
     from vla_robot.control import SafetyConfig
-    from vla_robot.rl.episodes import rollout
+    from vla_robot.rl.rollout import rollout
     from vla_robot.twin import make_env
 
     env = make_env("reach", cubes=1, seed=0, image_size=(32, 32), episode_s=0.6)

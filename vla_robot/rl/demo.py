@@ -28,7 +28,8 @@ import torch
 
 from vla_robot.data.report import wilson_interval
 from vla_robot.rl.config import RLFinetuneConfig, preset
-from vla_robot.rl.episodes import Episode, demo_chunks, demo_episodes, policy_observation, rollout, rollout_group
+from vla_robot.rl.episodes import Episode, demo_chunks, demo_episodes
+from vla_robot.rl.rollout import policy_observation, rollout, rollout_group
 from vla_robot.rl.learner import Learner
 
 EVAL_SEED_OFFSET = 1_000_000  # held-out start states: seeds from here on; training seeds below
