@@ -106,7 +106,7 @@ def test_workspace_clamp_is_counted_and_stops_at_the_wall():
 
 def test_first_command_ramps_from_the_measured_pose():
     lim = limits()
-    cfg = SafetyConfig(ramp_velocity_scale=0.25)
+    cfg = SafetyConfig(ramp_velocity_scale=0.25, ramp_max_s=100.0)  # ends only by reaching the target
     f = SafetyFilter(lim, cfg)
     start = np.array([0.0, 0.0, 0.0, 0.5])
     f.reset(start)
@@ -124,6 +124,33 @@ def test_first_command_ramps_from_the_measured_pose():
     for _ in range(30):
         q1 = f.filter(np.array([-1.4, 1.1, -1.9, 0.9]), DT)
     assert abs(q1[0] - q0[0]) / (30 * DT) > 0.25 * lim.max_velocity[0]
+
+
+def test_the_ramp_ends_after_ramp_max_s_even_when_the_target_keeps_moving():
+    # a policy's (or the twin expert's) target leads the arm on every tick: the command never
+    # "reaches" it, and without the time bound the arm would crawl at the ramp speed all episode
+    lim = limits()
+    cfg = SafetyConfig(ramp_velocity_scale=0.25, ramp_max_s=0.5)
+    f = SafetyFilter(lim, cfg)
+    f.reset(np.zeros(4))
+    q, ticks = np.zeros(4), 0
+    while f.ramping:
+        target = q + lim.max_velocity * DT * np.array([1.0, 0, 0, 0])  # always a full-speed step ahead
+        q = f.filter(target, DT)
+        ticks += 1
+        assert ticks * DT <= 0.5 + 1e-9, "still ramping after ramp_max_s"
+    assert ticks == round(0.5 / DT)
+    f.reset(np.zeros(4))  # (away from the position limits)
+    for _ in range(round(0.5 / DT)):
+        f.filter(np.array([0.5, 0, 0, 0]), DT)
+    assert not f.ramping
+    speeds = []
+    for _ in range(15):  # then the arm may move at the full velocity towards a target far enough ahead
+        q_before = f.last
+        speeds.append((f.filter(np.array([-1.5, 0, 0, 0]), DT) - q_before)[0] / DT)
+    assert max(abs(v) for v in speeds) > 0.9 * lim.max_velocity[0]
+    with pytest.raises(ValueError, match="ramp_max_s"):
+        SafetyConfig(ramp_max_s=0.0).validate()
 
 
 def test_nan_command_holds_and_is_counted():

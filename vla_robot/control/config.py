@@ -79,13 +79,18 @@ class SafetyConfig:
     gripper_min: Optional[float] = None
     gripper_max: Optional[float] = None
     # After reset (episode start, resume after a hold) move at this fraction of the velocity limit
-    # until the command has reached the requested target (within ramp_tolerance) once.
+    # until the command has reached the requested target (within ramp_tolerance) once, or for at
+    # most ramp_max_s seconds. The bound matters: a policy's targets move on every tick, so a
+    # command may never "reach" one, and an unbounded ramp would hold the arm at a quarter speed
+    # for the whole episode.
     ramp_velocity_scale: float = 0.25
     ramp_tolerance: float = 0.02
+    ramp_max_s: float = 0.5
 
     def validate(self) -> None:
         for name in ("velocity_scale", "acceleration_scale", "ramp_velocity_scale", "ramp_tolerance"):
             _positive(name, getattr(self, name), "a fraction" if "scale" in name else "robot units")
+        _positive("ramp_max_s", self.ramp_max_s, "seconds")
         for name in ("velocity_scale", "acceleration_scale", "ramp_velocity_scale"):
             if getattr(self, name) > 1.0:
                 raise ValueError(f"{name} is a fraction of the robot's limit and must be <= 1, got {getattr(self, name)}")

@@ -111,6 +111,7 @@ class SafetyFilter:
         self._q: Optional[np.ndarray] = None
         self._v = np.zeros(n)
         self._ramping = False
+        self._ramp_s = 0.0  # how long the current ramp has lasted
 
     # --- state -------------------------------------------------------------------------------
     def reset(self, measured_q) -> None:
@@ -120,12 +121,12 @@ class SafetyFilter:
             raise ValueError(f"measured_q must be finite, got {q.tolist()}")
         self._q = q.copy()
         self._v = np.zeros(self.limits.n)
-        self._ramping = True
+        self._ramping, self._ramp_s = True, 0.0
         self.last_clamps = ()
 
     def start_ramp(self) -> None:
         """Move at the ramp speed again until the command reaches its target (e.g. after a hold)."""
-        self._ramping = True
+        self._ramping, self._ramp_s = True, 0.0
 
     @property
     def last(self) -> Optional[np.ndarray]:
@@ -185,8 +186,10 @@ class SafetyFilter:
         if np.any(np.abs(net - q_new) > _EPS):  # pragma: no cover - guarded by the braking curve
             reasons.append("position")
             q_new, v_new = net, (net - q) / dt
-        if self._ramping and np.all(np.abs(target - q_new) <= self.config.ramp_tolerance):
-            self._ramping = False
+        if self._ramping:
+            self._ramp_s += dt
+            reached = np.all(np.abs(target - q_new) <= self.config.ramp_tolerance)
+            self._ramping = not (reached or self._ramp_s >= self.config.ramp_max_s - _EPS)
         self._q, self._v = q_new, v_new
         self._record(reasons)
         return q_new.copy()
@@ -204,11 +207,11 @@ class SafetyFilter:
         chunk = np.asarray(chunk, dtype=np.float64)
         if chunk.ndim != 2 or chunk.shape[1] != self.limits.n:
             raise ValueError(f"chunk must have shape [H, {self.limits.n}], got {chunk.shape}")
-        saved = (self._q, self._v, self._ramping, copy.deepcopy(self.stats), self.last_clamps)
+        saved = (self._q, self._v, self._ramping, self._ramp_s, copy.deepcopy(self.stats), self.last_clamps)
         try:
             return np.stack([self.filter(a, dt) for a in chunk]) if len(chunk) else chunk.copy()
         finally:
-            self._q, self._v, self._ramping, self.stats, self.last_clamps = saved
+            self._q, self._v, self._ramping, self._ramp_s, self.stats, self.last_clamps = saved
 
     # --- stages ------------------------------------------------------------------------------
     def _limit_motion(self, q, v, target, dt, reasons):
