@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vla_robot.twin.robots import DEFAULT_ROBOT, ROBOT_NAMES, check_robot
+
 __all__ = ["NodeSpec", "GRAPHS", "ARM_DRIVERS", "graph", "parameter_files", "LAUNCH_ARGUMENTS"]
 
 GRAPHS = ("rl_finetune", "record_demos", "evaluate", "twin")
@@ -24,7 +26,7 @@ JTC_TOPIC = "/joint_trajectory_controller/joint_trajectory"
 #: launch arguments every launch file declares: name -> (default, description)
 LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "use_sim": ("false", "true: the MuJoCo twin is the arm, the cameras and the success check"),
-    "robot": ("so101", "robot model: so101 or panda"),
+    "robot": (DEFAULT_ROBOT, f"robot model: {' or '.join(ROBOT_NAMES)}"),
     "arm_driver": ("lerobot", "lerobot (arm_node bridges a lerobot robot) or ros2_control (commands go to its JTC)"),
     "policy_server": ("tcp://127.0.0.1:5555", "ZMQ address of the policy server"),
     "task": ("", "a task NAME, not the words the policy reads (sim: the twin's scene, reach or pick_place; "
@@ -73,7 +75,7 @@ def parameter_files(name: str, use_sim: bool = False, config: str | None = None)
 def graph(
     name: str,
     use_sim: bool = False,
-    robot: str = "so101",
+    robot: str = DEFAULT_ROBOT,
     arm_driver: str = "lerobot",
     policy_server: str = "",
     task: str = "",
@@ -85,8 +87,7 @@ def graph(
         raise ValueError(f"unknown graph '{name}'; graphs: {', '.join(GRAPHS)}")
     if arm_driver not in ARM_DRIVERS:
         raise ValueError(f"arm_driver must be one of {', '.join(ARM_DRIVERS)}, got '{arm_driver}'")
-    if robot not in ("so101", "panda"):
-        raise ValueError(f"robot must be so101 or panda, got '{robot}'")
+    check_robot(robot)
     if use_sim and task:
         from vla_robot.twin.config import check_twin_task
 

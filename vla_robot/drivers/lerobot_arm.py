@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from vla_robot.drivers.base import Arm, DriverError, register_arm
+from vla_robot.twin.robots import check_robot, robot_spec
 
 # robot_type -> module that registers its lerobot config class
 _FAMILIES = {
@@ -48,6 +49,7 @@ class LeRobotArmConfig:
     max_relative_target: Optional[float] = None  # lerobot's own per-step clamp (degrees); None: off
 
     def validate(self) -> None:
+        check_robot(self.robot)
         if self.robot_type not in _FAMILIES and "_" not in self.robot_type:
             raise ValueError(f"robot_type must be a lerobot robot or leader type like so101_follower, got {self.robot_type!r}")
         if not self.port:
@@ -67,8 +69,6 @@ class LeRobotArm(Arm):
     config_class = LeRobotArmConfig
 
     def __init__(self, config: Optional[LeRobotArmConfig] = None):
-        from vla_robot.twin.robots import robot_spec
-
         self.config = c = config or LeRobotArmConfig()
         self.spec = robot_spec(c.robot)
         self.joint_names = list(self.spec.joint_names)

@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from vla_robot.drivers.base import Arm, DriverError, register_arm
+from vla_robot.twin.robots import check_robot, robot_spec
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Ros2ControlArmConfig:
     domain_id: Optional[int] = None
 
     def validate(self) -> None:
+        check_robot(self.robot)
         for name in ("command_dt", "timeout_s", "stale_after_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
@@ -45,8 +47,6 @@ class Ros2ControlArm(Arm):
     config_class = Ros2ControlArmConfig
 
     def __init__(self, config: Optional[Ros2ControlArmConfig] = None):
-        from vla_robot.twin.robots import robot_spec
-
         self.config = c = config or Ros2ControlArmConfig()
         self.spec = robot_spec(c.robot)
         self.joint_names = list(c.joint_names or self.spec.joint_names)

@@ -13,19 +13,21 @@ import sys
 import time
 from pathlib import Path
 
+from vla_robot.twin.robots import DEFAULT_ROBOT, ROBOT_NAMES
+
 ACTIONS = ("bench", "view", "excite", "sysid", "build-models")
 
 
 def twin_args(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     p = sub.add_parser("bench", help="physics steps/s, render fps per camera resolution, mirror updates/s")
-    p.add_argument("--robot", default="so101", choices=["so101", "panda"])
+    p.add_argument("--robot", default=DEFAULT_ROBOT, choices=ROBOT_NAMES)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 224], help="square image sizes to render")
     p.add_argument("--quick", action="store_true", help="shorter timings (noisier)")
 
     p = sub.add_parser("view", help="render an expert episode as a contact sheet (PNG)")
     p.add_argument("--task", default="reach", choices=["reach", "pick_place"])
-    p.add_argument("--robot", default="so101", choices=["so101", "panda"])
+    p.add_argument("--robot", default=DEFAULT_ROBOT, choices=ROBOT_NAMES)
     p.add_argument("--start", type=int, default=0, help="start-state id")
     p.add_argument("--cameras", nargs="+", default=["front", "wrist"])
     p.add_argument("--size", type=int, default=160)
@@ -37,7 +39,7 @@ def twin_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--arm", default="twin", help="arm backend: twin, lerobot, ... (vla_robot.drivers)")
     p.add_argument("--arm-option", action="append", default=[], metavar="KEY=VALUE",
                    help="backend option (YAML value), repeatable, e.g. robot_type=so101_follower")
-    p.add_argument("--robot", default="so101", choices=["so101", "panda"])
+    p.add_argument("--robot", default=DEFAULT_ROBOT, choices=ROBOT_NAMES)
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--hz", type=float, default=30.0)
     p.add_argument("--amplitude", type=float, default=0.3, help="rad, per joint, around home")
@@ -53,7 +55,7 @@ def twin_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="", help="result YAML (default: sim2real/sysid_<robot>.yaml)")
 
     p = sub.add_parser("build-models", help="rebuild the reduced visual meshes in models/robots/")
-    p.add_argument("--robot", nargs="+", default=["so101", "panda"])
+    p.add_argument("--robot", nargs="+", default=list(ROBOT_NAMES), choices=ROBOT_NAMES)
     p.add_argument("--ratio", type=float, default=12.0, help="keep about 1/ratio of the triangles")
 
 
@@ -182,7 +184,9 @@ def _plot_fit(log, out: Path, result) -> None:
         sims[label] = record_log(env, log.q_cmd, log.t).q_meas
         env.close()
     joints = list(result.values)
-    names = list(__import__("vla_robot.twin.robots", fromlist=["robot_spec"]).robot_spec(log.robot).joint_names)
+    from vla_robot.twin.robots import robot_spec
+
+    names = list(robot_spec(log.robot).joint_names)
     fig, axes = plt.subplots(len(joints), 1, figsize=(8, 2.2 * len(joints)), sharex=True, squeeze=False)
     for ax, j in zip(axes[:, 0], joints):
         c = names.index(j)

@@ -1,4 +1,7 @@
-"""Config dataclasses of the twin (standard library only), read with ``vla_robot.config``.
+"""Config dataclasses of the twin, read with ``vla_robot.config``.
+
+Standard library only at import; ``TwinConfig.validate`` checks the robot against the registry
+(``vla_robot.twin.robots``, numpy only).
 
 ``TwinConfig`` is what ``make_env`` builds from; ``RandomizationConfig`` is one file in
 ``sim2real/`` (see ``sim2real/randomization_*.yaml``); ``MirrorConfig`` drives mirror mode.
@@ -119,7 +122,7 @@ class CameraCalibrationFiles:
 class TwinConfig:
     """One twin environment: robot, task, cameras, rates, randomization."""
 
-    robot: Literal["so101", "panda"] = "so101"
+    robot: str = "so101"  # one of vla_robot.twin.robots.ROBOT_NAMES
     task: Literal["reach", "pick_place"] = "reach"
     cubes: int = 0  # how many of the task's cubes are on the table (reach: 1..3, pick_place: 1..2); 0 = all
     seed: int = 0
@@ -135,6 +138,9 @@ class TwinConfig:
     sysid_file: str = ""  # a sim2real sysid result; its joint parameters replace the model's
 
     def validate(self) -> None:
+        from vla_robot.twin.robots import check_robot
+
+        check_robot(self.robot)
         if len(self.image_size) != 2 or min(self.image_size) < 8 or max(self.image_size) > 4096:
             raise ValueError(f"image_size must be [height, width] in pixels (8..4096), got {self.image_size}")
         if not self.cameras:

@@ -26,18 +26,11 @@ import numpy as np
 from vla_robot.config import ConfigError, from_dict, load_node_config
 from vla_robot.twin.config import RandomizationConfig, TwinConfig
 from vla_robot.twin.kinematics import Kinematics
-from vla_robot.twin.robots import RobotSpec, robot_spec
+from vla_robot.twin.robots import DEFAULT_ROBOT, RobotSpec, robot_spec
 from vla_robot.twin.scene import build_scene, camera_intrinsics
 from vla_robot.twin.tasks import TASK_CLASSES, Start
 
-__all__ = ["TwinEnv", "make_env", "load_randomization"]
-
-# robot joint name -> model joint (where they differ) and how a target becomes a control value
-_JOINT_ALIASES = {"panda": {"gripper": "right_driver_joint"}}
-_ACTUATOR_ALIASES = {"panda": {"gripper": "fingers_actuator"}}
-_CTRL_SCALE = {"panda": {"gripper": 255.0 / 0.8}}
-# the tcp site axis that points out of the gripper, and its sign
-_APPROACH = {"so101": (0, 1.0), "panda": (2, 1.0)}
+__all__ = ["TwinEnv", "make_env", "twin_config", "load_randomization"]
 
 
 def load_randomization(path: str | Path) -> RandomizationConfig:
@@ -69,16 +62,14 @@ class TwinEnv:
             apply_sysid_file(self.model, config.sysid_file, self.robot)
         self.data = mujoco.MjData(self.model)
         self.task.bind(self.model)
-        aliases = _JOINT_ALIASES.get(config.robot, {})
-        act_alias = _ACTUATOR_ALIASES.get(config.robot, {})
-        self._qadr = np.array([self.model.joint(aliases.get(j, j)).qposadr[0] for j in self.robot.joint_names])
-        self._dadr = np.array([self.model.joint(aliases.get(j, j)).dofadr[0] for j in self.robot.joint_names])
-        self._act = np.array([self.model.actuator(act_alias.get(j, j)).id for j in self.robot.joint_names])
-        scale = _CTRL_SCALE.get(config.robot, {})
-        self._ctrl_scale = np.array([scale.get(j, 1.0) for j in self.robot.joint_names])
+        names, facts = self.robot.joint_names, self.robot.model  # how the MJCF names our joints
+        self._qadr = np.array([self.model.joint(facts.joints.get(j, j)).qposadr[0] for j in names])
+        self._dadr = np.array([self.model.joint(facts.joints.get(j, j)).dofadr[0] for j in names])
+        self._act = np.array([self.model.actuator(facts.actuators.get(j, j)).id for j in names])
+        self._ctrl_scale = np.array([facts.ctrl_scale.get(j, 1.0) for j in names])
         self._tcp = self.model.site("tcp").id
-        arm_names = [self.robot.joint_names[i] for i in self.robot.arm_joints]
-        axis, sign = _APPROACH[config.robot]
+        arm_names = [names[i] for i in self.robot.arm_joints]
+        axis, sign = facts.approach_axis
         self.kinematics = Kinematics(self.model, "tcp", arm_names, approach_axis=axis, approach_sign=sign)
         self.pinch_kinematics = Kinematics(self.model, "pinch", arm_names, approach_axis=axis, approach_sign=sign)
         self.episode_s = config.episode_s or self.task.default_episode_s
@@ -194,7 +185,7 @@ class TwinEnv:
 
         Tries a straight-down approach first, then tilts it away from the base until the position
         is reached. The last arm joint (the wrist roll / flange) stays where ``q_arm_init`` has it
-        when ``fix_roll`` (default: on the 5-DoF SO-101, whose roll cannot help the position).
+        when ``fix_roll`` (default: on a 5-DoF arm such as the SO-101, whose roll cannot help the position).
         """
         kin = self.pinch_kinematics if site == "pinch" else self.kinematics
         p = np.asarray(target_pos, dtype=np.float64)
@@ -202,8 +193,8 @@ class TwinEnv:
         radial = np.array([p[0], p[1], 0.0]) / max(np.linalg.norm(p[:2]), 1e-6)
         down = np.asarray(approach, dtype=np.float64)
         best = None
-        if fix_roll is None:
-            fix_roll = self.robot.name == "so101"
+        if fix_roll is None:  # a 5-DoF arm has no joint to spare for the position
+            fix_roll = len(self.robot.arm_joints) < 6
         fixed = (len(q0) - 1,) if fix_roll else ()
         for tilt in np.radians([0, 15, 30, 45, 60]):
             want = down * np.cos(tilt) + radial * np.sin(tilt)
@@ -325,13 +316,20 @@ def _check_start(start) -> int:
     return int(start)
 
 
-def make_env(task: str = "reach", robot: str = "so101", seed: int = 0, image_size=(128, 128),
+def make_env(task: str = "reach", robot: str = DEFAULT_ROBOT, seed: int = 0, image_size=(128, 128),
              cameras=("front", "wrist"), control_hz: float = 30.0, randomization=None, **options) -> TwinEnv:
     """Build a :class:`TwinEnv` (see :class:`vla_robot.twin.config.TwinConfig` for ``options``).
 
     ``randomization``: None (off), a :class:`RandomizationConfig`, a mapping of its fields, or the
     path of a ``sim2real/`` YAML file. Bad values raise ``ConfigError`` naming the key.
     """
+    return TwinEnv(twin_config(task, robot, seed, image_size, cameras, control_hz, randomization, **options))
+
+
+def twin_config(task: str = "reach", robot: str = DEFAULT_ROBOT, seed: int = 0, image_size=(128, 128),
+                cameras=("front", "wrist"), control_hz: float = 30.0, randomization=None,
+                **options) -> TwinConfig:
+    """The validated :class:`TwinConfig` that :func:`make_env` builds from (the same arguments)."""
     data: dict[str, Any] = dict(task=task, robot=robot, seed=seed, image_size=list(image_size),
                                 cameras=list(cameras), control_hz=control_hz, **options)
     if isinstance(randomization, (str, Path)):
@@ -343,4 +341,4 @@ def make_env(task: str = "reach", robot: str = "so101", seed: int = 0, image_siz
     elif randomization is not None:
         raise ConfigError(f"make_env: randomization must be None, a RandomizationConfig, a mapping or a YAML path, "
                           f"got {type(randomization).__name__}")
-    return TwinEnv(from_dict(TwinConfig, data, source="make_env"))
+    return from_dict(TwinConfig, data, source="make_env")

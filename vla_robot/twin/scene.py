@@ -13,10 +13,12 @@ import mujoco
 import numpy as np
 
 from vla_robot.twin.models import robot_mjspec
+from vla_robot.twin.robots import for_robot
 
 __all__ = ["build_scene", "look_at_quat", "camera_intrinsics", "SCENE_LAYOUT"]
 
-# per robot: where the fixed cameras sit and what they look at (base frame, metres), table colour
+# per registered robot (vla_robot.twin.robots): where the fixed cameras sit and what they look at
+# (base frame, metres), the model's wrist camera, calibration frame names, table colour
 SCENE_LAYOUT = {
     "so101": {
         "front": ((0.46, 0.0, 0.30), (0.16, 0.0, 0.03), 58.0),
@@ -122,7 +124,7 @@ def build_scene(robot: str, image_size=(128, 128), cameras=("front", "wrist"), r
 
     ``reduced``: the reduced visual meshes (False: the makers' full meshes, e.g. as a baseline).
     """
-    layout = SCENE_LAYOUT[robot]
+    layout = for_robot(SCENE_LAYOUT, robot, "twin/scene.py SCENE_LAYOUT (where the twin's cameras sit)")
     spec = robot_mjspec(robot, reduced=reduced)
     spec.modelname = f"vla_robot_{robot}"
     h, w = int(image_size[0]), int(image_size[1])

@@ -23,13 +23,11 @@ import mujoco
 import numpy as np
 import yaml
 
-from vla_robot.twin.robots import RobotSpec, robot_spec
+from vla_robot.twin.robots import DEFAULT_ROBOT, RobotSpec, robot_spec
 
 __all__ = ["JointLog", "SysidResult", "excitation", "record_log", "fit", "apply_sysid_file", "load_sysid"]
 
 PARAMS = ("damping", "armature", "frictionloss")
-# Model joints per robot joint name where they differ (the Panda gripper has no sysid here).
-_JOINT_ALIASES = {"panda": {"gripper": None}}
 
 
 @dataclass
@@ -42,7 +40,7 @@ class JointLog:
     t: np.ndarray
     q_cmd: np.ndarray
     q_meas: np.ndarray
-    robot: str = "so101"
+    robot: str = DEFAULT_ROBOT
 
     def __post_init__(self) -> None:
         self.t = np.asarray(self.t, dtype=np.float64)
@@ -72,10 +70,10 @@ class JointLog:
             missing = {"t", "q_cmd", "q_meas"} - set(z.files)
             if missing:
                 raise ValueError(f"{path}: a joint log needs arrays t, q_cmd, q_meas; missing {sorted(missing)}")
-            return cls(z["t"], z["q_cmd"], z["q_meas"], str(z["robot"]) if "robot" in z.files else "so101")
+            return cls(z["t"], z["q_cmd"], z["q_meas"], str(z["robot"]) if "robot" in z.files else DEFAULT_ROBOT)
 
 
-def excitation(robot: str | RobotSpec = "so101", duration_s: float = 3.0, control_hz: float = 30.0, seed: int = 0,
+def excitation(robot: str | RobotSpec = DEFAULT_ROBOT, duration_s: float = 3.0, control_hz: float = 30.0, seed: int = 0,
                amplitude: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
     """Joint targets for identification: per joint a sum of three sines around home.
 
@@ -185,12 +183,15 @@ def _sysid_spec(robot: str, timestep: float) -> mujoco.MjSpec:
         spec.delete(sensor)
     spec.option.timestep = timestep
     spec.option.disableflags |= mujoco.mjtDisableBit.mjDSBL_CONTACT
-    for j in robot_spec(robot).joint_names:
-        name = _JOINT_ALIASES.get(robot, {}).get(j, j)
-        if name:
-            spec.add_sensor(name=f"{name}_pos", type=mujoco.mjtSensor.mjSENS_JOINTPOS, objtype=mujoco.mjtObj.mjOBJ_JOINT,
-                            objname=name)
+    for j in _sysid_joints(robot_spec(robot)):
+        spec.add_sensor(name=f"{j}_pos", type=mujoco.mjtSensor.mjSENS_JOINTPOS, objtype=mujoco.mjtObj.mjOBJ_JOINT,
+                        objname=j)
     return spec
+
+
+def _sysid_joints(rs: RobotSpec) -> list[str]:
+    """The joints a fit can identify: all but the robot's ``model.no_sysid`` (e.g. the Panda gripper)."""
+    return [j for j in rs.joint_names if j not in rs.model.no_sysid]
 
 
 def _get(spec, joint, key) -> float:
@@ -223,7 +224,7 @@ def fit(log: JointLog, robot: str | None = None, params=("damping", "armature"),
     bad = [p for p in params if p not in PARAMS]
     if bad:
         raise ValueError(f"unknown sysid parameter {bad[0]!r}; fit some of {PARAMS}")
-    names = [j for j in rs.joint_names if _JOINT_ALIASES.get(robot, {}).get(j, j)]
+    names = _sysid_joints(rs)
     joints = list(joints) if joints else names
     unknown = [j for j in joints if j not in names]
     if unknown:

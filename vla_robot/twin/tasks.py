@@ -20,6 +20,7 @@ import mujoco
 import numpy as np
 
 from vla_robot.twin.config import TASK_CUBES
+from vla_robot.twin.robots import for_robot
 
 __all__ = ["TaskGeometry", "ReachTask", "PickPlaceTask", "TASK_CLASSES", "COLOURS"]
 
@@ -32,7 +33,7 @@ COLOURS = {
 
 @dataclass(frozen=True)
 class TaskGeometry:
-    """Workspace of one robot, in its base frame (metres, radians)."""
+    """The tasks on one robot: workspace in its base frame (metres, radians), objects, expert tuning."""
 
     cube_half: float
     radius: tuple[float, float]  # object distance from the base axis
@@ -42,13 +43,31 @@ class TaskGeometry:
     start_jitter: float  # uniform jitter of the arm joints around home at the start (rad)
     hover: float  # expert approach height above the object's top (m)
     pick_cube_half: float  # pick_place cubes: small enough to fit under the gripper's body
+    pick_cube_mass: float  # kg
+    pick_episode_s: float  # pick_place episode length: the expert's longest over 40 starts, with a margin
+    # reach: the touch point sits this far above the top face (m), where the tcp is when the
+    # fingertips touch it
+    touch_offset: float
+    # pick_place expert: the gripper opening for the grasp (None: the robot's gripper_open), and
+    # how far the pinch site sits from the static jaw's pad (None: jaws close symmetrically)
+    pick_open: float | None = None
+    pinch_to_pad: float | None = None
 
 
+#: per registered robot (vla_robot.twin.robots): the tasks' geometry on it
 GEOMETRY = {
+    # the tcp is between the fingertips; the expert needs at most ~3.9 s for pick_place; about 7 cm
+    # between the pads leaves room around a 2-3 cm cube, clear of the others; the pinch site sits
+    # 15 mm from the static pad, so the expert brings that pad down beside the cube's face
     "so101": TaskGeometry(cube_half=0.015, radius=(0.15, 0.25), angle=(-0.8, 0.8), min_separation=0.065,
-                          plate_half=0.035, start_jitter=0.08, hover=0.06, pick_cube_half=0.011),
+                          plate_half=0.035, start_jitter=0.08, hover=0.06, pick_cube_half=0.011,
+                          pick_cube_mass=0.02, pick_episode_s=5.0, touch_offset=0.012, pick_open=0.75,
+                          pinch_to_pad=0.015),
+    # the tcp is between the pads of the Robotiq 2F-85, a little above the tips; the expert needs at
+    # most ~5.8 s for pick_place (slower joints)
     "panda": TaskGeometry(cube_half=0.02, radius=(0.40, 0.62), angle=(-0.45, 0.45), min_separation=0.10,
-                          plate_half=0.06, start_jitter=0.08, hover=0.10, pick_cube_half=0.02),
+                          plate_half=0.06, start_jitter=0.08, hover=0.10, pick_cube_half=0.02,
+                          pick_cube_mass=0.1, pick_episode_s=8.0, touch_offset=0.025),
 }
 
 
@@ -82,7 +101,7 @@ class _Task:
 
     def __init__(self, robot, cubes: int = 0):
         self.robot = robot
-        self.geo = GEOMETRY[robot.name]
+        self.geo = for_robot(GEOMETRY, robot.name, "twin/tasks.py GEOMETRY (the tasks' workspace on each robot)")
         n = cubes or len(self.all_colours)
         if not 1 <= n <= len(self.all_colours):
             raise ValueError(f"{self.name}: cubes must be 1..{len(self.all_colours)} (0 for all), got {cubes}")
@@ -133,9 +152,7 @@ class ReachTask(_Task):
 
     def __init__(self, robot, cubes: int = 0):
         super().__init__(robot, cubes)
-        # the touch point sits this far above the top face (m): the tcp is between the fingertips
-        # on the SO-101, between the pads (a little above the tips) on the Robotiq 2F-85
-        self.touch_offset = {"so101": 0.012, "panda": 0.025}[robot.name]
+        self.touch_offset = self.geo.touch_offset
         self.touch_radius = 0.02
 
     def build(self, spec):
@@ -198,8 +215,7 @@ class PickPlaceTask(_Task):
 
     def __init__(self, robot, cubes: int = 0):
         super().__init__(robot, cubes)
-        # the expert needs at most ~3.9 s (SO-101) / ~5.8 s (Panda, slower joints) over 40 starts
-        self.default_episode_s = {"so101": 5.0, "panda": 8.0}[robot.name]
+        self.default_episode_s = self.geo.pick_episode_s
         self.geo = dataclasses.replace(self.geo, cube_half=self.geo.pick_cube_half)
 
     def build(self, spec):
@@ -208,7 +224,7 @@ class PickPlaceTask(_Task):
             body = spec.worldbody.add_body(name=f"cube_{c}", pos=[0.2, 0, h])
             body.add_freejoint(name=f"cube_{c}")
             g = body.add_geom(name=f"cube_{c}", type=mujoco.mjtGeom.mjGEOM_BOX, size=[h, h, h],
-                              rgba=list(COLOURS[c]), mass=0.02 if self.robot.name == "so101" else 0.1)
+                              rgba=list(COLOURS[c]), mass=self.geo.pick_cube_mass)
             g.friction = [1.5, 0.05, 0.001]
             g.condim = 4
         ph = self.geo.plate_half
@@ -275,14 +291,11 @@ class PickPlaceTask(_Task):
                 best, best_cost = roll, cost
         return float(best)
 
-    # the pinch-site axis along which the jaws close (SO-101: the moving jaw opens along +z)
-    CLOSING_AXIS = {"so101": 2, "panda": 1}
-
     def _closing_dir(self, env, q_arm) -> np.ndarray:
         """World direction along which the jaws close, for arm joints ``q_arm``."""
         kin = env.pinch_kinematics
         kin.fk(q_arm)
-        return kin.data.site_xmat[kin.site_id].reshape(3, 3)[:, self.CLOSING_AXIS[self.robot.name]].copy()
+        return kin.data.site_xmat[kin.site_id].reshape(3, 3)[:, self.robot.model.closing_axis].copy()
 
     def _line(self, env, a, b, q_init, n: int) -> list[np.ndarray]:
         """IK waypoints on the straight segment a -> b (the pinch point moves in a line)."""
@@ -301,15 +314,15 @@ class PickPlaceTask(_Task):
         up = np.array([0.0, 0.0, self.geo.hover])
         grasp = np.array([cube[0], cube[1], h * 0.9])
         q = start.q_arm[: len(self.robot.arm_joints)].copy()
-        g_open, g_closed = self.robot.gripper_open, self.robot.gripper_closed
+        g_open = self.robot.gripper_open if self.geo.pick_open is None else self.geo.pick_open
+        g_closed = self.robot.gripper_closed
         clear = np.zeros(3)
         q = env.solve_ik(grasp + up, q, site="pinch")
         q[-1] = self._grasp_roll(env, q, cube[3])  # roll the wrist to the cube's faces, then hold it
-        if self.robot.name == "so101":
-            g_open = 0.75  # about 7 cm between the pads: room around a 2-3 cm cube, clear of the others
-            # the pinch site sits 15 mm from the static pad: bring that pad down ~5 mm off the cube's
-            # face; the closing jaw then pushes the cube onto it
-            clear = max(0.0, h + 0.005 - 0.015) * self._closing_dir(env, env.solve_ik(grasp + up, q, site="pinch"))
+        if self.geo.pinch_to_pad is not None:
+            # bring the static pad down ~5 mm off the cube's face; the closing jaw then pushes the cube onto it
+            off = max(0.0, h + 0.005 - self.geo.pinch_to_pad)
+            clear = off * self._closing_dir(env, env.solve_ik(grasp + up, q, site="pinch"))
         hover = env.solve_ik(grasp + up + clear, q, site="pinch", fix_roll=True)
         descend = self._line(env, grasp + up + clear, grasp + clear, hover, 4)
         lift = self._line(env, grasp, grasp + up, descend[-1], 2)
