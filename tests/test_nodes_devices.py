@@ -250,7 +250,8 @@ def test_twin_node_mirrors_real_joint_states(ros_context):
                           and twin.div_pub.get_subscription_count() > 0)
         target = spec.home.copy()
         cmd.publish(convert.command_to_msg(target, names, time.time(), 0.1))
-        assert spin_until(ex, lambda: twin._target is not None, 10)
+        assert spin_until(ex, lambda: twin.mon_cmd.count > 0, 10)
+        # the arm is measured at home, then where no command took it
         for q in (spec.home, spec.home + np.array([0.6, 0, 0, 0, 0, 0])):
             js.publish(convert.joint_state_to_msg(names, q, time.time()))
             n = len(got["img"])
@@ -259,7 +260,9 @@ def test_twin_node_mirrors_real_joint_states(ros_context):
         a, _ = convert.msg_to_image(got["img"][0])
         b, _ = convert.msg_to_image(got["img"][-1])
         assert a.shape == (32, 32, 3) and np.abs(a.astype(int) - b.astype(int)).mean() > 0.5  # the view moved
-        np.testing.assert_allclose(got["div"][-1].data, target - (spec.home + [0.6, 0, 0, 0, 0, 0]))
+        # the divergence is the twin.mirror.Mirror's: its shadow, commanded to stay at home, stays there
+        # (shadow - measured), up to a servo's sag under gravity
+        np.testing.assert_allclose(got["div"][-1].data, target - (spec.home + [0.6, 0, 0, 0, 0, 0]), atol=0.01)
     finally:
         ex.shutdown()
         twin.close()

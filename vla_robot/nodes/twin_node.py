@@ -8,9 +8,11 @@ camera and arm nodes, takes ``arm/command``, and resets on the episode manager's
 most ``realtime_factor`` × real time (0 = as fast as commands come), and with the last target when
 no command comes for ``hold_timeout_s``. Stamps are sim time: the wall time at start plus steps × dt.
 
-``mirror`` mode — real ``joint_states`` drive the twin's joints; it publishes the twin's camera
-views on ``twin/cameras/<cam>/image_raw`` and the per-joint divergence (commanded - measured) on
-``twin/divergence``.
+``mirror`` mode — a :class:`vla_robot.twin.mirror.Mirror` of the real arm: real ``joint_states``
+set the twin's joints, ``arm/command`` drives its dynamic shadow. Per joint state it publishes the
+twin's camera views on ``twin/cameras/<cam>/image_raw`` (stamped with the joint state) and the
+model's divergence on ``twin/divergence``: per joint, where the shadow went under the same commands
+minus where the real arm was measured (rad).
 
 ``scene`` mode — the stand-in world of a rehearsal. camera_node and arm_node with backend ``twin``
 in this same process are the hardware (one TwinSession, named by ``session``, stepped in real time);
@@ -104,26 +106,32 @@ class TwinNode(common.ConfiguredNode):
 
     def _init_env(self, group) -> None:
         cfg: TwinNodeConfig = self.config
-        from vla_robot.twin.env import make_env
+        from vla_robot.twin.env import TwinEnv, twin_config
 
         # MuJoCo's EGL context belongs to the thread that made it: one thread owns the env.
         self._env_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin_env")
-        self._make_env = lambda task: make_env(
+        self._twin_config = lambda task: twin_config(
             task=task, robot=cfg.robot, seed=cfg.seed, image_size=tuple(cfg.image_size), cubes=cfg.cubes,
             cameras=tuple(cfg.cameras), control_hz=cfg.control_hz, randomization=cfg.randomization,
         )
+        self._make_env = lambda task: TwinEnv(self._twin_config(task))
         self.task = cfg.task
-        self.env = self._env_thread.submit(self._make_env, cfg.task).result()
-        self._envs = {cfg.task: self.env}  # one env per task, built when an episode first asks for it
+        if cfg.mode == "mirror":
+            from vla_robot.twin.mirror import Mirror
+
+            self.mirror = self._run(Mirror, self._twin_config(cfg.task))
+            self.env = self.mirror.view  # what the twin cameras show
+        else:
+            self.env = self._run(self._make_env, cfg.task)
+            self._envs = {cfg.task: self.env}  # one env per task, built when an episode first asks for it
         self.names = list(self.env.robot.joint_names)
-        self._target: np.ndarray | None = None
-        self._last_step_wall = time.monotonic()
         prefix = "twin/" if cfg.mode == "mirror" else ""
         self.image_pubs = {c: self.create_publisher(Image, prefix + common.image_topic(c), common.IMAGE_QOS)
                            for c in cfg.cameras}
         self.info_pubs = {c: self.create_publisher(CameraInfo, prefix + common.camera_info_topic(c), common.LATCHED_QOS)
                           for c in cfg.cameras}
         if cfg.mode == "sim":
+            self._last_step_wall = time.monotonic()
             self.js_pub = self.create_publisher(JointState, common.JOINT_STATES, common.STATE_QOS)
             self.success_pub = self.create_publisher(Bool, common.TWIN_SUCCESS, common.STATE_QOS)
             self.events_pub = self.create_publisher(String, common.TWIN_EVENTS, common.EPISODE_EVENT_QOS)
@@ -142,7 +150,6 @@ class TwinNode(common.ConfiguredNode):
                                      callback_group=group)
             self.create_subscription(JointTrajectory, common.ARM_COMMAND, self._on_command_mirror,
                                      common.COMMAND_QOS, callback_group=group)
-            self._run(self.env.reset, seed=cfg.seed)
             self._publish_camera_info()
 
     def _init_scene(self, group) -> None:
@@ -299,29 +306,28 @@ class TwinNode(common.ConfiguredNode):
     # --- mirror mode ----------------------------------------------------------------------------
     def _on_command_mirror(self, msg: JointTrajectory) -> None:
         try:
-            self._target = convert.msg_to_command(msg, self.names)[0]
-        except ValueError:
-            pass
+            self._run(self.mirror.command, convert.msg_to_command(msg, self.names)[0])
+        except ValueError as e:
+            self.get_logger().warning(f"mirror: dropping a bad arm command: {e}", throttle_duration_sec=5.0)
+            return
+        self.mon_cmd.tick()
 
     def _on_real_joint_state(self, msg: JointState) -> None:
+        def follow(q, dq, stamp):
+            self.mirror.update(q, dq, stamp)
+            return self.mirror.render(t=stamp), self.mirror.divergence()
+
         try:
             q, dq, stamp = convert.msg_to_joint_state(msg, self.names)
-        except ValueError as e:
-            self.get_logger().warning(f"mirror: dropping a bad joint state: {e}", throttle_duration_sec=5.0)
+            images, divergence = self._run(follow, q, dq, stamp)
+        except ValueError as e:  # a malformed message, or a stamp older than the last one
+            self.get_logger().warning(f"mirror: dropping a joint state: {e}", throttle_duration_sec=5.0)
             return
-        def mirror():
-            self.env.set_joint_state(q, dq)
-            return self.env.render()
-
-        images = self._run(mirror)
         self.steps_total += 1
         for cam, img in images.items():
             if cam in self.image_pubs:
                 self.image_pubs[cam].publish(convert.image_to_msg(img, stamp, frame_id=f"{cam}_optical"))
-        if self._target is not None:
-            div = Float64MultiArray()
-            div.data = (self._target - q).tolist()
-            self.div_pub.publish(div)
+        self.div_pub.publish(Float64MultiArray(data=divergence.joint_error.tolist()))
 
     def _run(self, fn, *args, **kwargs):
         """Run ``fn`` on the env's own thread and return its result."""
@@ -333,6 +339,8 @@ class TwinNode(common.ConfiguredNode):
         try:
             for env in self._envs.values():
                 self._run(env.close)
+            if self.config.mode == "mirror":
+                self._run(self.mirror.close)
         finally:
             self._env_thread.shutdown(wait=True)
 
