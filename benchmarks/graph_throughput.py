@@ -38,9 +38,9 @@ def baseline(server_address: str, episodes: int, seconds: float, hz: float = 30.
     env = make_env(task="reach", robot="so101", image_size=(64, 64), cameras=("front", "wrist"), control_hz=hz)
     client = PolicyClient(server_address, timeout_s=2.0)
 
-    class Blocking:
-        def act(self, obs, **kw):
-            return client.act(obs, **kw)
+    class Blocking:  # infer only: the controller asks and waits, as in lockstep
+        def infer(self, observations, **kw):
+            return client.infer(observations, **kw)
 
     steps, t0 = 0, time.perf_counter()
     for ep in range(episodes):

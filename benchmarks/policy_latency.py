@@ -78,8 +78,8 @@ def autoregressive_chunk(rt, batch):
 def bench(name, rt, iters):
     device = rt.device
     obs1, obs8 = observations(rt, 1), observations(rt, 8)
-    t1 = timed(lambda: rt.predict(obs1), iters, device, f"{name} parallel b1")
-    t8 = timed(lambda: rt.predict(obs8), max(iters // 3, 5), device, f"{name} parallel b8")
+    t1 = timed(lambda: rt.infer(obs1), iters, device, f"{name} parallel b1")
+    t8 = timed(lambda: rt.infer(obs8), max(iters // 3, 5), device, f"{name} parallel b8")
     b1 = rt.batch(obs1)
     ta = timed(lambda: autoregressive_chunk(rt, b1), max(iters // 3, 5), device, f"{name} autoregressive b1")
     print(f"\n{name} on {device} ({rt.dtype}), chunk {rt.cfg.chunk_size}x{rt.cfg.action_dim}, cameras {len(rt.cfg.cameras)}:")

@@ -45,7 +45,7 @@ def synthetic_episodes(runtime, n: int, steps: int, group_size: int, rng: np.ran
         obs = [{"images": {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in cfg.cameras},
                 "state": rng.uniform(-0.5, 0.5, cfg.proprio_dim).astype(np.float32), "instruction": "touch the red cube"}
                for _ in range(steps)]
-        res = runtime.predict(obs, mode="sample", temperature=1.6, return_tokens=True)
+        res = runtime.infer(obs, mode="sample", temperature=1.6, return_tokens=True)
         st = [Step(o, r["tokens"], r["logprobs"], executed_mask(cfg.chunk_size, cfg.chunk_size, cfg.action_dim))
               for o, r in zip(obs, res)]
         out.append(Episode("touch the red cube", i // group_size, st, int(i % 2 == 0), runtime.version))

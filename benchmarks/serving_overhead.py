@@ -8,7 +8,7 @@ For 2 cameras at 224x224 RGB + an 8-D state, on loopback, with the tiny OFT runt
     clients call it (``requests.post(url, json=obs).json()``), plus the same with a keep-alive
     ``requests.Session`` (a kinder baseline).
 
-Overhead per request = client round trip − the server's own ``runtime.predict`` time for that
+Overhead per request = client round trip − the server's own ``runtime.infer`` time for that
 request (reported by each server). Each server runs in its own process, as on a real robot/GPU
 pair. Then batched throughput of our server with 8 concurrent clients vs 1.
 
@@ -88,7 +88,7 @@ def serve_oft_style(port: int) -> None:
             obs = {"images": dict(zip(cams, images)), "state": np.asarray(payload["state"], np.float32),
                    "instruction": payload["instruction"]}
             t0 = time.perf_counter()
-            actions = runtime.predict([obs])[0]["actions"]
+            actions = runtime.infer([obs])[0]["actions"]
             model_ms = (time.perf_counter() - t0) * 1e3
             return JSONResponse([a for a in actions], headers={"X-Model-Ms": f"{model_ms:.6f}"})
         except Exception:  # noqa: BLE001 - as deploy.py
@@ -155,11 +155,11 @@ def bench_ours(port: int, n: int, meta_out: dict) -> tuple[list, list]:
         meta_out.update(meta)
         obs = observation(meta)
         for _ in range(20):
-            c.act(obs)
+            c.infer([obs])
         over, model, inside = [], [], []
         for _ in tqdm(range(n), desc="ours (ZMQ)", leave=False, disable=None):
             t0 = time.perf_counter()
-            out = c.act(obs)
+            out = c.infer([obs])[0]
             rtt = (time.perf_counter() - t0) * 1e3
             over.append(rtt - out["timings"]["model_ms"])
             model.append(out["timings"]["model_ms"])
@@ -225,9 +225,9 @@ def throughput(port: int, clients: int, seconds: float, meta: dict, size: int = 
     def run(i: int) -> None:
         with PolicyClient(f"tcp://127.0.0.1:{port}", timeout_s=60) as c:
             obs = observation(meta, i, size)
-            c.act(obs)
+            c.infer([obs])
             while time.monotonic() < stop_at:
-                c.act(obs)
+                c.infer([obs])
                 count[i] += 1
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]

@@ -137,8 +137,8 @@ def drive_policy(ros_context):
             return {"model": "fake", "version": 0, "chunk_size": 4, "cameras": ["front"],
                     "action_dim": SPEC.n_joints}
 
-        def act(self, observation, timeout_s=None, **options):
-            return {"actions": np.tile(SPEC.upper + 2.0, (4, 1)).astype(np.float32), "version": 0}
+        def infer(self, observations, timeout_s=None, **options):
+            return [{"actions": np.tile(SPEC.upper + 2.0, (4, 1)).astype(np.float32), "version": 0} for _ in observations]
 
         def close(self):
             pass
@@ -234,8 +234,8 @@ def test_policy_node_holds_a_target_outside_the_workspace_box_at_the_box(ros_con
         def metadata(self, timeout_s=None):
             return {"model": "fake", "version": 0, "chunk_size": 4, "cameras": ["front"], "action_dim": SPEC.n_joints}
 
-        def act(self, observation, timeout_s=None, **options):
-            return {"actions": np.tile(target, (4, 1)).astype(np.float32), "version": 0}
+        def infer(self, observations, timeout_s=None, **options):
+            return [{"actions": np.tile(target, (4, 1)).astype(np.float32), "version": 0} for _ in observations]
 
         def close(self):
             pass

@@ -238,6 +238,9 @@ class FlakyClient:
         self.replies = list(replies)
         self.ids = 0
 
+    def infer(self, observations, **options):
+        raise AssertionError("the controller must ask a policy with submit/poll without blocking")
+
     def submit(self, observation, **options):
         self.ids += 1
         return self.ids
@@ -281,9 +284,9 @@ def test_blocking_client_drives_open_loop_and_time_passes_while_it_thinks():
     policy = PathPolicy(path(), 8)
     server = SimServer(clock, lambda obs: policy.chunk(obs["state"]), Latency(0.1))
 
-    class Blocking:  # only act(): the controller must use it synchronously
-        def act(self, observation, **options):
-            return server.act(observation, **options)
+    class Blocking:  # only infer(): the controller must use it synchronously
+        def infer(self, observations, **options):
+            return server.infer(observations, **options)
 
     cfg = ControlConfig(control_hz=HZ, executor=ExecutorConfig(kind="open_loop"))
     ctl = ChunkController(cfg, arm_limits(), Blocking(), clock=clock)
@@ -293,7 +296,7 @@ def test_blocking_client_drives_open_loop_and_time_passes_while_it_thinks():
     r = ctl.tick(0.0, 0.0, lambda: {"state": arm.q})
     assert r.requested and r.received is not None and r.now == pytest.approx(0.1)
     assert r.source == "policy" and r.index == 0
-    with pytest.raises(TypeError, match="submit.*act"):
+    with pytest.raises(TypeError, match="not a Policy: it needs infer"):
         ChunkController(cfg, arm_limits(), object())
 
 

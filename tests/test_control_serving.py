@@ -18,7 +18,7 @@ HZ = 30.0
 
 
 class PathRuntime:
-    """The runtime interface the server needs (metadata, predict, load_weights), in numpy."""
+    """The runtime interface the server needs (metadata, infer, load_weights), in numpy."""
 
     def __init__(self, horizon=12):
         t = np.linspace(0, 1, 300)[:, None]
@@ -28,8 +28,9 @@ class PathRuntime:
                          "image_size": 8, "version": 0, "model": "path"}
         self.version = 0
 
-    def predict(self, observations, mode="greedy", temperature=1.6, return_tokens=False, generator=None):
-        return [{"actions": self.policy.chunk(o["state"]), "tokens": None, "logprobs": None} for o in observations]
+    def infer(self, observations, *, mode="greedy", temperature=None, return_tokens=False, seeds=None):
+        return [{"actions": self.policy.chunk(o["state"]), "tokens": None, "logprobs": None, "version": self.version}
+                for o in observations]
 
     def load_weights(self, state, version):  # pragma: no cover - not used here
         self.version = version

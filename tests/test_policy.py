@@ -32,11 +32,11 @@ def rt():
     return load_policy(preset="tiny", seed=0)
 
 
-def test_predict_shapes_and_ranges(rt):
+def test_infer_shapes_and_ranges(rt):
     meta = rt.metadata
     assert meta["cameras"] == ["front", "wrist"] and meta["head"] == "discrete" and meta["model"] == "tiny"
     H, D = meta["chunk_size"], meta["action_dim"]
-    out = rt.predict(make_obs(n=3), mode="sample", return_tokens=True, generator=torch.Generator().manual_seed(0))
+    out = rt.infer(make_obs(n=3), mode="sample", return_tokens=True, generator=torch.Generator().manual_seed(0))
     assert len(out) == 3
     for r in out:
         assert r["actions"].shape == (H, D) and r["actions"].dtype == np.float32 and np.isfinite(r["actions"]).all()
@@ -45,7 +45,7 @@ def test_predict_shapes_and_ranges(rt):
         assert r["logprobs"].shape == (H * D,) and (r["logprobs"] <= 0).all()
         # actions are the un-normalised bin centres of the tokens
         np.testing.assert_allclose(r["actions"], rt.processor.tokens_to_actions(r["tokens"]), rtol=1e-6)
-    plain = rt.predict(make_obs(n=1))[0]
+    plain = rt.infer(make_obs(n=1))[0]
     assert plain["tokens"] is None and plain["logprobs"] is None
 
 
@@ -56,29 +56,29 @@ def test_same_seed_same_weights_and_sampling_reproducible(rt):
     assert all(torch.equal(a[k], ref[k]) for k in ref)
     assert not torch.equal(a["projector.fc1.weight"], b["projector.fc1.weight"])
     obs = make_obs(n=2)
-    s1 = rt.predict(obs, mode="sample", return_tokens=True, generator=torch.Generator().manual_seed(7))
-    s2 = rt.predict(obs, mode="sample", return_tokens=True, generator=torch.Generator().manual_seed(7))
-    s3 = rt.predict(obs, mode="sample", return_tokens=True, generator=torch.Generator().manual_seed(8))
+    s1 = rt.infer(obs, mode="sample", return_tokens=True, generator=torch.Generator().manual_seed(7))
+    s2 = rt.infer(obs, mode="sample", return_tokens=True, generator=torch.Generator().manual_seed(7))
+    s3 = rt.infer(obs, mode="sample", return_tokens=True, generator=torch.Generator().manual_seed(8))
     assert np.array_equal(s1[0]["tokens"], s2[0]["tokens"])
     assert not np.array_equal(s1[0]["tokens"], s3[0]["tokens"])
-    g1, g2 = rt.predict(obs, return_tokens=True), rt.predict(obs, return_tokens=True)
+    g1, g2 = rt.infer(obs, return_tokens=True), rt.infer(obs, return_tokens=True)
     assert np.array_equal(g1[1]["tokens"], g2[1]["tokens"])
 
 
 def test_per_observation_seeds_sample_the_same_chunk_in_any_batch(rt):
     obs = make_obs(n=3)
-    alone = rt.predict(obs[1:2], mode="sample", return_tokens=True, seeds=[11])[0]
-    batched = rt.predict(obs, mode="sample", return_tokens=True, seeds=[5, 11, None])
+    alone = rt.infer(obs[1:2], mode="sample", return_tokens=True, seeds=[11])[0]
+    batched = rt.infer(obs, mode="sample", return_tokens=True, seeds=[5, 11, None])
     assert np.array_equal(alone["tokens"], batched[1]["tokens"])  # independent of its neighbours
     np.testing.assert_allclose(alone["logprobs"], batched[1]["logprobs"], atol=1e-5)
-    other = rt.predict(obs[1:2], mode="sample", return_tokens=True, seeds=[12])[0]
+    other = rt.infer(obs[1:2], mode="sample", return_tokens=True, seeds=[12])[0]
     assert not np.array_equal(alone["tokens"], other["tokens"])
-    greedy = rt.predict(obs[1:2], return_tokens=True, seeds=[11])[0]  # greedy ignores seeds
-    assert np.array_equal(greedy["tokens"], rt.predict(obs[1:2], return_tokens=True)[0]["tokens"])
+    greedy = rt.infer(obs[1:2], return_tokens=True, seeds=[11])[0]  # greedy ignores seeds
+    assert np.array_equal(greedy["tokens"], rt.infer(obs[1:2], return_tokens=True)[0]["tokens"])
     with pytest.raises(ValueError, match="one per observation expected, got 2 for 3"):
-        rt.predict(obs, mode="sample", seeds=[1, 2])
+        rt.infer(obs, mode="sample", seeds=[1, 2])
     with pytest.raises(ValueError, match="either generator or seeds"):
-        rt.predict(obs[:1], mode="sample", seeds=[1], generator=torch.Generator())
+        rt.infer(obs[:1], mode="sample", seeds=[1], generator=torch.Generator())
 
 
 def test_attention_is_bidirectional(rt):
@@ -105,8 +105,8 @@ def test_attention_is_bidirectional(rt):
 def test_batching_with_padding_matches_single(rt):
     obs = make_obs(n=2)  # different prompt lengths -> right padding in the batch
     assert len(obs[0]["instruction"]) != len(obs[1]["instruction"])
-    both = rt.predict(obs, return_tokens=True)
-    alone = rt.predict(obs[:1], return_tokens=True)
+    both = rt.infer(obs, return_tokens=True)
+    alone = rt.infer(obs[:1], return_tokens=True)
     np.testing.assert_allclose(both[0]["logprobs"], alone[0]["logprobs"], atol=1e-4)
     assert np.array_equal(both[0]["tokens"], alone[0]["tokens"])
 
@@ -156,10 +156,10 @@ def test_set_norm_stats_changes_unnormalisation_and_actions_to_tokens(rt):
     acts = rng.uniform(-0.1, 0.1, (300, 6)) + np.arange(6) * 0.2
     stats = normalization.compute_statistics(acts)
     stats["proprio"] = normalization.read_statistics(rt_stats_path())["so101_twin"]["proprio"]  # same inputs
-    old = rt.predict(make_obs(), return_tokens=True)[0]
+    old = rt.infer(make_obs(), return_tokens=True)[0]
     rt.set_norm_stats(stats, "demo")
     try:
-        new = rt.predict(make_obs(), return_tokens=True)[0]
+        new = rt.infer(make_obs(), return_tokens=True)[0]
         assert np.array_equal(old["tokens"], new["tokens"])  # same model output…
         assert not np.allclose(old["actions"], new["actions"])  # …un-normalised with the new bounds
         assert rt.metadata["norm_key"] == "demo"
@@ -187,7 +187,7 @@ def rt_stats_path():
 
 def test_teacher_forced_logprobs_match_rollout_and_train(rt):
     obs = make_obs(n=2)
-    out = rt.predict(obs, mode="sample", temperature=1.6, return_tokens=True, generator=torch.Generator().manual_seed(3))
+    out = rt.infer(obs, mode="sample", temperature=1.6, return_tokens=True, generator=torch.Generator().manual_seed(3))
     tokens = torch.tensor(np.stack([o["tokens"] for o in out]))
     batch = rt.batch(obs)
     lp = rt.model.token_logprobs(batch, tokens, temperature=1.6)
@@ -218,7 +218,7 @@ def test_sft_loss_learns_demonstration_tokens():
         opt.step()
     rt.model.eval()
     assert loss.item() < 0.5 * first
-    pred = rt.predict(obs, return_tokens=True)[0]["tokens"]
+    pred = rt.infer(obs, return_tokens=True)[0]["tokens"]
     assert (pred == tokens[0].numpy()).mean() > 0.3  # chance: 1/256
     with torch.no_grad():  # the 256-bin variant is the same cross-entropy restricted to the action ids
         bins_loss = rt.model.sft_loss(batch, tokens, vocab="bins")
@@ -231,10 +231,10 @@ def test_sft_loss_learns_demonstration_tokens():
 def test_l1_head_predicts_and_trains():
     rt = load_policy(preset="tiny", seed=0, overrides={"head": "l1"})
     assert rt.metadata["head"] == "l1"
-    out = rt.predict(make_obs(n=2), return_tokens=True)
+    out = rt.infer(make_obs(n=2), return_tokens=True)
     assert out[0]["actions"].shape == (8, 6) and out[0]["tokens"] is None
     with pytest.raises(ValueError, match="needs the discrete head"):
-        rt.predict(make_obs(), mode="sample")
+        rt.infer(make_obs(), mode="sample")
     batch = rt.batch(make_obs(n=2))
     target = torch.full((2, 8, 6), 0.3)
     loss = rt.model.l1_loss(batch, target)
@@ -247,30 +247,30 @@ def test_l1_head_predicts_and_trains():
 def test_bad_observations_are_clear_errors(rt):
     obs = make_obs()[0]
     with pytest.raises(ValueError, match=r"missing camera\(s\) \['wrist'\]"):
-        rt.predict([{**obs, "images": {"front": obs["images"]["front"]}}])
+        rt.infer([{**obs, "images": {"front": obs["images"]["front"]}}])
     with pytest.raises(ValueError, match="must be uint8 HxWx3"):
-        rt.predict([{**obs, "images": {**obs["images"], "wrist": np.zeros((8, 8), np.uint8)}}])
+        rt.infer([{**obs, "images": {**obs["images"], "wrist": np.zeros((8, 8), np.uint8)}}])
     with pytest.raises(ValueError, match="'state' must be 6 finite numbers"):
-        rt.predict([{**obs, "state": np.zeros(4)}])
+        rt.infer([{**obs, "state": np.zeros(4)}])
     with pytest.raises(ValueError, match="'instruction' must be a string"):
-        rt.predict([{**obs, "instruction": None}])
+        rt.infer([{**obs, "instruction": None}])
     with pytest.raises(ValueError, match="list of observation dicts"):
-        rt.predict(obs)
+        rt.infer(obs)
     with pytest.raises(ValueError, match="mode must be"):
-        rt.predict([obs], mode="beam")
+        rt.infer([obs], mode="beam")
     with pytest.raises(ValueError, match="temperature must be"):
-        rt.predict([obs], temperature=0)
+        rt.infer([obs], temperature=0)
 
 
 def test_load_weights_hot_swap(rt):
     obs = make_obs()
     other = build_model(load_preset("tiny"), seed=5).state_dict()
     before = rt.state_dict()
-    ref = rt.predict(obs, return_tokens=True)[0]
+    ref = rt.infer(obs, return_tokens=True)[0]
     try:
         rt.load_weights(other, version=3)
         assert rt.version == 3 and rt.metadata["version"] == 3
-        assert not np.allclose(rt.predict(obs, return_tokens=True)[0]["logprobs"], ref["logprobs"])
+        assert not np.allclose(rt.infer(obs, return_tokens=True)[0]["logprobs"], ref["logprobs"])
         # a partial update (one tensor) and an additive delta
         w = "projector.fc3.bias"
         rt.load_weights({w: torch.ones_like(other[w])}, version=4, delta=True)
@@ -282,7 +282,7 @@ def test_load_weights_hot_swap(rt):
         assert rt.version == 4
     finally:
         rt.load_weights(before, version=0)
-    np.testing.assert_allclose(rt.predict(obs, return_tokens=True)[0]["logprobs"], ref["logprobs"], atol=1e-6)
+    np.testing.assert_allclose(rt.infer(obs, return_tokens=True)[0]["logprobs"], ref["logprobs"], atol=1e-6)
 
 
 @pytest.mark.parametrize("head", ["discrete", "l1"])
@@ -301,7 +301,7 @@ def test_save_load_round_trip_identical(tmp_path, head):
     assert pre["means"][0] == pytest.approx([0.485, 0.456, 0.406]) and pre["means"][1] == pytest.approx([0.5, 0.5, 0.5])
     back = load_policy(checkpoint=tmp_path / "ck")
     assert back.metadata == rt.metadata
-    a, b = rt.predict(obs, return_tokens=True), back.predict(obs, return_tokens=True)
+    a, b = rt.infer(obs, return_tokens=True), back.infer(obs, return_tokens=True)
     for x, y in zip(a, b):
         assert np.array_equal(x["actions"], y["actions"])
         if head == "discrete":
@@ -474,7 +474,7 @@ def test_image_preprocessing_follows_oft():
 
 def test_bfloat16_runtime_and_published_config_without_our_block(tmp_path, rt):
     bf = load_policy(preset="tiny", seed=0, dtype="bfloat16")
-    out = bf.predict(make_obs(n=2), return_tokens=True)
+    out = bf.infer(make_obs(n=2), return_tokens=True)
     assert out[0]["actions"].dtype == np.float32 and np.isfinite(out[0]["logprobs"]).all()
     # a config.json as OFT writes it (no "vla_robot" block): dimensions from text_config, the rest from
     # the oft-7b preset plus overrides, the head from which component files exist
@@ -485,7 +485,7 @@ def test_bfloat16_runtime_and_published_config_without_our_block(tmp_path, rt):
     back = load_policy(checkpoint=d, overrides={k: ours[k] for k in ("vision", "chunk_size", "action_dim", "cameras", "normalization")})
     assert back.metadata["head"] == "discrete" and back.metadata["proprio_dim"] == 6
     assert back.cfg.llm.hidden_size == 64 and back.cfg.llm.num_hidden_layers == 2
-    a, b = rt.predict(make_obs(), return_tokens=True)[0], back.predict(make_obs(), return_tokens=True)[0]
+    a, b = rt.infer(make_obs(), return_tokens=True)[0], back.infer(make_obs(), return_tokens=True)[0]
     assert np.array_equal(a["tokens"], b["tokens"])
 
 
@@ -505,7 +505,7 @@ def test_checkpoint_own_tokenizer_files_are_used(tmp_path, rt):
     assert isinstance(back.processor.tokenizer, HFTokenizer)
     ids = prompt_ids(back.processor.tokenizer, "Pick up cube")
     assert ids[0] == 1 and ids[-1] == 29871 and ids[1] == words.index("In:")
-    assert back.predict(make_obs())[0]["actions"].shape == (8, 6)
+    assert back.infer(make_obs())[0]["actions"].shape == (8, 6)
 
 
 def test_policy_batch_select_and_cat_keep_rows(rt):
@@ -516,7 +516,7 @@ def test_policy_batch_select_and_cat_keep_rows(rt):
     parts = PolicyBatch.cat([rt.processor(obs[:1]), rt.processor(obs[1:])])
     assert torch.equal(parts.prompt_lengths, full.prompt_lengths) and torch.equal(parts.input_ids, full.input_ids)
     assert torch.equal(parts.pixel_values, full.pixel_values) and torch.equal(parts.proprio, full.proprio)
-    tokens = torch.tensor(np.stack([o["tokens"] for o in rt.predict(obs, return_tokens=True)]))
+    tokens = torch.tensor(np.stack([o["tokens"] for o in rt.infer(obs, return_tokens=True)]))
     with torch.no_grad():
         lp_all = rt.model.token_logprobs(full, tokens)
         lp_sel = rt.model.token_logprobs(full.select([2, 0]), tokens[[2, 0]])
@@ -594,7 +594,7 @@ def test_film_conditions_vision_on_language_and_round_trips(tmp_path, rt):
     assert main_keys == set(rt.model.main_state_dict())  # the plain OFT layout, FiLM layers in the .pt
     back = load_policy(checkpoint=d)
     assert back.cfg.film
-    x, y = film.predict(a, return_tokens=True)[0], back.predict(a, return_tokens=True)[0]
+    x, y = film.infer(a, return_tokens=True)[0], back.infer(a, return_tokens=True)[0]
     assert np.array_equal(x["tokens"], y["tokens"]) and np.array_equal(x["logprobs"], y["logprobs"])
     vb = d / "vision_backbone--3_checkpoint.pt"
     sd = torch.load(vb, weights_only=True)
@@ -618,13 +618,13 @@ def test_oft_7b_film_layout_on_meta_device():
         assert tuple(main[k].shape) == shape, k
 
 
-def test_without_statistics_predict_says_what_is_missing():
+def test_without_statistics_infer_says_what_is_missing():
     bare = load_policy(preset="tiny", overrides={"dataset_statistics": ""})
     assert bare.metadata["norm_key"] == ""
     with pytest.raises(ValueError, match="no dataset statistics are set"):
-        bare.predict(make_obs())
+        bare.infer(make_obs())
     bare.set_norm_stats(normalization.identity_statistics(6, 6), "identity")
-    out = bare.predict(make_obs(), return_tokens=True)[0]
+    out = bare.infer(make_obs(), return_tokens=True)[0]
     np.testing.assert_allclose(out["actions"], action_tokenizer.decode(out["tokens"]).reshape(8, 6), atol=1e-6)
 
 

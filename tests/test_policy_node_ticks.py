@@ -29,14 +29,15 @@ class BlockingClient:
         return {"model": "fake", "version": self.version, "chunk_size": 4, "cameras": ["front"],
                 "action_dim": SPEC.n_joints}
 
-    def act(self, observation, timeout_s=None, **options):
+    def infer(self, observations, timeout_s=None, **options):
+        (observation,) = observations  # the controller asks for one chunk at a time
         self.calls += 1
         version = self.version
         if self.calls == 1:
             self.first_asked.set()
             assert self.release.wait(10), "the test never released the first request"
         target = np.asarray(observation["state"], dtype=np.float64) + 0.01
-        return {"actions": np.tile(target, (4, 1)).astype(np.float32), "version": version, "chunk_id": self.calls}
+        return [{"actions": np.tile(target, (4, 1)).astype(np.float32), "version": version, "chunk_id": self.calls}]
 
     def close(self):
         pass

@@ -27,11 +27,11 @@ class CapturingRuntime:
     def __getattr__(self, name):
         return getattr(self._rt, name)
 
-    def predict(self, observations, **kw):
+    def infer(self, observations, **kw):
         with self._lock:
             self.seen.extend({"images": {c: np.array(v) for c, v in o["images"].items()},
                               "state": np.array(o["state"]), "instruction": o["instruction"]} for o in observations)
-        return self._rt.predict(observations, **kw)
+        return self._rt.infer(observations, **kw)
 
 
 def fingerprint(obs: dict) -> tuple:

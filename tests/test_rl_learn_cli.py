@@ -40,7 +40,7 @@ def record_groups(root: Path, groups: int, group_size: int = 2, chunks: int = 2,
                 obs = [{"images": {c: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for c in CAMS},
                         "state": rng.uniform(-0.5, 0.5, d).astype(np.float32), "instruction": "reach the target"}
                        for _ in range(chunks)]
-                replies = rt.predict(obs, mode="sample", temperature=1.6, return_tokens=True)
+                replies = rt.infer(obs, mode="sample", temperature=1.6, return_tokens=True)
                 recs = []
                 for cid, (o, r) in enumerate(zip(obs, replies)):
                     recs.append(records.make_chunk({**r, "version": 0}, o, {"mode": "sample", "temperature": 1.6}, cid,

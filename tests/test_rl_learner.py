@@ -23,7 +23,7 @@ def make_group(runtime, start, labels, rng, version=0, steps=2, gen=None):
     out = []
     for label in labels:
         obs = [observation(rng) for _ in range(steps)]
-        res = runtime.predict(obs, mode="sample", temperature=1.6, return_tokens=True, generator=gen)
+        res = runtime.infer(obs, mode="sample", temperature=1.6, return_tokens=True, generator=gen)
         st = [Step(o, r["tokens"], r["logprobs"], executed_mask(h if i < steps - 1 else 3, h, d))
               for i, (o, r) in enumerate(zip(obs, res))]
         out.append(Episode("reach", start, st, label, version))
@@ -148,13 +148,13 @@ def test_hot_swapped_versions_appear_in_the_servers_replies(runtime):
         cfg = preset("tiny", group_size=4, batch_groups=1, mini_batch_size=8, mode="rl", lr=1e-2)
         learner = Learner(runtime, cfg, publish=lambda sd, v: publisher.push(sd, v))
         probe = observation(rng)
-        assert client.act(probe)["version"] == 0
+        assert client.infer([probe])[0]["version"] == 0
         for e in make_group(runtime, 0, [1, 0, 0, 0], rng):
             learner.add(e)
         learner.step()
-        reply = client.act(probe, mode="greedy", return_tokens=True)
+        reply = client.infer([probe], mode="greedy", return_tokens=True)[0]
         assert reply["version"] == 1
-        local = runtime.predict([probe], mode="greedy", return_tokens=True)[0]
+        local = runtime.infer([probe], mode="greedy", return_tokens=True)[0]
         np.testing.assert_array_equal(reply["tokens"], local["tokens"])  # the learner's new weights serve
         publisher.close()
         client.close()

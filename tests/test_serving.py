@@ -55,18 +55,18 @@ def test_round_trip_matches_the_runtime(runtime, client):
     for key in ("action_dim", "chunk_size", "proprio_dim", "cameras", "image_size", "norm_key", "head", "model"):
         assert meta[key] == runtime.metadata[key]
     obs = make_obs(meta, 1)
-    out = client.act(obs, return_tokens=True)
-    expected = runtime.predict([obs], return_tokens=True)[0]
+    out = client.infer([obs], return_tokens=True)[0]
+    expected = runtime.infer([obs], return_tokens=True)[0]
     assert out["actions"].dtype == np.float32 and out["actions"].shape == (meta["chunk_size"], meta["action_dim"])
     np.testing.assert_allclose(out["actions"], expected["actions"], atol=1e-5)
     np.testing.assert_array_equal(out["tokens"], expected["tokens"])
     np.testing.assert_allclose(out["logprobs"], expected["logprobs"], atol=1e-4)
     assert out["version"] == runtime.version
     assert {"queue_ms", "model_ms", "decode_ms", "server_ms", "round_trip_ms", "batch_size"} <= set(out["timings"])
-    plain = client.act(obs)
+    plain = client.infer([obs])[0]
     assert plain["tokens"] is None and plain["logprobs"] is None
     # sampling at a temperature gives valid chunks with log-probs of the sampled tokens
-    sampled = client.act(obs, mode="sample", temperature=1.6, return_tokens=True)
+    sampled = client.infer([obs], mode="sample", temperature=1.6, return_tokens=True)[0]
     assert sampled["tokens"].shape == (meta["chunk_size"] * meta["action_dim"],)
     assert np.all(sampled["logprobs"] <= 0)
 
@@ -100,7 +100,7 @@ def test_poll_and_act_time_out_when_the_server_is_silent():
             with pytest.raises(PolicyTimeout, match=f"request {rid}"):
                 c.poll(rid)
             with pytest.raises(PolicyTimeout):
-                c.act(obs, timeout_s=0.1)
+                c.infer([obs], timeout_s=0.1)
             assert c.pending == 0
     finally:
         mute.close(linger=0)
@@ -111,13 +111,13 @@ def test_two_clients_are_batched_and_each_gets_its_own_answer(runtime):
         a, b = PolicyClient(s.address, timeout_s=10), PolicyClient(s.address, timeout_s=10)
         meta = a.metadata()
         obs_a, obs_b = make_obs(meta, 10), make_obs(meta, 11)
-        a.act(obs_a), b.act(obs_b)  # both are now active clients: the batcher waits for the other
+        a.infer([obs_a])[0], b.infer([obs_b])  # both are now active clients: the batcher waits for the other
         before = s.stats_snapshot()["batch_sizes"].get("2", 0)
         ra, rb = a.submit(obs_a, return_tokens=True), b.submit(obs_b, return_tokens=True)
         out_a, out_b = a.wait(ra), b.wait(rb)
         assert s.stats_snapshot()["batch_sizes"].get("2", 0) == before + 1
         assert out_a["timings"]["batch_size"] == out_b["timings"]["batch_size"] == 2
-        ref = runtime.predict([obs_a, obs_b], return_tokens=True)
+        ref = runtime.infer([obs_a, obs_b], return_tokens=True)
         for out, r in zip((out_a, out_b), ref):
             np.testing.assert_allclose(out["actions"], r["actions"], atol=1e-5)
             np.testing.assert_array_equal(out["tokens"], r["tokens"])
@@ -133,7 +133,7 @@ def test_a_lone_client_never_waits_for_a_batch(runtime):
         with PolicyClient(s.address, timeout_s=10) as c:
             obs = make_obs(c.metadata(), 12)
             for _ in range(3):
-                out = c.act(obs)
+                out = c.infer([obs])[0]
                 assert out["timings"]["queue_ms"] < 1000 and out["timings"]["batch_size"] == 1
 
 
@@ -160,12 +160,12 @@ def test_a_seeded_request_samples_the_same_chunk_batched_or_alone(runtime):
         group = [make_obs(meta, 40 + i) for i in range(4)]
         ids = [c.submit(o, mode="sample", temperature=1.0, return_tokens=True, seed=100 + i) for i, o in enumerate(group)]
         batched = [c.wait(i) for i in ids]
-        alone = c.act(group[2], mode="sample", temperature=1.0, return_tokens=True, seed=102)
-        again = c.act(group[2], mode="sample", temperature=1.0, return_tokens=True, seed=103)
+        alone = c.infer([group[2]], mode="sample", temperature=1.0, return_tokens=True, seeds=[102])[0]
+        again = c.infer([group[2]], mode="sample", temperature=1.0, return_tokens=True, seeds=[103])[0]
         assert max(int(k) for k in s.stats_snapshot()["batch_sizes"]) > 1  # the group did share a forward pass
     np.testing.assert_array_equal(batched[2]["tokens"], alone["tokens"])
     assert not np.array_equal(alone["tokens"], again["tokens"])
-    local = runtime.predict([group[2]], mode="sample", temperature=1.0, return_tokens=True, seeds=[102])[0]
+    local = runtime.infer([group[2]], mode="sample", temperature=1.0, return_tokens=True, seeds=[102])[0]
     np.testing.assert_array_equal(local["tokens"], alone["tokens"])
 
 
@@ -175,12 +175,12 @@ def test_batches_split_by_sampling_options(runtime):
         meta = clients[0].metadata()
         obs = [make_obs(meta, 20 + i) for i in range(3)]
         for c, o in zip(clients, obs):
-            c.act(o)
+            c.infer([o])
         ids = [clients[0].submit(obs[0]), clients[1].submit(obs[1], return_tokens=True), clients[2].submit(obs[2])]
         outs = [c.wait(r) for c, r in zip(clients, ids)]
         assert outs[1]["tokens"] is not None and outs[0]["tokens"] is None and outs[2]["tokens"] is None
         for o, out in zip(obs, outs):
-            np.testing.assert_allclose(out["actions"], runtime.predict([o])[0]["actions"], atol=1e-5)
+            np.testing.assert_allclose(out["actions"], runtime.infer([o])[0]["actions"], atol=1e-5)
         for c in clients:
             c.close()
 
@@ -194,14 +194,14 @@ def test_client_survives_a_server_restart(runtime):
     with PolicyClient(address, timeout_s=10) as c:
         s = PolicyServer(runtime, bind=address, weights_bind=None).start()
         obs = make_obs(c.metadata(), 70)
-        first = c.act(obs)["actions"]
+        first = c.infer([obs])[0]["actions"]
         s.stop()
         with pytest.raises(RuntimeError, match="cannot start again"):
             s.start()
         with pytest.raises(PolicyTimeout):
-            c.act(obs, timeout_s=0.3)  # nobody serves: the caller hears so in time
+            c.infer([obs], timeout_s=0.3)  # nobody serves: the caller hears so in time
         with PolicyServer(runtime, bind=address, weights_bind=None):
-            np.testing.assert_allclose(c.act(obs)["actions"], first, atol=1e-5)  # reconnected by itself
+            np.testing.assert_allclose(c.infer([obs])[0]["actions"], first, atol=1e-5)  # reconnected by itself
 
 
 def raw_request(sock, frames, timeout_ms=10000):
@@ -237,10 +237,10 @@ def test_each_bad_request_gets_its_error_and_the_server_keeps_serving(server, cl
         reply = raw_request(raw, frames)
         assert reply["type"] == "error" and reply["code"] == code, reply
         assert match in reply["message"], reply["message"]
-        out = client.act(good)  # the next good request works
+        out = client.infer([good])[0]  # the next good request works
         assert out["actions"].shape == (meta["chunk_size"], meta["action_dim"])
     with pytest.raises(PolicyServerError, match="non-finite") as e:
-        client.act({**good, "state": np.full(meta["proprio_dim"], np.inf)})
+        client.infer([{**good, "state": np.full(meta["proprio_dim"], np.inf)}])
     assert e.value.code == "bad_request"
     stats = client.ping()
     assert stats["errors"]["bad_request"] >= 6 and stats["requests"]["invalid"] >= len(cases)
@@ -259,7 +259,7 @@ def test_a_full_queue_answers_overloaded_and_keeps_serving(runtime):
                     assert e.code == "overloaded" and "max_queue=1" in e.message
                     outcomes.append("overloaded")
             assert "ok" in outcomes and "overloaded" in outcomes, outcomes
-            assert c.act(obs)["actions"].shape[0] == c.metadata()["chunk_size"]
+            assert c.infer([obs])[0]["actions"].shape[0] == c.metadata()["chunk_size"]
 
 
 def test_oversized_message_is_refused(runtime):
@@ -267,7 +267,7 @@ def test_oversized_message_is_refused(runtime):
         with PolicyClient(s.address, timeout_s=10, max_message_bytes=100_000) as c:
             meta = c.metadata()
             with pytest.raises(ValueError, match="over the limit of 100000"):
-                c.act(make_obs(meta, 0, size=224))
+                c.infer([make_obs(meta, 0, size=224)])
             # a sender that ignores the limit is cut off by ZMQ; the server keeps serving others
             sock = zmq.Context.instance().socket(zmq.DEALER)
             sock.linger = 0
@@ -275,7 +275,7 @@ def test_oversized_message_is_refused(runtime):
             sock.send_multipart([b"\x80", b"x" * 200_000])
             assert not sock.poll(300)
             sock.close()
-            assert c.act(make_obs(meta, 0))["actions"].shape[0] == meta["chunk_size"]
+            assert c.infer([make_obs(meta, 0)])[0]["actions"].shape[0] == meta["chunk_size"]
 
 
 def test_fuzz_random_and_mutated_messages_never_kill_the_server(server, client, raw):
@@ -340,7 +340,7 @@ def test_fuzz_random_and_mutated_messages_never_kill_the_server(server, client, 
             receive()
     assert len(kinds) == sent  # one reply per message, none lost, none doubled
     assert {"result", "bad_message", "bad_request", "unsupported_version"} <= set(kinds), set(kinds)
-    out = client.act(make_obs(meta, 6))
+    out = client.infer([make_obs(meta, 6)])[0]
     assert out["actions"].shape == (meta["chunk_size"], meta["action_dim"])
     assert client.ping()["requests"]["invalid"] > n / 2
 
@@ -362,10 +362,10 @@ def test_hot_swap_mid_traffic_never_mixes_versions():
     obs = make_obs(meta, 30)
     base = runtime.state_dict()
     other = {**base, **_perturbed(base, 0.5)}
-    ref_base = runtime.predict([obs])[0]["actions"]
+    ref_base = runtime.infer([obs])[0]["actions"]
     probe = load_policy(preset="tiny", seed=0)
     probe.load_weights(other, 1)
-    ref_other = probe.predict([obs])[0]["actions"]
+    ref_other = probe.infer([obs])[0]["actions"]
     assert not np.allclose(ref_base, ref_other, atol=1e-3)
 
     with PolicyServer(runtime, bind=LOOPBACK, weights_bind=LOOPBACK, max_wait_ms=1) as s:
@@ -374,7 +374,7 @@ def test_hot_swap_mid_traffic_never_mixes_versions():
         def traffic():
             with PolicyClient(s.address, timeout_s=20) as c:
                 while not stop.is_set():
-                    out = c.act(obs)
+                    out = c.infer([obs])[0]
                     results.append((out["version"], out["actions"]))
 
         workers = [threading.Thread(target=traffic) for _ in range(2)]
@@ -401,7 +401,7 @@ def test_hot_swap_mid_traffic_never_mixes_versions():
             delta = {k: other[k] - base[k] for k in _perturbed(base, 0.5)}
             pub.push(delta, 7, delta=True)
         with PolicyClient(s.address) as c:
-            out = c.act(obs)
+            out = c.infer([obs])[0]
             assert out["version"] == 7
             np.testing.assert_allclose(out["actions"], ref_other, atol=1e-5)
 
@@ -416,7 +416,7 @@ def test_corrupt_or_incomplete_updates_are_refused_and_the_old_version_keeps_ser
 
     runtime = load_policy(preset="tiny", seed=0)
     obs = make_obs(runtime.metadata, 40)
-    ref = runtime.predict([obs])[0]["actions"]
+    ref = runtime.infer([obs])[0]["actions"]
     base = runtime.state_dict()
     name = next(k for k in base if k.endswith("lm_head.weight"))
     w = base[name].numpy() + 1.0
@@ -467,7 +467,7 @@ def test_corrupt_or_incomplete_updates_are_refused_and_the_old_version_keeps_ser
             with pytest.raises(PolicyServerError, match="not newer"):
                 pub.push({name: w}, 5)
         with PolicyClient(s.address) as c:
-            out = c.act(obs)
+            out = c.infer([obs])[0]
         assert out["version"] == 5
         np.testing.assert_allclose(out["actions"], ref, atol=1e-5)
         assert s.stats_snapshot()["swaps_rejected"] >= 6
@@ -495,7 +495,7 @@ def test_curve_rejects_clients_without_the_key(runtime, tmp_path):
         with PolicyClient(s.address, timeout_s=10, curve_server_key=server_pub,
                           curve_client_key=tmp_path / "allowed" / "robot1.key_secret") as robot:
             meta = robot.metadata()
-            assert robot.act(make_obs(meta, 50))["actions"].shape == (meta["chunk_size"], meta["action_dim"])
+            assert robot.infer([make_obs(meta, 50)])[0]["actions"].shape == (meta["chunk_size"], meta["action_dim"])
         # the weights socket is behind the same keys: only the holder of an allowed key can push
         name = next(k for k in runtime.state_dict() if k.endswith("lm_head.weight"))
         same = {name: runtime.state_dict()[name]}
@@ -546,7 +546,7 @@ def test_oft_http_endpoint_answers_an_oft_client_unchanged(runtime):
         o = got["obs"]
         obs = {"images": {"front": o["full_image"], "wrist": o["wrist_image"]}, "state": o["state"].astype(np.float32),
                "instruction": o["instruction"]}
-        ref = runtime.predict([obs])[0]["actions"]
+        ref = runtime.infer([obs])[0]["actions"]
         assert got["actions"].shape == ref.shape and got["actions"].dtype == np.float32
         np.testing.assert_allclose(got["actions"], ref, atol=1e-5)
         np.testing.assert_allclose(got["encoded"], ref, atol=1e-5)
@@ -617,7 +617,7 @@ def test_serve_command_serves_until_interrupted(tmp_path):
         with PolicyClient(f"tcp://127.0.0.1:{port}", timeout_s=30) as c:
             meta = c.metadata()
             assert meta["model"] == "tiny" and meta["max_batch"] == 2
-            assert c.act(make_obs(meta, 60))["actions"].shape == (meta["chunk_size"], meta["action_dim"])
+            assert c.infer([make_obs(meta, 60)])[0]["actions"].shape == (meta["chunk_size"], meta["action_dim"])
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:

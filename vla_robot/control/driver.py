@@ -1,8 +1,9 @@
 """ChunkController: one control tick from policy client to safe arm command (the node is a shell).
 
-Per tick: take the newest observation stamp; collect a chunk that has arrived; ask for the next
-one when the executor wants it (with a blocking ``client.act`` or a non-blocking
-``client.submit``/``client.poll``); take the executor's action for ``now``; let the watchdog veto
+Per tick: take the newest observation stamp; collect a chunk that has arrived; ask the policy for
+the next one when the executor wants it (non-blocking ``submit``/``poll`` when the policy is an
+:class:`~vla_robot.policy.interface.AsyncPolicy`, else a blocking ``infer([observation])``); take
+the executor's action for ``now``; let the watchdog veto
 it; pass whatever is sent — policy action, hold, teleop command — through the safety filter; and
 return the command with the reason for it. At most ``executor.max_in_flight`` requests are in
 flight (one for open_loop and temporal_ensemble).
@@ -22,6 +23,9 @@ from vla_robot.control.limits import JointLimits, as_vector
 from vla_robot.control.safety import SafetyFilter
 from vla_robot.control.trajectory import chunk_to_trajectory
 from vla_robot.control.watchdog import Watchdog
+from vla_robot.policy.interface import Policy
+
+_REQUEST_OPTIONS = {"mode", "temperature", "return_tokens"}  # the same for every request of a controller
 
 
 @dataclass
@@ -79,7 +83,7 @@ class Arrival(NamedTuple):
     reply: dict
     obs_time: float  # stamp of the observation
     observation: dict  # the observation as the client sent it (images, state, instruction)
-    options: dict  # the request options (mode, temperature, return_tokens, seed)
+    options: dict  # the request options (mode, temperature, return_tokens)
 
 
 @dataclass
@@ -91,13 +95,17 @@ class _Pending:
 
 
 class ChunkController:
-    """Drive an arm from a policy client, safely.
+    """Drive an arm from a policy, safely: the chunk executor, watchdog and safety filter wrapped
+    around a :class:`~vla_robot.policy.interface.Policy` (openpi's ``ActionChunkBroker``, plus safety).
 
-    ``client``: either non-blocking (``submit(observation, **options) -> id`` and
-    ``poll(id) -> reply | None``) or blocking (``act(observation, **options) -> reply``); a reply is
-    a dict with ``"actions"`` [H, D] (see docs/interfaces.md, serving). ``fk``: optional
-    ``fk(q) -> xyz`` for the workspace box. ``request_options`` go to every request (mode,
-    temperature, return_tokens). ``clock`` re-reads the time after a blocking request.
+    ``client``: a ``Policy``. When it also has ``submit``/``poll`` (an ``AsyncPolicy``: the ZMQ
+    client, the simulated server) requests never block a tick: up to ``executor.max_in_flight``
+    are in flight and ``cancel`` drops the ones no longer wanted. Otherwise (the in-process
+    runtime) each request is a blocking ``client.infer([observation], **request_options)[0]`` and
+    ``clock`` is re-read after it, since the command goes out after the answer. A reply is a dict
+    with ``"actions"`` [H, D] (see docs/interfaces.md, serving). ``request_options`` go to every
+    request: ``mode``, ``temperature``, ``return_tokens``. ``fk``: optional ``fk(q) -> xyz`` for
+    the workspace box.
     """
 
     def __init__(
@@ -115,15 +123,15 @@ class ChunkController:
         self.dt = config.dt
         self.limits = limits
         self.client = client
-        if hasattr(client, "submit") and hasattr(client, "poll"):
-            self.blocking = False
-        elif hasattr(client, "act"):
-            self.blocking = True
-        else:
-            raise TypeError(
-                f"client {type(client).__name__} must offer submit(obs)/poll(id) (non-blocking) or act(obs) (blocking)"
-            )
+        if not isinstance(client, Policy):
+            raise TypeError(f"client {type(client).__name__} is not a Policy: it needs infer(observations, **options) "
+                            "(and submit/poll/cancel to be asked without blocking), see vla_robot.policy.interface")
+        # submit/poll alone is enough to ask without blocking; cancel is used when it is there
+        self.blocking = not (callable(getattr(client, "submit", None)) and callable(getattr(client, "poll", None)))
         self.request_options = dict(request_options or {})
+        unknown = sorted(set(self.request_options) - _REQUEST_OPTIONS)
+        if unknown:
+            raise ValueError(f"request_options {unknown} unknown; allowed: {', '.join(sorted(_REQUEST_OPTIONS))}")
         self.clock = clock
         self.executor = make_executor(config)
         self.executor.action_dim = limits.n  # a chunk for another arm is a bad reply, not a crash
@@ -298,7 +306,7 @@ class ChunkController:
             observation = get_observation()
             if self.blocking:
                 self.watchdog.requested(now)
-                reply = self.client.act(observation, **self.request_options)
+                reply = self.client.infer([observation], **self.request_options)[0]
                 now = max(now, self.clock())  # the command goes out after the answer
                 return now, self._accept(reply, obs_stamp, now, observation)
             rid = self.client.submit(observation, **self.request_options)

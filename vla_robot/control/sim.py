@@ -1,7 +1,8 @@
 """Simulated time, policy server and arm for exercising the control loop without hardware.
 
-Used by the tests and by ``benchmarks/chunking.py``: a :class:`SimServer` answers with the same
-``submit``/``poll``/``act`` interface as ``vla_robot.serving.PolicyClient``, after a latency drawn
+Used by the tests and by ``benchmarks/chunking.py``: a :class:`SimServer` is an
+:class:`~vla_robot.policy.interface.AsyncPolicy` like ``vla_robot.serving.PolicyClient``
+(``infer``, ``submit``/``poll``/``cancel``) and answers after a latency drawn
 from a :class:`Latency` model (fixed, jittery, occasional stalls), on a :class:`SimClock`; a
 :class:`PathPolicy` plays a scripted joint path from wherever the arm is (a closed-loop policy that
 disagrees a little from chunk to chunk, as learned ones do); a :class:`SimArm` tracks its targets
@@ -17,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from vla_robot.control.limits import as_vector
+from vla_robot.policy.interface import check_infer_args
 
 
 class SimClock:
@@ -97,9 +99,10 @@ class PathPolicy:
 
 
 class SimServer:
-    """A policy server with latency on a :class:`SimClock`: ``submit``/``poll`` and ``act``.
+    """A policy server with latency on a :class:`SimClock`, as an ``AsyncPolicy``.
 
-    ``policy(observation) -> actions [H, D]``. Concurrent requests are served side by side, as the
+    ``policy(observation) -> actions [H, D]`` (deterministic: sampling options and seeds change
+    nothing; replies carry no tokens). Concurrent requests are served side by side, as the
     batching server does (``serial=True``: one at a time, each waiting for the previous one).
     ``stalled`` makes it stop answering.
     """
@@ -124,7 +127,8 @@ class SimServer:
         ready = start + self.latency.sample(self.rng)
         self._busy_until = ready
         self.latencies.append(ready - self.clock())
-        reply = {"actions": np.asarray(self.policy(observation), dtype=np.float32), "version": 0, "request_id": rid}
+        reply = {"actions": np.asarray(self.policy(observation), dtype=np.float32), "tokens": None, "logprobs": None,
+                 "version": 0, "request_id": rid}
         self._jobs[rid] = (ready, reply)
         return rid
 
@@ -137,12 +141,18 @@ class SimServer:
         del self._jobs[request_id]
         return reply
 
-    def act(self, observation: dict, **options) -> dict:
-        """Blocking: the simulated time passes while the server thinks."""
-        rid = self.submit(observation, **options)
-        ready, _ = self._jobs[rid]
+    def cancel(self, request_id: int) -> None:
+        self._jobs.pop(request_id, None)
+
+    def infer(self, observations, *, mode: str = "greedy", temperature: float | None = None,
+              return_tokens: bool = False, seeds=None) -> list[dict]:
+        """Blocking: the simulated time passes while the server thinks (until the last reply is ready)."""
+        if self.stalled:
+            raise TimeoutError("SimServer is stalled: a blocking infer would never return")
+        ids = [self.submit(o) for o in check_infer_args(observations, seeds, mode)]
+        ready = max((self._jobs[rid][0] for rid in ids), default=self.clock())
         self.clock.advance(max(0.0, ready - self.clock()))
-        return self.poll(rid)
+        return [self.poll(rid) for rid in ids]
 
 
 class SimArm:

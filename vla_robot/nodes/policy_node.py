@@ -36,20 +36,21 @@ from vla_robot.twin.robots import robot_spec
 
 
 class _LockstepClient:
-    """Blocking ``act`` for lockstep sim: after a timeout, fail fast until the server answers again."""
+    """A blocking Policy (``infer`` only) for lockstep sim, so the controller waits for each chunk:
+    after a timeout it fails fast until the server answers again."""
 
     def __init__(self, client: PolicyClient, timeout_s: float, fast_fail_s: float = 0.05):
         self.client, self.timeout_s, self.fast_fail_s = client, timeout_s, fast_fail_s
         self.down = False
 
-    def act(self, observation, **options):
+    def infer(self, observations, **options):
         try:
-            reply = self.client.act(observation, timeout_s=self.fast_fail_s if self.down else self.timeout_s, **options)
+            replies = self.client.infer(observations, timeout_s=self.fast_fail_s if self.down else self.timeout_s, **options)
         except PolicyTimeout:
             self.down = True
             raise
         self.down = False
-        return reply
+        return replies
 
 
 class PolicyNode(common.ConfiguredNode, LifecycleNode):

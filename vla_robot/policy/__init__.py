@@ -5,7 +5,7 @@ need only numpy; the rest needs torch, imported when first used::
 
     from vla_robot.policy import load_policy
     runtime = load_policy(preset="tiny", seed=0)
-    chunk = runtime.predict([{"images": {...}, "state": q, "instruction": "pick up the cube"}])[0]["actions"]
+    chunk = runtime.infer([{"images": {...}, "state": q, "instruction": "pick up the cube"}])[0]["actions"]
 """
 from __future__ import annotations
 

@@ -125,9 +125,9 @@ def policy(args: argparse.Namespace) -> int:
         "state": np.zeros(cfg.proprio_dim, np.float32),
         "instruction": "pick up the cube",
     }
-    runtime.predict([obs])  # warm-up
+    runtime.infer([obs])  # warm-up
     t0 = time.perf_counter()
-    out = runtime.predict([obs], return_tokens=True)[0]
+    out = runtime.infer([obs], return_tokens=True)[0]
     dt = time.perf_counter() - t0
     print(f"forward       one dummy observation on {args.device}/{args.dtype}: actions {out['actions'].shape}, {dt * 1e3:.1f} ms (load {load_s:.1f} s)")
     print(f"first action  {np.array2string(out['actions'][0], precision=3)}")

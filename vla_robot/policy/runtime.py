@@ -1,4 +1,4 @@
-"""The policy runtime: a model, its processor and statistics, behind ``predict`` and hot-swap.
+"""The policy runtime: a model, its processor and statistics, behind ``infer`` (the Policy interface) and hot-swap.
 
 ``load_policy(preset="tiny")`` builds a randomly initialised model from ``models/policy/tiny.yaml``
 (deterministic from ``seed``); ``load_policy(checkpoint=DIR)`` loads the OFT layout on disk.
@@ -17,6 +17,7 @@ import yaml
 from vla_robot.config import from_dict
 from vla_robot.policy import action_tokenizer
 from vla_robot.policy.config import PolicyModelConfig
+from vla_robot.policy.interface import DEFAULT_TEMPERATURE, check_infer_args
 from vla_robot.policy.modeling import OFTModel, PolicyBatch
 from vla_robot.policy.processor import PolicyProcessor
 
@@ -111,7 +112,7 @@ def tower_mean_std(model: OFTModel) -> list[tuple[tuple, tuple]]:
 
 
 class PolicyRuntime:
-    """One loaded policy: ``predict`` for serving, the trainable ``model`` and ``processor`` for RL."""
+    """One loaded policy (a :class:`~vla_robot.policy.interface.Policy`): ``infer`` for serving, the trainable ``model`` and ``processor`` for RL."""
 
     def __init__(self, model: OFTModel, processor: PolicyProcessor, device: str = "cpu", dtype: str = "float32", version: int = 0):
         if dtype not in _DTYPES:
@@ -122,7 +123,7 @@ class PolicyRuntime:
         self.model = model.to(device=self.device, dtype=_DTYPES[dtype])
         self.processor = processor
         self.version = int(version)
-        self.lock = threading.RLock()  # predict and load_weights are atomic with respect to each other
+        self.lock = threading.RLock()  # infer and load_weights are atomic with respect to each other
 
     # --- description ----------------------------------------------------------------------------
     @property
@@ -149,35 +150,37 @@ class PolicyRuntime:
         """The processor's batch, on this runtime's device and dtype."""
         return self.processor(observations).to(self.device, _DTYPES[self.dtype])
 
-    def predict(
+    def infer(
         self,
         observations: Sequence[Mapping[str, Any]],
+        *,
         mode: str = "greedy",
-        temperature: float = 1.6,
+        temperature: float | None = None,
         return_tokens: bool = False,
-        generator: torch.Generator | None = None,
         seeds: Sequence[int | None] | None = None,
+        generator: torch.Generator | None = None,
     ) -> list[dict[str, Any]]:
-        """One action chunk per observation: ``{"actions": float32 [chunk, action_dim] (unnormalised),
-        "tokens": int64 [chunk·action_dim] | None, "logprobs": float32 [chunk·action_dim] | None}``.
+        """One action chunk per observation (the :class:`~vla_robot.policy.interface.Policy` reply):
+        ``{"actions": float32 [chunk, action_dim] (unnormalised), "tokens": int64 [chunk·action_dim] | None,
+        "logprobs": float32 [chunk·action_dim] | None, "version": int}``.
 
         ``seeds``: one per observation (or ``None``): with ``mode="sample"`` that observation's tokens
-        come from its own generator, so the same seed gives the same chunk whatever the batch."""
-        if mode not in ("greedy", "sample"):
-            raise ValueError(f"mode must be 'greedy' or 'sample', got {mode!r}")
+        come from its own generator, so the same seed gives the same chunk whatever the batch.
+        ``generator`` (in-process only): one generator drawn from for the whole batch, in order."""
+        observations = check_infer_args(observations, seeds, mode)
+        temperature = DEFAULT_TEMPERATURE if temperature is None else temperature
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
         if self.cfg.head == "l1" and mode == "sample":
             raise ValueError("mode='sample' needs the discrete head; this policy has the L1 regression head (deterministic)")
         if seeds is not None:
-            if len(seeds) != len(observations):
-                raise ValueError(f"seeds: one per observation expected, got {len(seeds)} for {len(observations)}")
             if generator is not None:
                 raise ValueError("give either generator or seeds, not both")
             if any(s is not None for s in seeds):
                 generator = [None if s is None else torch.Generator().manual_seed(int(s)) for s in seeds]
         batch = self.batch(observations)
         with self.lock, torch.inference_mode():
+            version = self.version  # read under the lock: the weights that compute this batch
             if self.cfg.head == "l1":
                 normalized = self.model.l1_actions(batch).float().cpu().numpy()
                 tokens = logprobs = None
@@ -186,17 +189,18 @@ class PolicyRuntime:
                 tokens, logprobs = tok.cpu().numpy(), lp.float().cpu().numpy()
                 normalized = action_tokenizer.decode(tokens).reshape(len(batch), self.cfg.chunk_size, self.cfg.action_dim)
         actions = self.processor.unnormalize_actions(normalized).astype(np.float32)
-        out = []
-        for i in range(len(batch)):
-            give = return_tokens and tokens is not None
-            out.append(
-                {
-                    "actions": actions[i],
-                    "tokens": tokens[i].astype(np.int64) if give else None,
-                    "logprobs": logprobs[i].astype(np.float32) if give else None,
-                }
-            )
-        return out
+        give = return_tokens and tokens is not None
+        return [
+            {
+                "actions": actions[i],
+                "tokens": tokens[i].astype(np.int64) if give else None,
+                "logprobs": logprobs[i].astype(np.float32) if give else None,
+                "version": version,
+            }
+            for i in range(len(batch))
+        ]
+
+    predict = infer  # removed once rl/demo.py uses infer
 
     # --- statistics and weights ----------------------------------------------------------------
     def set_norm_stats(self, stats: Mapping[str, Any], norm_key: str = "") -> None:

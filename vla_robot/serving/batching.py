@@ -2,7 +2,7 @@
 
 One worker thread owns the runtime: it takes the oldest request, gathers the requests that are
 already queued (and waits up to ``max_wait_ms`` for clients that have been active recently but are
-not in the batch yet), runs ``runtime.predict`` once per group of equal sampling options, and hands
+not in the batch yet), runs ``runtime.infer`` once per group of equal sampling options, and hands
 each request its own answer through its callback. Weight swaps queued with :meth:`Batcher.swap`
 run in the same thread *between* batches, so every reply comes from exactly one version.
 
@@ -110,7 +110,7 @@ class ServerStats:
 
 
 class Batcher:
-    """Runs ``runtime.predict`` on batches of queued :class:`Job` s in its own thread."""
+    """Runs ``runtime.infer`` on batches of queued :class:`Job` s in its own thread."""
 
     def __init__(
         self,
@@ -274,7 +274,6 @@ class Batcher:
     def _predict(self, jobs: list[Job], batch_size: int) -> None:
         opts = jobs[0].options
         t0 = time.monotonic()
-        version = int(getattr(self.runtime, "version", 0))
         try:
             results = self._call(jobs, opts)
         except Exception:  # noqa: BLE001
@@ -289,7 +288,6 @@ class Batcher:
             if "code" in res:
                 job.done(res)
                 continue
-            res["version"] = version
             res["timings"] = {
                 "queue_ms": (t0 - job.t_queued) * 1e3,
                 "model_ms": model_ms,
@@ -303,9 +301,9 @@ class Batcher:
             kwargs["temperature"] = opts.temperature
             if any(j.options.seed is not None for j in jobs):
                 kwargs["seeds"] = [j.options.seed for j in jobs]
-        results = self.runtime.predict([j.obs for j in jobs], **kwargs)
+        results = self.runtime.infer([j.obs for j in jobs], **kwargs)
         if len(results) != len(jobs):
-            raise RuntimeError(f"runtime.predict returned {len(results)} results for {len(jobs)} observations")
+            raise RuntimeError(f"runtime.infer returned {len(results)} results for {len(jobs)} observations")
         return [dict(r) for r in results]
 
     @staticmethod

@@ -4,12 +4,15 @@
 
     client = PolicyClient("tcp://127.0.0.1:5555")
     meta = client.metadata()                      # cameras, chunk_size, action_dim, version, ...
-    out = client.act({"images": {...}, "state": q, "instruction": "pick up the cube"})
+    out = client.infer([{"images": {...}, "state": q, "instruction": "pick up the cube"}])[0]
     out["actions"]                                # float32 [chunk_size, action_dim], unnormalized
 
     rid = client.submit(obs)                      # never blocks: the control loop goes on
     ...
     out = client.poll(rid)                        # None until the reply is in; never blocks
+
+``infer``/``submit``/``poll``/``cancel`` are the :class:`~vla_robot.policy.interface.AsyncPolicy`
+interface, the same one the in-process runtime (``infer``) and the simulated server offer.
 
 A client is not thread-safe: use one per thread. Errors from the server raise
 :class:`PolicyServerError` (with the server's ``code`` and message); a reply that does not come in
@@ -20,11 +23,12 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import zmq
 
+from vla_robot.policy.interface import check_infer_args
 from vla_robot.serving import protocol
 
 __all__ = ["PolicyClient", "PolicyServerError", "PolicyTimeout", "load_curve_key"]
@@ -79,7 +83,8 @@ def curve_client_setup(sock: zmq.Socket, server_key, client_key=None) -> None:
 
 
 class PolicyClient:
-    """Client of :class:`vla_robot.serving.server.PolicyServer` over a ZMQ DEALER socket.
+    """Client of :class:`vla_robot.serving.server.PolicyServer` over a ZMQ DEALER socket: an
+    :class:`~vla_robot.policy.interface.AsyncPolicy`.
 
     ``curve_server_key``: the server's public key (Z85 or ``server.key`` file) for a Curve-encrypted
     server; ``curve_client_key``: this client's ``NAME.key_secret`` when the server only admits
@@ -153,14 +158,26 @@ class PolicyClient:
 
     # --- blocking form --------------------------------------------------------------------------
 
-    def act(self, observation: dict, *, mode: str = "greedy", temperature: float | None = None,
-            return_tokens: bool = False, seed: int | None = None, timeout_s: float | None = None) -> dict:
-        """Ask for one action chunk and wait for it (at most ``timeout_s``, default the client's).
+    def infer(self, observations: Sequence[dict], *, mode: str = "greedy", temperature: float | None = None,
+              return_tokens: bool = False, seeds: Sequence[int | None] | None = None,
+              timeout_s: float | None = None) -> list[dict]:
+        """The :class:`~vla_robot.policy.interface.Policy` form: one chunk per observation, in order.
 
-        Returns ``{"actions": float32 [H, D], "tokens", "logprobs", "version", "timings"}``.
-        """
-        rid = self.submit(observation, mode=mode, temperature=temperature, return_tokens=return_tokens, seed=seed)
-        return self.wait(rid, timeout_s)
+        Every observation goes out at once (the server batches them) with its seed; then this waits
+        until all replies are in, at most ``timeout_s`` (default the client's) after each was sent. On any
+        error or timeout the remaining requests are cancelled and the error is raised. Each reply is
+        ``{"actions": float32 [H, D], "tokens", "logprobs", "version", "timings"}``."""
+        observations = check_infer_args(observations, seeds, mode)
+        seeds = [None] * len(observations) if seeds is None else list(seeds)
+        ids: list[int] = []
+        try:
+            for obs, seed in zip(observations, seeds):
+                ids.append(self.submit(obs, mode=mode, temperature=temperature, return_tokens=return_tokens, seed=seed))
+            return [self.wait(rid, timeout_s) for rid in ids]
+        except BaseException:
+            for rid in ids:
+                self.cancel(rid)
+            raise
 
     def wait(self, request_id: int, timeout_s: float | None = None) -> dict:
         """Block until the reply to a submitted request is in (at most ``timeout_s`` after it was sent)."""

@@ -212,7 +212,7 @@ def loads(data: Any, *, max_bytes: int | None = None) -> dict:
 
 @dataclass
 class ActOptions:
-    """Sampling options of one ``act`` request (the runtime's ``predict`` keywords)."""
+    """Sampling options of one ``act`` request (the keywords of the runtime's ``infer``)."""
 
     mode: str = "greedy"
     temperature: float = 1.6

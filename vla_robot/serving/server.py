@@ -50,7 +50,7 @@ def is_loopback(endpoint: str) -> bool:
 
 
 class PolicyServer:
-    """Serves ``runtime`` (the policy contract: ``metadata``, ``predict``, ``version``, ``load_weights``).
+    """Serves ``runtime`` (a :class:`~vla_robot.policy.interface.Policy` with ``metadata``, ``version`` and ``load_weights``).
 
     ``bind``/``weights_bind`` may use port ``*`` (``tcp://127.0.0.1:*``) to pick a free port; the
     bound endpoints are :attr:`address` and :attr:`weights_address`. ``weights_bind=None`` turns
@@ -72,7 +72,7 @@ class PolicyServer:
         curve_authorized_keys: str | os.PathLike | None = None,
         allow_insecure_remote: bool = False,
     ):
-        for name in ("metadata", "predict", "load_weights"):
+        for name in ("metadata", "infer", "load_weights"):
             if not hasattr(runtime, name):
                 raise TypeError(f"runtime lacks '{name}'; expected a vla_robot.policy runtime (load_policy(...))")
         meta = runtime.metadata
