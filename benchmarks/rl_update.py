@@ -29,10 +29,11 @@ import time
 import numpy as np
 import torch
 
+from vla_robot.data import schema as S
 from vla_robot.policy import load_policy
 from vla_robot.policy.normalization import identity_statistics
 from vla_robot.rl.config import preset
-from vla_robot.rl.episodes import Episode, Step, executed_mask
+from vla_robot.rl.episodes import Episode, Step
 from vla_robot.rl.learner import Learner
 
 
@@ -46,9 +47,11 @@ def synthetic_episodes(runtime, n: int, steps: int, group_size: int, rng: np.ran
                 "state": rng.uniform(-0.5, 0.5, cfg.proprio_dim).astype(np.float32), "instruction": "touch the red cube"}
                for _ in range(steps)]
         res = runtime.infer(obs, mode="sample", temperature=1.6, return_tokens=True)
-        st = [Step(o, r["tokens"], r["logprobs"], executed_mask(cfg.chunk_size, cfg.chunk_size, cfg.action_dim))
-              for o, r in zip(obs, res)]
-        out.append(Episode("touch the red cube", i // group_size, st, int(i % 2 == 0), runtime.version))
+        h = cfg.chunk_size  # every chunk ran whole, as the recorder's frames would say
+        executed = S.executed_mask(np.repeat(np.arange(steps), h), np.tile(np.arange(h), steps),
+                                   np.full(steps * h, S.CONTROL_POLICY), np.arange(steps), h, cfg.action_dim)
+        st = [Step(o, r["tokens"], r["logprobs"], m) for o, r, m in zip(obs, res, executed)]
+        out.append(Episode("touch the red cube", i // group_size, st, S.Label.of(i % 2 == 0).reward, runtime.version))
     return out
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from vla_robot.data.report import evaluation_report, render_markdown, wilson_interval, write_report
-from vla_robot.data.schema import EpisodeRecord, label_value
+from vla_robot.data.schema import EpisodeRecord, Label
 
 
 def test_wilson_known_values():
@@ -78,7 +78,25 @@ def test_report_of_nothing_and_dict_records(tmp_path):
     assert rep["overall"]["successes"] == 1
 
 
-def test_labels():
-    assert [label_value(x) for x in ("success", "failure", "unlabelled", True, False, None)] == [1, 0, -1, 1, 0, -1]
+def test_labels_have_one_encoding_name_stored_and_reward():
+    names = ("success", "failure", "unlabelled")
+    assert [Label.of(x) for x in (*names, True, False, None)] == [*names, "success", "failure", "unlabelled"]
+    assert [Label(n).stored for n in names] == [1, 0, -1]  # the frames' episode.label column, as recorded before
+    assert [Label(n).reward for n in names] == [1, 0, None]  # the learner's and the scheduler's
+    assert [Label.from_stored(v) for v in (1, 0, -1)] == list(Label)
+    assert [Label.from_reward(r) for r in (1, 0, None)] == list(Label)
     with pytest.raises(ValueError, match="one of success, failure, unlabelled"):
-        label_value("ok")
+        Label.of("ok")
+    with pytest.raises(ValueError, match="1, 0 or -1"):
+        Label.from_stored(2)
+    with pytest.raises(ValueError, match=r"1 \(success\), 0 \(failure\) or None"):
+        Label.from_reward(-1)
+
+
+def test_journal_rows_keep_the_label_name_and_reject_an_unknown_one():
+    row = EpisodeRecord(episode_index=0, task="t", label=True, length=3).to_json()
+    assert row["label"] == "success" and type(row["label"]) is str
+    assert json.loads(json.dumps(row))["label"] == "success"
+    assert EpisodeRecord.from_json(row).label is Label.SUCCESS
+    with pytest.raises(ValueError, match="got 'ok'"):
+        EpisodeRecord.from_json({**row, "label": "ok"})

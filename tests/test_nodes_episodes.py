@@ -4,6 +4,7 @@ import dataclasses
 import pytest
 
 from vla_robot.config import ConfigError, from_dict
+from vla_robot.data.schema import Label
 from vla_robot.nodes.config import EpisodeManagerNodeConfig
 from vla_robot.nodes.episodes import EpisodeManager, EpisodeRequest
 
@@ -46,6 +47,23 @@ def test_sim_episode_runs_to_success_and_is_auto_labelled():
     r = res[0]
     assert (r.label, r.end_reason, r.steps, r.start_condition, r.label_source) == ("success", "success_check", 5, 7, "auto")
     assert r.duration_s == pytest.approx(4 / 30)
+    # the one conversion toward the recorder: the save event is the result's, with the label's name
+    assert ev[-1] == r.save_event() and type(ev[-1]["label"]) is str and r.label is Label.SUCCESS and r.success
+    assert r.to_dict()["label"] == "success" and type(r.to_dict()["label"]) is str
+
+
+def test_a_discarded_episode_has_no_save_event_and_gives_its_start_back():
+    m, ev, res, clock = make(mode="rl", reset_source="twin", label_source="human", episodes=2,
+                             start_conditions=[3], group_size=2)
+    m.start()
+    m.reset_done({"episode": 0, "instruction": "reach"})
+    m.stop()
+    assert m.label_episode(0, "discard")[0] and types(ev)[-1] == "discard"
+    assert (res[0].label, res[0].saved) == (Label.UNLABELLED, False)
+    with pytest.raises(ValueError, match="discarded: it has no save event"):
+        res[0].save_event()
+    (task,) = m.scheduler.tasks
+    assert m.scheduler.position(task, 3) == (1, 0)  # not counted toward its group: handed out again
 
 
 def test_timeout_on_robot_time_ends_as_failure_and_episode_budget_is_kept():

@@ -119,3 +119,19 @@ def test_bad_episodes_are_skipped_with_a_reason_and_counted(tmp_path):
     with pytest.raises(BadEpisode, match=r"expected one \[chunk_size, 7\]"):
         to_learner_episode(load_episode(root, 0), action_dim=7)
     assert issubclass(BadEpisode, ValueError)
+
+
+@pytest.mark.slow
+def test_recorded_demonstrations_become_sft_episodes_except_the_failed_ones(tmp_path):
+    from vla_robot.policy import load_policy
+    from vla_robot.rl.dataset import read_demonstrations
+
+    runtime = load_policy(preset="tiny", seed=0)
+    h, d = runtime.metadata["chunk_size"], runtime.metadata["action_dim"]
+    record(tmp_path / "ds", np.random.default_rng(2), ("success", "failure", "unlabelled"), {"model": "tiny"})
+    demos = read_demonstrations(tmp_path / "ds", runtime)
+    assert list(demos) == [TASK] and len(demos[TASK]) == 2  # the failed demonstration is left out
+    for ep in demos[TASK]:
+        assert ep.label == 1 and ep.start == "7" and ep.length == 10 and len(ep.steps) == -(-10 // h)
+        assert all(s.executed.shape == (h * d,) and s.executed.all() for s in ep.steps)
+        assert ep.steps[0].observation["images"]["front"].shape == (32, 32, 3)

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
+from vla_robot.data import schema as S
 from vla_robot.policy import load_policy
 from vla_robot.rl.config import preset
-from vla_robot.rl.episodes import Episode, Step, executed_mask
+from vla_robot.rl.episodes import Episode, Step
 from vla_robot.rl.learner import Learner
 
 torch.set_num_threads(1)
@@ -24,8 +25,11 @@ def make_group(runtime, start, labels, rng, version=0, steps=2, gen=None):
     for label in labels:
         obs = [observation(rng) for _ in range(steps)]
         res = runtime.infer(obs, mode="sample", temperature=1.6, return_tokens=True, generator=gen)
-        st = [Step(o, r["tokens"], r["logprobs"], executed_mask(h if i < steps - 1 else 3, h, d))
-              for i, (o, r) in enumerate(zip(obs, res))]
+        # as recorded: every chunk ran whole but the last, which ran 3 actions before the episode ended
+        ran = [h] * (steps - 1) + [3]
+        executed = S.executed_mask(np.repeat(np.arange(steps), ran), np.concatenate([np.arange(n) for n in ran]),
+                                   np.full(sum(ran), S.CONTROL_POLICY), np.arange(steps), h, d)
+        st = [Step(o, r["tokens"], r["logprobs"], m) for o, r, m in zip(obs, res, executed)]
         out.append(Episode("reach", start, st, label, version))
     return out
 

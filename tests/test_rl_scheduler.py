@@ -1,7 +1,6 @@
 """GroupScheduler: the episode manager's hook that fills GRPO groups."""
 import pytest
 
-from vla_robot.rl.episodes import executed_mask
 from vla_robot.rl.scheduler import GroupScheduler
 
 
@@ -53,13 +52,6 @@ def test_bad_input_is_named():
     s.next()
     with pytest.raises(ValueError, match="label must be 1, 0 or None"):
         s.record("reach", 0, 2)
-
-
-def test_executed_mask_marks_the_tokens_of_executed_actions():
-    m = executed_mask(2, chunk_size=4, action_dim=3)
-    assert m.tolist() == [True] * 6 + [False] * 6
-    with pytest.raises(ValueError, match="n_executed must be in"):
-        executed_mask(5, 4, 3)
 
 
 def test_position_says_which_group_and_which_episode_of_it():

@@ -6,11 +6,11 @@ Light to import: ``Recorder`` (which loads lerobot) and the reader are imported 
 from __future__ import annotations
 
 from .config import RecorderConfig, RecorderNodeConfig
-from .schema import CONTROL_POLICY, CONTROL_TELEOP, LABELS, EpisodeRecord, Schema, label_value
+from .schema import CONTROL_POLICY, CONTROL_TELEOP, EpisodeRecord, Label, Schema
 
 __all__ = [
     "Recorder", "RecorderError", "RecorderConfig", "RecorderNodeConfig", "Schema", "EpisodeRecord",
-    "CONTROL_POLICY", "CONTROL_TELEOP", "LABELS", "label_value", "iter_episodes", "load_episode", "read_journal",
+    "CONTROL_POLICY", "CONTROL_TELEOP", "Label", "iter_episodes", "load_episode", "read_journal",
 ]
 
 _LAZY = {

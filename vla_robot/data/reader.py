@@ -95,6 +95,13 @@ def episode_table(root: str | Path, _read: dict[str, list[dict]] | None = None) 
 
 @dataclass
 class Episode:
+    """A saved episode read back: its journal entry (:class:`EpisodeRecord`), LeRobot's episode-table
+    row and, once loaded, its frames.
+
+    The reader's episode (data layer, read side). It becomes the learner's episode in one place,
+    :func:`vla_robot.rl.dataset.to_learner_episode`; nothing else converts it.
+    """
+
     root: Path
     record: EpisodeRecord
     row: dict  # LeRobot's episode-table row: data/video file indices, from/to timestamps
@@ -199,7 +206,7 @@ def iter_episodes(
             fps = int(dataset_info(root)["fps"])
             for r in recs:
                 nxt = r.episode_index + 1
-                if labelled_only and r.label == "unlabelled":
+                if labelled_only and r.label is S.Label.UNLABELLED:
                     continue
                 ep = Episode(root, r, rows[r.episode_index], fps)
                 if with_frames:

@@ -188,7 +188,7 @@ class Recorder:
             self._cv.notify()
         return True
 
-    def save_episode(self, label: str | bool | None = "unlabelled", *, timeout_reached: bool = False,
+    def save_episode(self, label: S.Label | str | bool | None = S.Label.UNLABELLED, *, timeout_reached: bool = False,
                      meta: dict | None = None, records=None, wait: bool = True,
                      timeout: float | None = None):
         """Label and save the open episode. With ``wait`` returns its :class:`EpisodeRecord` once it is
@@ -198,7 +198,7 @@ class Recorder:
         written losslessly to ``rl/episode_NNNNNN.msgpack`` and made durable together with the episode;
         or a callable that returns them, called on the writer thread once the episode's frames are written
         (records that travel on another topic than the commands may still be on their way)."""
-        value = S.label_value(label)
+        label = S.Label.of(label)  # a bad label fails here, in the caller, before anything is queued
         if not callable(records):
             for c in records or ():
                 records_mod.check_chunk(c)
@@ -209,7 +209,7 @@ class Recorder:
             if self._stats.episode_frames == 0:
                 raise ValueError("cannot save an empty episode (no frame was recorded); discard_episode() it")
             fut: concurrent.futures.Future = concurrent.futures.Future()
-            self._items.append(("save", value, bool(timeout_reached), dict(meta or {}),
+            self._items.append(("save", label, bool(timeout_reached), dict(meta or {}),
                                 records if callable(records) else list(records or ()),
                                 self._stats.episode_dropped, time.monotonic(), fut))
             self._cv.notify()
@@ -378,13 +378,13 @@ class Recorder:
                     start_meta = (sc, meta)
                     episode_failed = None
                 elif kind == "save":
-                    _, value, timed_out, meta, chunks, dropped, t_request, fut = item
+                    _, label, timed_out, meta, chunks, dropped, t_request, fut = item
                     if episode_failed is not None:
                         self._reset_after_error()
                         fut.set_exception(RecorderError(f"episode not saved, writing it failed: {episode_failed!r}"))
                     else:
                         try:
-                            rec = self._save(task, value, timed_out, {**start_meta[1], **meta}, start_meta[0], dropped,
+                            rec = self._save(task, label, timed_out, {**start_meta[1], **meta}, start_meta[0], dropped,
                                              chunks)
                         except Exception as e:  # noqa: BLE001
                             log.exception("recorder: saving the episode failed; rolling back to the last commit")
@@ -473,17 +473,17 @@ class Recorder:
                         index, len(missing), missing[:10])
         return {"onpolicy_chunks": len(chunks), "chunks_without_record": len(missing)}
 
-    def _save(self, task: str, label: int, timed_out: bool, meta: dict, start_condition, dropped: int,
+    def _save(self, task: str, label: S.Label, timed_out: bool, meta: dict, start_condition, dropped: int,
               chunks) -> EpisodeRecord:
         ds = self._ds
         buf = ds.episode_buffer
         n = int(buf["size"])
         index = int(buf["episode_index"])
-        buf[S.LABEL] = [np.array([label], np.int8)] * n
+        buf[S.LABEL] = [np.array([label.stored], np.int8)] * n
         reward = np.zeros((n, 1), np.float32)
         done = np.zeros((n, 1), bool)
         done[-1] = True
-        if label == 1:
+        if label is S.Label.SUCCESS:
             reward[-1] = 1.0
         buf[S.REWARD] = list(reward)
         buf[S.DONE] = list(done)
@@ -512,7 +512,7 @@ class Recorder:
         rec = EpisodeRecord(
             episode_index=index,
             task=task,
-            label=S.LABEL_NAMES[label],
+            label=label,
             length=n,
             start_condition=start_condition,
             policy_versions=sorted({int(v) for v, c in zip(versions, control) if v >= 0 and c == S.CONTROL_POLICY}),

@@ -20,7 +20,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .schema import EpisodeRecord
+from .schema import EpisodeRecord, Label
 
 __all__ = ["wilson_interval", "evaluation_report", "render_markdown", "write_report"]
 
@@ -60,8 +60,8 @@ def _percentiles(values: list[float]) -> dict:
 
 
 def _summary(recs: list[EpisodeRecord], fps: float | None) -> dict:
-    labelled = [r for r in recs if r.label != "unlabelled"]
-    k = sum(r.label == "success" for r in labelled)
+    labelled = [r for r in recs if r.label is not Label.UNLABELLED]
+    k = sum(r.label is Label.SUCCESS for r in labelled)
     n = len(labelled)
     lo, hi = wilson_interval(k, n)
     frames = sum(r.length for r in recs)
@@ -100,7 +100,8 @@ def evaluation_report(records: Iterable[EpisodeRecord | dict], fps: float | None
         "overall": _summary(recs, fps),
         "tasks": {t: _summary(rs, fps) for t, rs in sorted(by_task.items())},
         "episodes": [
-            {"index": r.episode_index, "task": str(r.meta.get("task") or r.task), "instruction": r.task, "label": r.label, "length": r.length, "timeout": r.timeout,
+            {"index": r.episode_index, "task": str(r.meta.get("task") or r.task), "instruction": r.task,
+             "label": str(r.label), "length": r.length, "timeout": r.timeout,
              "interventions": r.interventions, "start_condition": r.start_condition}
             for r in recs
         ],
@@ -172,12 +173,12 @@ def _plot(rep: dict, path: Path, records: list[dict]) -> None:
     ax.set_ylabel("success rate (95% Wilson interval)")
     ax.set_title("success per task")
     ax = axes[1]
-    colours = {"success": "#55a868", "failure": "#c44e52", "unlabelled": "#8c8c8c"}
+    colours = {Label.SUCCESS: "#55a868", Label.FAILURE: "#c44e52", Label.UNLABELLED: "#8c8c8c"}
     for label, colour in colours.items():
         xs = [e["index"] for e in records if e["label"] == label]
         ys = [e["length"] for e in records if e["label"] == label]
         if xs:
-            ax.scatter(xs, ys, c=colour, label=label, s=18)
+            ax.scatter(xs, ys, c=colour, label=str(label), s=18)
     ax.set_xlabel("episode")
     ax.set_ylabel("length (frames)")
     ax.set_title("episode lengths")

@@ -1,4 +1,4 @@
-"""The episode schema: which per-frame features a recorded LeRobotDataset has, and the labels.
+"""The episode schema: which per-frame features a recorded LeRobotDataset has, and the labels (:class:`Label`).
 
 One source of truth for the field names; the recorder writes them, the reader, the dataset tools,
 the evaluation report and the RL learner read them. numpy only.
@@ -19,7 +19,7 @@ policy_version              int64    (1,)        policy weights version (-1: no 
 action.chunk_id             int64    (1,)        id of the policy chunk this step executes (-1: none)
 action.chunk_step           int64    (1,)        index of this step's action in that chunk (-1: none)
 policy.latency              float32  (1,)        request->reply seconds of the chunk first used here (-1 elsewhere)
-episode.label               int8     (1,)        1 success, 0 failure, -1 unlabelled (same on every frame)
+episode.label               int8     (1,)        Label.stored: 1 success, 0 failure, -1 unlabelled (every frame)
 next.reward                 float32  (1,)        1.0 on the last frame of a successful episode, else 0
 next.done                   bool     (1,)        True on the last frame
 ==========================  =======  ==========  ==============================================
@@ -31,6 +31,7 @@ not a per-frame column: it is the on-policy record, one file per episode next to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -54,19 +55,60 @@ DONE = "next.done"
 CONTROL_POLICY = 0
 CONTROL_TELEOP = 1
 
-LABELS = {"success": 1, "failure": 0, "unlabelled": -1}
-LABEL_NAMES = {v: k for k, v in LABELS.items()}
+class Label(StrEnum):
+    """An episode's label: the one encoding every layer uses.
 
+    It is a ``str``: ``Label.SUCCESS == "success"``, and JSON, msgpack and ROS events carry the name.
+    Three representations, and the only conversions between them:
 
-def label_value(label: str | bool | None) -> int:
-    """``"success"|"failure"|"unlabelled"`` (or True/False/None) -> 1/0/-1; anything else is an error."""
-    if label is None:
-        return -1
-    if isinstance(label, (bool, np.bool_)):
-        return 1 if label else 0
-    if isinstance(label, str) and label in LABELS:
-        return LABELS[label]
-    raise ValueError(f"episode label must be one of {', '.join(LABELS)} (or True/False/None), got {label!r}")
+    * the name (``"success"|"failure"|"unlabelled"``): the journal (:class:`EpisodeRecord`), episode
+      events, the episode manager's :class:`~vla_robot.nodes.episodes.EpisodeResult`;
+    * :attr:`stored`, 1/0/-1: the frames' ``episode.label`` column (int8), :meth:`from_stored` back;
+    * :attr:`reward`, 1/0/None: the learner's :class:`~vla_robot.rl.episodes.Episode` and the GRPO
+      scheduler (None: not trained on), :meth:`from_reward` back.
+
+    :meth:`of` parses what callers hand in (a name, a Label, True/False, None).
+    """
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    UNLABELLED = "unlabelled"
+
+    @classmethod
+    def of(cls, label: "Label | str | bool | None") -> "Label":
+        """A name, a Label, True/False (success/failure) or None (unlabelled) -> Label; else ValueError."""
+        if label is None:
+            return cls.UNLABELLED
+        if isinstance(label, (bool, np.bool_)):
+            return cls.SUCCESS if label else cls.FAILURE
+        if isinstance(label, str) and label in cls._value2member_map_:
+            return cls(label)
+        raise ValueError(f"episode label must be one of {', '.join(cls)} (or True/False/None), got {label!r}")
+
+    @property
+    def reward(self) -> int | None:
+        """1 success, 0 failure, None unlabelled: what the learner and the scheduler use."""
+        return 1 if self is Label.SUCCESS else 0 if self is Label.FAILURE else None
+
+    @classmethod
+    def from_reward(cls, reward: int | bool | None) -> "Label":
+        if reward is None:
+            return cls.UNLABELLED
+        if reward in (0, 1):
+            return cls.SUCCESS if reward else cls.FAILURE
+        raise ValueError(f"a learner label must be 1 (success), 0 (failure) or None (unlabelled), got {reward!r}")
+
+    @property
+    def stored(self) -> int:
+        """1 success, 0 failure, -1 unlabelled: the dataset's ``episode.label`` column."""
+        return -1 if self.reward is None else self.reward
+
+    @classmethod
+    def from_stored(cls, value: int) -> "Label":
+        v = int(value)
+        if v not in (-1, 0, 1):
+            raise ValueError(f"a stored episode.label must be 1, 0 or -1, got {value!r}")
+        return cls.from_reward(None if v < 0 else v)
 
 
 def _vec(shape: tuple[int, ...], dtype: str, names=None) -> dict:
@@ -258,11 +300,18 @@ def count_interventions(control: np.ndarray) -> tuple[int, int]:
 
 @dataclass
 class EpisodeRecord:
-    """One saved episode, as listed in the dataset's episode journal (``meta/vla_episodes.jsonl``)."""
+    """One saved episode, as listed in the dataset's episode journal (``meta/vla_episodes.jsonl``).
+
+    The data layer's episode: the recorder writes it, everything that reads a dataset gets it. Built
+    in one place, ``Recorder._save`` (data/recorder.py), from the recorded frames and the episode
+    manager's ``save`` event (:meth:`vla_robot.nodes.episodes.EpisodeResult.save_event`). Read back it
+    is the ``record`` of a :class:`vla_robot.data.reader.Episode`, which
+    :func:`vla_robot.rl.dataset.to_learner_episode` turns into the learner's episode.
+    """
 
     episode_index: int
     task: str
-    label: str  # success | failure | unlabelled
+    label: Label  # a name on disk; any accepted by Label.of on the way in
     length: int
     start_condition: str | None = None  # str() of the start id (the twin's: int(record.start_condition))
     policy_versions: list[int] = field(default_factory=list)  # distinct versions that acted
@@ -275,8 +324,11 @@ class EpisodeRecord:
     recorded_at: float = 0.0  # wall-clock time.time() when it became durable
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.label = Label.of(self.label)
+
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "label": str(self.label)}
 
     @classmethod
     def from_json(cls, d: dict) -> "EpisodeRecord":

@@ -45,12 +45,15 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Hashable
 
-__all__ = ["EpisodeRequest", "EpisodeResult", "EpisodeManager", "LABELS", "END_REASONS", "PERSON_LABELS",
+from vla_robot.data.schema import Label
+
+__all__ = ["EpisodeRequest", "EpisodeResult", "EpisodeManager", "END_REASONS", "DISCARD", "PERSON_LABELS",
            "LatestReset", "describe_reset"]
 
-LABELS = ("success", "failure", "unlabelled")
+#: a person's answer that throws the episode away (not a label: nothing is saved)
+DISCARD = "discard"
 #: what a person may send on ``episode/label``
-PERSON_LABELS = ("success", "failure", "discard")
+PERSON_LABELS = (Label.SUCCESS, Label.FAILURE, DISCARD)
 #: modes whose episodes the policy drives: no episode starts without an instruction, faults are not failures
 POLICY_MODES = ("evaluate", "rl")
 END_REASONS = ("success_check", "stopped", "timeout", "fault")
@@ -72,6 +75,14 @@ class EpisodeRequest:
 
 @dataclass
 class EpisodeResult:
+    """How one episode ended: the episode manager's episode (the node layer's), one per episode run,
+    saved or discarded; passed to ``on_result`` hooks and kept in :attr:`EpisodeManager.results`.
+
+    Its one conversion toward the dataset is :meth:`save_event`: the ``save`` event the recorder
+    (data/session.py) turns, with the recorded frames, into the journal's
+    :class:`~vla_robot.data.schema.EpisodeRecord`. Toward the GRPO scheduler: ``label.reward``.
+    """
+
     index: int
     mode: str
     task: str
@@ -79,7 +90,7 @@ class EpisodeResult:
     start_condition: Any
     seed: int | None
     end_reason: str  # one of END_REASONS, or "reset_failed"
-    label: str  # success | failure | unlabelled
+    label: Label
     saved: bool  # False: discarded
     fault: str | None = None
     duration_s: float = 0.0  # robot (or sim) time from start to end
@@ -89,12 +100,22 @@ class EpisodeResult:
     intervened: bool = False  # the operator took over (teleop/intervention) at some point while it ran
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.label = Label.of(self.label)
+
     @property
     def success(self) -> bool:
-        return self.label == "success"
+        return self.label is Label.SUCCESS
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "label": str(self.label)}
+
+    def save_event(self) -> dict:
+        """The ``save`` event of a saved episode: what the recorder needs to label and save it."""
+        if not self.saved:
+            raise ValueError(f"episode {self.index} was discarded: it has no save event")
+        return {"type": "save", "episode": self.index, "label": str(self.label), "label_source": self.label_source,
+                "task": self.task, "start_condition": self.start_condition, "intervened": self.intervened}
 
 
 class EpisodeManager:
@@ -158,7 +179,7 @@ class EpisodeManager:
             if self.state == self.RESETTING and self.config.reset_source == "operator":
                 out = self._begin_running({})
             elif self.state == self.LABELLING and self._fault_waits():
-                self._save("unlabelled", "fault")
+                self._save(Label.UNLABELLED, "fault")
                 out = self._next_episode()
             elif self.state != self.IDLE:
                 out = False, f"cannot start: episode {self.index} is {self.state}"
@@ -186,9 +207,9 @@ class EpisodeManager:
         pressed late must not stop and label the next one."""
         with self._lock:
             if self.state == self.LABELLING:
-                out = self._apply_label(self.index, "success" if success else "failure", source)
+                out = self._apply_label(self.index, Label.of(bool(success)), source)
             else:
-                out = self._reject(self.index if self.index >= 0 else None, "success" if success else "failure",
+                out = self._reject(self.index if self.index >= 0 else None, str(Label.of(bool(success))),
                                    self._not_waiting())
         self._flush()
         return out
@@ -217,7 +238,7 @@ class EpisodeManager:
             if self.state != self.LABELLING:
                 out = False, f"nothing to discard (state {self.state})"
             else:
-                self._finish(label="unlabelled", saved=False, source="human")
+                self._finish(label=Label.UNLABELLED, saved=False, source="human")
                 out = True, f"episode {self.index} discarded"
         self._flush()
         return out
@@ -288,7 +309,7 @@ class EpisodeManager:
                 if waited > self.config.reset_timeout_s:
                     self._finish_reset_failed(f"reset not done within {self.config.reset_timeout_s:.1f} s")
             elif self.state == self.LABELLING and waited > self.config.label_timeout_s:
-                self._save("unlabelled", "fault" if self._fault_waits() else "timeout")
+                self._save(Label.UNLABELLED, "fault" if self._fault_waits() else "timeout")
             elif self.state == self.IDLE and self.config.autostart and self.estopped is None:
                 self._next_episode()
         self._flush()
@@ -314,10 +335,10 @@ class EpisodeManager:
         return False, f"label rejected: {reason}"
 
     def _apply_label(self, episode: int, label: str, source: str) -> tuple[bool, str]:
-        if label == "discard":
-            self._finish(label="unlabelled", saved=False, source=source)
+        if label == DISCARD:
+            self._finish(label=Label.UNLABELLED, saved=False, source=source)
             return True, f"episode {episode} discarded"
-        self._save(label, source)
+        self._save(Label.of(label), source)
         return True, f"episode {episode} saved as {label}"
 
     def _request(self) -> EpisodeRequest | None:
@@ -430,24 +451,24 @@ class EpisodeManager:
         src = self.config.label_source
         if self._fault_waits():
             if src == "auto":  # nobody will label it: kept, never trained on
-                self._save("unlabelled", "fault")
+                self._save(Label.UNLABELLED, "fault")
             # else it waits for a person's label like any other end (see tick and start)
         elif src in ("auto", "auto_or_human") and reason in ("success_check", "timeout"):
-            self._save("success" if self._success_seen else "failure", "auto")
+            self._save(Label.of(self._success_seen), "auto")
         elif src == "auto":
-            self._save("success" if self._success_seen else "failure", "auto")
+            self._save(Label.of(self._success_seen), "auto")
         elif self.config.mode == "record" and reason == "success_check":
-            self._save("success", "auto")
+            self._save(Label.SUCCESS, "auto")
 
-    def _save(self, label: str, source: str) -> None:
+    def _save(self, label: Label, source: str) -> None:
         self._finish(label=label, saved=True, source=source)
 
     def _finish_reset_failed(self, reason: str) -> None:
         self._end = ("reset_failed", reason)
         self._pending.append({"type": "end", "episode": self.index, "reason": "reset_failed", "fault": reason})
-        self._finish(label="unlabelled", saved=False, source="fault")
+        self._finish(label=Label.UNLABELLED, saved=False, source="fault")
 
-    def _finish(self, label: str, saved: bool, source: str) -> None:
+    def _finish(self, label: Label, saved: bool, source: str) -> None:
         reason, fault = self._end or ("stopped", None)
         duration = (self._robot_now - self._robot_t0) if (self._robot_t0 is not None and self._robot_now) else 0.0
         req = self._req or EpisodeRequest()
@@ -471,16 +492,13 @@ class EpisodeManager:
         )
         self.results.append(result)
         if saved:
-            self._pending.append({"type": "save", "episode": self.index, "label": label, "label_source": source,
-                                  "task": req.task, "start_condition": self._start_condition,
-                                  "intervened": self._intervened})
+            self._pending.append(result.save_event())
         else:
             self._pending.append({"type": "discard", "episode": self.index, "reason": fault or "discarded"})
         s = self.scheduler
         if s is not None and hasattr(s, "record") and hasattr(s, "next"):
             # unlabelled (fault, timeout) and discarded episodes do not count: the scheduler hands them out again
-            s.record(req.task or self.config.task, req.start,
-                     {"success": 1, "failure": 0}.get(label) if saved else None)
+            s.record(req.task or self.config.task, req.start, label.reward if saved else None)
         self._set(self.IDLE)
         if self.on_result is not None:
             self._pending.append({"type": "_result", "result": result})

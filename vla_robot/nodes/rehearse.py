@@ -33,6 +33,8 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from vla_robot.data.schema import Label
+
 GRAPH = "rl_finetune"
 HARDWARE = ("camera_node", "arm_node", "twin_node")
 
@@ -146,7 +148,7 @@ class Session:
         person = read_jsonl(self.out / "person.jsonl")
         saves = [r["event"] for r in person if r.get("event", {}).get("type") == "save"]
         updates = read_jsonl(self.out / "learner" / "updates.jsonl")
-        return {"episodes": len(saves), "success": sum(e.get("label") == "success" for e in saves),
+        return {"episodes": len(saves), "success": sum(e.get("label") == Label.SUCCESS for e in saves),
                 "updates": len(updates)}
 
     def _stop(self) -> dict[str, int]:
@@ -241,7 +243,7 @@ def write_demonstrations(demos: list[dict], root: Path, joint_names: list[str]) 
             for obs, action in zip(d["observations"], d["actions"]):
                 while not rec.add_frame(obs["images"], obs["state"], action, control=CONTROL_TELEOP):
                     time.sleep(0.01)  # the writer is behind: this is no robot, wait for it
-            rec.save_episode("success")
+            rec.save_episode(Label.SUCCESS)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -269,8 +271,8 @@ def summarize(out: Path, codes: dict[str, int], seconds: float, domain: str) -> 
     updates = read_jsonl(out / "learner" / "updates.jsonl")
     by_version: dict[int, list[int]] = defaultdict(list)
     for r in journal:
-        if r.label in ("success", "failure") and len(r.policy_versions) == 1:
-            by_version[r.policy_versions[0]].append(r.label == "success")
+        if r.label is not Label.UNLABELLED and len(r.policy_versions) == 1:
+            by_version[r.policy_versions[0]].append(r.label is Label.SUCCESS)
     first_seen: dict[int, int] = {}
     for r in journal:
         for v in r.policy_versions:

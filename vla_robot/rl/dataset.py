@@ -26,8 +26,6 @@ from vla_robot.rl.episodes import Episode, Step, demo_episodes
 
 log = logging.getLogger(__name__)
 
-_LABELS = {"success": 1, "failure": 0, "unlabelled": None}
-
 
 class BadEpisode(ValueError):
     """A saved episode the learner cannot use: malformed, truncated or token-less (the message says which)."""
@@ -74,7 +72,7 @@ def to_learner_episode(rec, action_dim: int | None = None) -> Episode:
         raise BadEpisode(f"{where}: token-less: none of its {len(chunks)} recorded chunks executed an action under "
                          "policy control")
     return Episode(task=rec.record.task, start=rec.record.start_condition, steps=steps,
-                   label=_LABELS.get(rec.record.label), version=min(s.version for s in steps),
+                   label=rec.record.label.reward, version=min(s.version for s in steps),
                    episode_id=f"{Path(rec.root).resolve()}#{rec.index}", length=rec.record.length,
                    intervened=bool(np.any(control == S.CONTROL_TELEOP)), served_by=dict(served))
 
@@ -129,16 +127,21 @@ def follow_dataset(root: str | Path, action_dim: int | None = None, since: int =
 
 
 def read_demonstrations(root: str | Path, runtime) -> dict[str, list[Episode]]:
-    """Teleop demonstrations of a recorded dataset, tokenised for the hybrid SFT loss, by task."""
+    """Teleop demonstrations of a recorded dataset, tokenised for the hybrid SFT loss, by task.
+
+    A demonstration labelled failure is left out (unlabelled ones count: a person recorded them to show
+    the task). The reader's episode becomes a learner episode here and in :func:`to_learner_episode` only."""
     from vla_robot.data import iter_episodes
 
     demos = []
-    for rec in iter_episodes(root, with_frames=True):
-        frames = rec.frames
+    for rec in iter_episodes(root, with_frames=False):
+        if rec.record.label is S.Label.FAILURE:
+            continue
+        frames = rec.load_frames()
         images = rec.images()
         n = len(frames[S.ACTION])
         observations = [{"images": {c: v[f] for c, v in images.items()}, "state": frames[S.STATE][f].astype(np.float32),
                          "instruction": rec.record.task} for f in range(n)]
         demos.append({"start": rec.record.start_condition, "observations": observations,
-                      "actions": frames[S.ACTION].astype(np.float32), "success": rec.record.label != "failure"})
-    return demo_episodes([d for d in demos if d["success"]], runtime)
+                      "actions": frames[S.ACTION].astype(np.float32)})
+    return demo_episodes(demos, runtime)

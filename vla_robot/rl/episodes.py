@@ -2,7 +2,11 @@
 
 An episode is the list of chunk queries the policy answered (observation, sampled action tokens,
 their behaviour log-probs, which of those tokens the arm executed), the start condition that
-groups it, the policy version that acted and the label (1 success, 0 failure, None unlabelled).
+groups it, the policy version that acted and the label (:attr:`vla_robot.data.schema.Label.reward`:
+1 success, 0 failure, None unlabelled).
+
+Which tokens were executed is always :func:`vla_robot.data.schema.executed_mask`, from per-frame
+(chunk id, chunk step, control), as the recorder stores them.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vla_robot.data import schema as S
 
 @dataclass
 class Step:
@@ -28,6 +33,15 @@ class Step:
 
 @dataclass
 class Episode:
+    """One episode as the learner trains on it (the RL layer's episode).
+
+    Made in one place per source: a recorded episode (:class:`vla_robot.data.reader.Episode`) by
+    :func:`vla_robot.rl.dataset.to_learner_episode`; scripted or teleop demonstrations by
+    :func:`demo_episodes` (via :func:`vla_robot.rl.dataset.read_demonstrations` for recorded ones);
+    twin rollouts by :mod:`vla_robot.rl.rollout`. ``label`` is a :attr:`Label.reward
+    <vla_robot.data.schema.Label.reward>`: ``Label.of(x).reward`` in, ``Label.from_reward(label)`` out.
+    """
+
     task: str
     start: Hashable
     steps: list[Step]
@@ -41,8 +55,10 @@ class Episode:
                                                    # dtype, image_size, ...) when the chunks were sampled
 
     def validate(self) -> None:
-        if self.label not in (0, 1, None):
-            raise ValueError(f"episode {self.episode_id}: label must be 1 (success), 0 (failure) or None, got {self.label!r}")
+        try:
+            S.Label.from_reward(self.label)
+        except ValueError as e:
+            raise ValueError(f"episode {self.episode_id}: {e}") from None
         for i, s in enumerate(self.steps):
             n = s.tokens.shape[0]
             if s.tokens.ndim != 1 or s.logprobs.shape != (n,) or s.executed.shape != (n,):
@@ -53,12 +69,14 @@ class Episode:
 
 
 def executed_mask(n_executed: int, chunk_size: int, action_dim: int) -> np.ndarray:
-    """Token mask of a chunk of which the first ``n_executed`` actions were executed."""
+    """Token mask of one chunk of which the first ``n_executed`` actions were executed.
+
+    Kept only for :mod:`vla_robot.rl.rollout` until it records per-frame chunk id/step/control and
+    calls :func:`vla_robot.data.schema.executed_mask` itself; then delete it."""
     if not 0 <= n_executed <= chunk_size:
         raise ValueError(f"n_executed must be in [0, {chunk_size}] (actions of the chunk), got {n_executed}")
-    mask = np.zeros((chunk_size, action_dim), dtype=bool)
-    mask[:n_executed] = True
-    return mask.reshape(-1)
+    return S.executed_mask(np.zeros(n_executed, np.int64), np.arange(n_executed), np.full(n_executed, S.CONTROL_POLICY),
+                           [0], chunk_size, action_dim)[0]
 
 
 def demo_chunks(demos: Sequence[dict], chunk: int, every: int = 1) -> tuple[list[dict], np.ndarray]:
@@ -81,7 +99,11 @@ def demo_episodes(demos: Sequence[dict], runtime) -> dict[str, list[Episode]]:
         task = dm["observations"][0]["instruction"]
         obs, acts = demo_chunks([dm], h, every=h)
         toks = runtime.processor.actions_to_tokens(acts)
-        steps = [Step(o, t, np.zeros(len(t), np.float32), executed_mask(h, h, d)) for o, t in zip(obs, toks)]
-        out.setdefault(task, []).append(Episode(task=task, start=dm["start"], steps=steps, label=1, version=0,
-                                                length=len(dm["actions"])))
+        # every action of every chunk is a target, the last one repeated past the demo's end included
+        ids = np.arange(len(toks))
+        executed = S.executed_mask(np.repeat(ids, h), np.tile(np.arange(h), len(ids)),
+                                   np.full(len(ids) * h, S.CONTROL_POLICY), ids, h, d)
+        steps = [Step(o, t, np.zeros(len(t), np.float32), m) for o, t, m in zip(obs, toks, executed)]
+        out.setdefault(task, []).append(Episode(task=task, start=dm["start"], steps=steps,
+                                                label=S.Label.SUCCESS.reward, version=0, length=len(dm["actions"])))
     return out

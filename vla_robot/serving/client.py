@@ -1,4 +1,5 @@
-"""Robot-side client of the policy server. Imports only numpy, zmq, msgpack and the protocol module.
+"""Robot-side client of the policy server. Imports only numpy, zmq, msgpack, the protocol module and
+the policy interface (standard library only).
 
 ::
 
