@@ -7,6 +7,7 @@ import torch
 from vla_robot.rl import config as rl_config
 from vla_robot.rl.grpo import (
     RolloutBatch,
+    acting_ratio,
     group_advantages,
     group_modes,
     grpo_loss,
@@ -141,7 +142,7 @@ def test_bandit_grpo_raises_success_probability():
         rewards = (tokens >= 128).all(1).float()
         batch = RolloutBatch(tokens, old, torch.ones_like(tokens, dtype=torch.bool), rewards,
                              torch.arange(groups).repeat_interleave(8))
-        grpo_update(lambda idx: token_logprobs(logits.expand(len(idx), 2, 256), tokens[idx], cfg.temperature),
+        grpo_update(lambda idx, t: token_logprobs(logits.expand(len(idx), 2, 256), tokens[idx], t),
                     batch, opt, [logits], cfg, generator=gen)
     after = p_success(cfg.temperature)
     assert before == pytest.approx(1 / 4, rel=1e-6)
@@ -152,8 +153,11 @@ def test_rollout_batch_rejects_mismatched_shapes():
     t = torch.zeros(2, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="old_logp must be"):
         RolloutBatch(t, torch.zeros(2, 4), torch.ones(2, 3, dtype=torch.bool), torch.zeros(2), torch.zeros(2))
-    with pytest.raises(ValueError, match="rewards must be"):
+    with pytest.raises(ValueError, match=r"rewards must be \[2\]"):
         RolloutBatch(t, torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool), torch.zeros(3), torch.zeros(2))
+    with pytest.raises(ValueError, match="each of the 3 trajectories .* at least one row"):
+        RolloutBatch(t, torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool), torch.zeros(3), torch.zeros(3),
+                     trajectory=torch.tensor([0, 2]))
 
 
 def test_presets_and_bad_hyper_parameters():
@@ -167,3 +171,48 @@ def test_presets_and_bad_hyper_parameters():
         rl_config.preset("tiny", group_size=1)
     with pytest.raises(ValueError, match="clip ratios"):
         rl_config.preset("tiny", clip_ratio_low=1.5)
+
+
+def test_update_is_the_docstring_equation_with_hybrid_sft_weighting():
+    """grpo_update's gradient is that of L in its docstring, written out here by hand: an "rl" group's
+    rollouts with clipped token ratios, an all-failure group replaced by sft_coef x the demonstrations'
+    token-mean -log pi at T = 1, each trajectory weighted 1/B, only executed tokens; a demonstration
+    for a group that is not "sft" and the all-failure group's own rollouts train nothing."""
+    torch.manual_seed(0)
+    logits = torch.nn.Parameter(torch.randn(6, 3, 256))  # one "state" per row: [C, K tokens, 256 bins]
+    cfg = rl_config.GRPOConfig(mode="hybrid", mini_batch_size=16, micro_batch_chunks=2, grad_clip=1e9, sft_coef=0.5)
+    # trajectories (rows): 0 (rows 0, 1) and 1 (row 2) rollouts of group 0, one of two succeeds; 2 (row 3)
+    # group 1's failed rollout; 3 (row 4) a demonstration for group 1 (sft), 4 (row 5) one for group 0 (rl)
+    trajectory = torch.tensor([0, 0, 1, 2, 3, 4])
+    tokens = torch.randint(0, 256, (6, 3))
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        old = token_logprobs(logits, tokens, cfg.temperature) + 0.3 * torch.randn(6, 3)  # ratios beyond the clip too
+    batch = RolloutBatch(tokens, old, mask, torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0]), torch.tensor([0, 0, 1, 1, 0]),
+                         trajectory=trajectory, demo=torch.tensor([False, False, False, True, True]),
+                         acting=torch.tensor([True, False, True, True, True, True]))
+    grads = []
+    opt = torch.optim.SGD([logits], lr=0.0)  # a real step that leaves the weights, to compare the gradient
+    opt.register_step_pre_hook(lambda *_: grads.append(logits.grad.clone()))
+    lp = lambda rows, t: token_logprobs(logits[rows], tokens[rows], t)  # noqa: E731
+    stats = grpo_update(lp, batch, opt, [logits], cfg)
+    assert (stats["rl_trajectories"], stats["sft_trajectories"], stats["groups_rl"], stats["groups_sft"]) == (2, 1, 1, 1)
+    assert stats["micro_batches"] == 2 + 1  # 3 rl rows in graphs of 2, then the demonstration's row
+    assert stats["tokens"] == 4 + 2 + 2  # executed tokens of the trajectories that train
+
+    a = 1 / (2 ** 0.5 + cfg.adv_eps)  # group 0: rewards 1, 0: mean 0.5, unbiased std 0.5 ** 0.5
+    r = torch.exp(token_logprobs(logits, tokens, cfg.temperature) - old)
+    pg = lambda i, adv: torch.maximum(-adv * r[i], -adv * r[i].clamp(0.8, 1.28))  # noqa: E731
+    traj0 = (pg([0, 1], a)[mask[[0, 1]]]).mean()
+    traj1 = (pg([2], -a)[mask[[2]]]).mean()
+    demo = -cfg.sft_coef * token_logprobs(logits[4], tokens[4], 1.0)[mask[4]].mean()
+    want_loss = (traj0 + traj1 + demo) / 3  # B = 3 trajectories train
+    (want,) = torch.autograd.grad(want_loss, logits)
+    torch.testing.assert_close(grads[0], want)
+    assert stats["loss"] == pytest.approx(float(want_loss.detach()), rel=1e-5)
+    assert torch.all(want[[3, 5]] == 0) and torch.all(grads[0][[3, 5]] == 0)  # the group-1 rollout, the rl-group demo
+    # the on-policy check: |r - 1| of the executed tokens of acting rows that trained, before the step
+    want_r = torch.cat([r[0][mask[0]], r[2][mask[2]]]).detach() - 1
+    assert stats["ratio_acting"]["n"] == 5
+    assert stats["ratio_acting"]["max_abs"] == pytest.approx(float(want_r.abs().max()), rel=1e-5)
+    assert acting_ratio(lp, batch, [0, 1], cfg) == stats["ratio_acting"]

@@ -7,6 +7,7 @@ from vla_robot.data import schema as S
 from vla_robot.policy import load_policy
 from vla_robot.rl.config import preset
 from vla_robot.rl.episodes import Episode, Step
+from vla_robot.rl.grpo import RolloutBatch, grpo_update
 from vla_robot.rl.learner import Learner
 
 torch.set_num_threads(1)
@@ -207,37 +208,104 @@ def _graph_spans(runtime):
     return spans
 
 
+def rollout_batch(runtime, rollouts, demos=(), demo_group=0, version=0):
+    """The episodes as grpo.RolloutBatch rows, built here from the episodes' own fields (not by the
+    learner), and the model's log-probs of those rows. Rollouts are in groups of consecutive starts."""
+    trajs = [*rollouts, *demos]
+    starts = list(dict.fromkeys(e.start for e in rollouts))
+    rows = [(i, s) for i, e in enumerate(trajs) for s in e.steps]
+    tokens = torch.tensor(np.stack([s.tokens for _, s in rows]), dtype=torch.long)
+    batch = RolloutBatch(
+        tokens, torch.tensor(np.stack([s.logprobs for _, s in rows])), torch.tensor(np.stack([s.executed for _, s in rows])),
+        rewards=torch.tensor([float(e.label) for e in trajs]),
+        group_ids=torch.tensor([starts.index(e.start) for e in rollouts] + [demo_group] * len(demos)),
+        trajectory=torch.tensor([i for i, _ in rows]), demo=torch.tensor([i >= len(rollouts) for i in range(len(trajs))]),
+        acting=torch.tensor([i < len(rollouts) and trajs[i].version == version for i, _ in rows]))
+    obs = [s.observation for _, s in rows]
+
+    def logprob_fn(idx, temperature):
+        return runtime.model.token_logprobs(runtime.batch([obs[i] for i in idx.tolist()]), tokens[idx], temperature)
+    return batch, logprob_fn
+
+
+@pytest.mark.parametrize("mode", ["rl", "hybrid"])
+def test_the_learners_step_is_grpo_update_on_the_same_batch(mode):
+    """The learner runs grpo.grpo_update, nothing of its own: its step moves the weights exactly as
+    grpo_update called directly on the same episodes (two groups, a mini-batch smaller than the
+    batch, two epochs, micro-batches; hybrid: the all-failure group learns from a demonstration)."""
+    rng = np.random.default_rng(12)
+    cfg = preset("tiny", group_size=4, batch_groups=2, mini_batch_size=3, ppo_epochs=2, mode=mode, lr=1e-3,
+                 micro_batch_chunks=3)
+    rt, direct = load_policy(preset="tiny", seed=0), load_policy(preset="tiny", seed=0)
+    rollouts = make_group(rt, 0, [1, 0, 0, 1], rng, steps=3) + make_group(rt, 1, [0, 0, 0, 0], rng, steps=2)
+    demo = make_group(rt, "demo", [1], rng, steps=4)
+    learner = Learner(rt, cfg, demos={"reach": demo}, seed=7)
+    for e in rollouts:
+        learner.add(e)
+    stats = learner.step()
+
+    gen = torch.Generator().manual_seed(7)
+    demos = []
+    if mode == "hybrid":  # the learner draws group_size demonstrations of the task first: here all the one there is
+        torch.randint(1, (4,), generator=gen)
+        demos = demo * 4
+    batch, logprob_fn = rollout_batch(direct, rollouts, demos, demo_group=1)
+    params_direct = [p for p in direct.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params_direct, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    direct.model.train()
+    want = grpo_update(logprob_fn, batch, opt, params_direct, cfg, generator=gen)
+    direct.model.eval()
+
+    assert stats["opt_steps"] == want["opt_steps"] == (4 if mode == "rl" else 6)  # 2 epochs x ceil(4 or 8 / 3)
+    assert stats["sft_trajectories"] == want["sft_trajectories"] == len(demos)
+    a, b = rt.model.state_dict(), direct.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "the learner's step is not grpo_update's"
+    for k in ("loss", "grad_norm", "clip_frac", "approx_kl", "tokens", "micro_batches", "ratio_acting", "groups_rl",
+              "groups_sft", "groups_dropped", "adv_abs_mean"):
+        assert stats[k] == want[k], k
+
+
 def test_micro_batched_update_has_the_full_batch_gradient_and_small_graphs():
     """A 30-s episode has 100-200 chunks: no autograd graph may span a mini-batch's chunks, and
-    accumulating the micro-batches' gradients must give the gradient of the full-batch loss."""
-    from vla_robot.rl.grpo import grpo_loss
+    accumulating the micro-batches' gradients must give the gradient of the full-batch loss, written
+    here as one graph: the rollouts' GRPO loss (grpo_loss on padded trajectories) and the
+    demonstrations' cross-entropy (the model's sft_loss), each trajectory weighted 1/B."""
+    from vla_robot.rl.grpo import group_advantages, grpo_loss
 
     rt = load_policy(preset="tiny", seed=0)
     rng = np.random.default_rng(5)
     group = make_group(rt, 0, [1, 0, 0, 1], rng, steps=5)
-    demos = make_group(rt, "demo", [1, 1], rng, steps=2)
-    adv = [0.9, -0.7, -0.2, 1.1]
-    cfg = preset("tiny", group_size=4, batch_groups=1, mini_batch_size=8, mode="rl", lr=1e-3, micro_batch_chunks=3)
-    learner = Learner(rt, cfg)
-    mb = [("rl", e, a) for e, a in zip(group, adv)] + [("sft", e, 0.0) for e in demos]
+    failed = make_group(rt, 1, [0, 0], rng, steps=1)  # all fail: its demonstrations train instead
+    demos = make_group(rt, "demo", [1, 1], rng, steps=2) + make_group(rt, "demo", [1], rng, steps=3)
+    cfg = preset("tiny", group_size=4, mini_batch_size=8, mode="hybrid", micro_batch_chunks=3, grad_clip=1e9,
+                 sft_coef=0.7)
     rt.model.train()
 
-    # today's update: one graph over every chunk of the mini-batch
-    logp, old, mask = learner.trajectory_logprobs(group, cfg.temperature)
-    loss_rl, _ = grpo_loss(logp, old, torch.tensor(adv), mask, cfg.clip_ratio_low, cfg.clip_ratio_high)
-    obs = [s.observation for e in demos for s in e.steps]
-    toks = torch.from_numpy(np.stack([s.tokens for e in demos for s in e.steps]))
-    loss_sft = rt.model.sft_loss(rt.batch(obs), toks, vocab="bins")
-    full = (loss_rl * len(group) + cfg.sft_coef * loss_sft * len(demos)) / len(mb)
+    logp, old, mask = Learner(rt, cfg).trajectory_logprobs(group, cfg.temperature)
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.zeros(4, dtype=torch.long))
+    loss_rl, _ = grpo_loss(logp, old, adv, mask, cfg.clip_ratio_low, cfg.clip_ratio_high)
+    loss_sft = 0.0
+    for e in demos:  # token-mean over the executed tokens of each demonstration, at temperature 1
+        ce = rt.model.sft_loss(rt.batch([s.observation for s in e.steps]),
+                               torch.from_numpy(np.stack([s.tokens for s in e.steps])), reduction="none", vocab="bins")
+        executed = torch.from_numpy(np.concatenate([s.executed for s in e.steps]))
+        loss_sft = loss_sft + ce[executed].mean()
+    full = (loss_rl * len(group) + cfg.sft_coef * loss_sft) / (len(group) + len(demos))
     full.backward()
     want = {n: p.grad.clone() for n, p in rt.model.named_parameters() if p.grad is not None}
     rt.model.zero_grad(set_to_none=True)
 
+    batch, logprob_fn = rollout_batch(rt, group + failed, demos, demo_group=1)
+    params = [p for p in rt.model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.0)  # a real step that leaves the weights: the gradient is what we compare
+    got = {}
+    opt.register_step_pre_hook(lambda *_: got.update({n: p.grad.clone() for n, p in rt.model.named_parameters()
+                                                      if p.grad is not None}))
     spans = _graph_spans(rt)
-    loss, sums = learner._accumulate(mb, None)
-    assert max(spans) <= 3 and sum(spans) == 20  # 4 x 5 chunks, in graphs of at most 3
-    assert loss == pytest.approx(float(full.detach()), rel=1e-5)
-    got = {n: p.grad for n, p in rt.model.named_parameters() if p.grad is not None}
+    stats = grpo_update(logprob_fn, batch, opt, params, cfg)
+    assert stats["opt_steps"] == 1 and stats["sft_trajectories"] == 3
+    assert max(spans) <= 3 and sum(spans) == 4 * 5 + 2 * 2 + 3  # rollouts' and demonstrations' chunks, in graphs of <= 3
+    assert stats["loss"] == pytest.approx(float(full.detach()), rel=1e-5)
     assert got.keys() == want.keys()
     for n in want:
         torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-7, msg=lambda m: f"{n}: {m}")
@@ -409,3 +477,18 @@ def test_an_update_without_a_step_still_reports_the_on_policy_check(runtime):
     stats = learner.step()
     assert stats["opt_steps"] == 0 and learner.version == 0
     assert stats["ratio_acting"]["n"] == 4 * (48 + 18) and stats["ratio_acting"]["median_abs"] < 1e-4
+
+
+def test_a_group_gone_stale_while_filling_is_used_up_without_an_update(runtime):
+    """Members acted by a version that fell more than max_staleness behind while their group filled
+    are dropped at the update; a group left empty makes an update line but no version."""
+    rng = np.random.default_rng(13)
+    learner = Learner(runtime, preset("tiny", group_size=2, batch_groups=1, max_staleness=1, mode="rl"))
+    group = make_group(runtime, 0, [1, 0], rng)
+    for e in group:
+        assert learner.add(e)
+    learner.version = 3  # updates on other groups happened meanwhile
+    stats = learner.step()
+    assert stats["episodes"] == 0 and stats["opt_steps"] == 0 and learner.version == 3
+    assert stats["ratio_acting"]["n"] == 0 and stats["groups_rl"] == 0
+    assert not learner.groups and not learner.ready()

@@ -11,10 +11,11 @@ restarted learner carries on exactly where it was and skips what it already used
 Behaviour log-probs come from the rollout (the version that acted) and episodes acted by a version
 older than ``max_staleness`` updates are dropped, so a slow robot never trains on far-off-policy data.
 
-Memory does not grow with the episode length: the loss of a mini-batch is a sum over its tokens
-(``grpo.grpo_token_loss``), so the learner runs it in micro-batches of ``micro_batch_chunks``
-chunks, one autograd graph each, and accumulates the gradients before the optimiser step (the same
-gradient as one graph over the mini-batch, within float rounding).
+The update itself is :func:`vla_robot.rl.grpo.grpo_update` (its docstring is the objective): the
+learner turns the groups' episodes, and the demonstrations drawn for hybrid groups, into a
+``grpo.RolloutBatch`` of one row per chunk, with the policy's log-probs of those rows. The update
+runs them in micro-batches of ``micro_batch_chunks`` chunks, so memory does not grow with the
+episode length.
 
 The on-policy contract is checked on every update. Before its first optimiser step the weights are
 the learner's ``version``; the tokens that version sampled must get back their behaviour log-probs,
@@ -43,7 +44,7 @@ import torch
 
 from vla_robot.rl.config import GRPOConfig
 from vla_robot.rl.episodes import Episode
-from vla_robot.rl.grpo import group_advantages, group_modes, grpo_token_loss
+from vla_robot.rl.grpo import RolloutBatch, acting_ratio, group_modes, grpo_update
 
 STATE_FILE = "learner_state.pt"  # written last: a checkpoint folder holding it is complete
 UPDATES_LOG = "updates.jsonl"    # one line per update, for people and the rehearsal
@@ -177,6 +178,26 @@ class Learner:
             return None
         keys = keys[: self.cfg.batch_groups]
         t0 = time.perf_counter()
+        episodes, gids = self._take_groups(keys)
+        demos, demo_gids = self._draw_demos(keys, episodes, gids)
+        stats = self._optimise(episodes, gids, demos, demo_gids)
+        self.consumed.update(e.episode_id for e in episodes)
+        if stats["opt_steps"]:  # a new policy version
+            self.version += 1
+            self.runtime.version = self.version
+        elapsed = time.perf_counter() - t0
+        stats.update(
+            update=len(self.history) + 1, version=self.version, groups=len(keys), episodes=len(episodes),
+            success=float(np.mean([e.label for e in episodes])) if episodes else float("nan"), seconds=elapsed,
+            tokens_per_s=stats["tokens"] / elapsed if elapsed > 0 else 0.0,
+            per_task={t: float(np.mean([e.label for e in episodes if e.task == t])) for t in {e.task for e in episodes}},
+            skipped=dict(self.skipped),
+        )
+        self._record(stats)
+        return stats
+
+    def _take_groups(self, keys: list[tuple[str, Hashable]]) -> tuple[list[Episode], list[int]]:
+        """The episodes of the groups ``keys`` (taken out of the buffer) and the index of each one's group."""
         n = self.cfg.group_size
         episodes, gids = [], []
         for gi, key in enumerate(keys):
@@ -194,40 +215,63 @@ class Learner:
             eps = [e for e in eps if e.version >= self.version - self.cfg.max_staleness]
             episodes += eps
             gids += [gi] * len(eps)
-        rewards = torch.tensor([float(e.label) for e in episodes])
-        group_ids = torch.tensor(gids, dtype=torch.long)
-        modes = group_modes(rewards, group_ids, self.cfg) if episodes else {}
-        adv = group_advantages(rewards, group_ids, self.cfg.adv_eps) if episodes else rewards
-        rl_items = [(e, float(adv[i])) for i, e in enumerate(episodes) if modes[gids[i]] == "rl"]
-        sft_items: list[Episode] = []
+        return episodes, gids
+
+    def _draw_demos(self, keys: list[tuple[str, Hashable]], episodes: list[Episode],
+                    gids: list[int]) -> tuple[list[Episode], list[int]]:
+        """Hybrid: ``group_size`` demonstrations of its task (drawn with replacement) for each "sft" group."""
+        if not episodes:
+            return [], []
+        modes = group_modes(torch.tensor([float(e.label) for e in episodes]), torch.tensor(gids), self.cfg)
+        demos, demo_gids = [], []
         for gi, mode in modes.items():
-            if mode == "sft":
-                task = keys[gi][0]
-                pool = self.demos.get(task, [])
-                if pool:
-                    pick = torch.randint(len(pool), (n,), generator=self.generator).tolist()
-                    sft_items += [pool[j] for j in pick]
-        stats = self._optimise(rl_items, sft_items)
+            pool = self.demos.get(keys[gi][0], []) if mode == "sft" else []
+            if pool:
+                pick = torch.randint(len(pool), (self.cfg.group_size,), generator=self.generator).tolist()
+                demos += [pool[j] for j in pick]
+                demo_gids += [gi] * len(pick)
+        return demos, demo_gids
+
+    def _optimise(self, episodes: list[Episode], gids: list[int], demos: list[Episode], demo_gids: list[int]) -> dict:
+        """``grpo.grpo_update`` on the rollouts and demonstrations, then the on-policy check."""
+        batch, logprob_fn = self._rollout_batch(episodes + demos, gids + demo_gids, len(episodes))
+        self.runtime.model.train()
+        try:
+            stats = grpo_update(logprob_fn, batch, self.optimizer, self.params, self.cfg, self.generator)
+        finally:
+            self.runtime.model.eval()
         if not stats["opt_steps"] and episodes:
             # no step (every group dropped): the check still runs, on what the first mini-batch would be
-            stats["ratio_acting"] = self.acting_ratio(episodes[: self.cfg.mini_batch_size])
-            self._check_on_policy(stats["ratio_acting"])
-        for e in episodes:
-            self.consumed.add(e.episode_id)
-        if stats["opt_steps"]:  # a new policy version
-            self.version += 1
-            self.runtime.version = self.version
-        elapsed = time.perf_counter() - t0
-        stats.update(
-            update=len(self.history) + 1, version=self.version, groups=len(keys),
-            groups_rl=sum(m == "rl" for m in modes.values()),
-            groups_sft=sum(m == "sft" for m in modes.values()), groups_dropped=sum(m == "drop" for m in modes.values()),
-            episodes=len(episodes), success=float(rewards.mean()) if len(rewards) else float("nan"),
-            adv_abs_mean=float(adv.abs().mean()) if len(adv) else 0.0, seconds=elapsed,
-            tokens_per_s=stats["tokens"] / elapsed if elapsed > 0 else 0.0,
-            per_task={t: float(np.mean([e.label for e in episodes if e.task == t])) for t in {e.task for e in episodes}},
-            skipped=dict(self.skipped),
-        )
+            first = list(range(min(len(episodes), self.cfg.mini_batch_size)))
+            stats["ratio_acting"] = acting_ratio(logprob_fn, batch, first, self.cfg)
+        self._check_on_policy(stats["ratio_acting"])
+        return stats
+
+    def _rollout_batch(self, trajectories: list[Episode], gids: list[int], n_rollouts: int) -> tuple[RolloutBatch, Callable]:
+        """``trajectories`` (the first ``n_rollouts`` rollouts, then demonstrations) as a ``grpo.RolloutBatch``
+        of one row per chunk, and the current policy's log-probs of the tokens of its rows."""
+        rows = [(i, e, s) for i, e in enumerate(trajectories) for s in e.steps]
+        k = np.size(rows[0][2].tokens) if rows else 0
+
+        def stack(name: str, dtype) -> torch.Tensor:
+            return torch.from_numpy(np.stack([np.asarray(getattr(s, name), dtype) for *_, s in rows]) if rows
+                                    else np.zeros((0, k), dtype))
+
+        batch = RolloutBatch(
+            stack("tokens", np.int64), stack("logprobs", np.float32), stack("executed", bool),
+            rewards=torch.tensor([float(e.label) for e in trajectories[:n_rollouts]] + [1.0] * (len(trajectories) - n_rollouts)),
+            group_ids=torch.tensor(gids, dtype=torch.long), trajectory=torch.tensor([i for i, *_ in rows], dtype=torch.long),
+            demo=torch.arange(len(trajectories)) >= n_rollouts,
+            acting=torch.tensor([i < n_rollouts and _step_version(e, s) == self.version for i, e, s in rows], dtype=torch.bool))
+        observations = [s.observation for *_, s in rows]
+        model, to_batch = self.runtime.model, self.runtime.batch  # on the model's device and dtype
+
+        def logprob_fn(idx: torch.Tensor, temperature: float) -> torch.Tensor:
+            return model.token_logprobs(to_batch([observations[i] for i in idx.tolist()]), batch.tokens[idx], temperature)
+        return batch, logprob_fn
+
+    def _record(self, stats: dict) -> None:
+        """History, the log, the checkpoint and updates.jsonl; then the new version to the server."""
         self.history.append(stats)
         if self.log is not None:
             self.log(stats)
@@ -238,119 +282,6 @@ class Learner:
             self._append_updates_log([stats])
         if stats["opt_steps"] and self.publish is not None:
             self._publish_weights()
-        return stats
-
-    def _optimise(self, rl_items: list[tuple[Episode, float]], sft_items: list[Episode]) -> dict:
-        cfg = self.cfg
-        items = [("rl", e, a) for e, a in rl_items] + [("sft", e, 0.0) for e in sft_items]
-        out = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "grad_norm": 0.0, "opt_steps": 0, "tokens": 0.0,
-               "micro_batches": 0, "rl_trajectories": len(rl_items), "sft_trajectories": len(sft_items),
-               "ratio_acting": ratio_summary([])}
-        if not items:
-            return out
-        self.runtime.model.train()
-        self.optimizer.zero_grad(set_to_none=True)  # nothing left over from whoever trained the model before
-        for epoch in range(cfg.ppo_epochs):
-            perm = torch.randperm(len(items), generator=self.generator).tolist()
-            for s in range(0, len(perm), cfg.mini_batch_size):
-                mb = [items[j] for j in perm[s: s + cfg.mini_batch_size]]
-                # the weights are still the acting version's until the first optimiser step
-                acting = [] if epoch == 0 and s == 0 else None
-                loss, st = self._accumulate(mb, acting)
-                if acting is not None:
-                    out["ratio_acting"] = ratio_summary(acting)
-                gn = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-                self.optimizer.step()
-                # free the gradients now, not before the next backward: the next forward then runs
-                # without them (a 7B model's bf16 gradients are 15 GB)
-                self.optimizer.zero_grad(set_to_none=True)
-                n = max(st["tokens"], 1.0)
-                out["loss"] += loss
-                out["grad_norm"] += float(gn)
-                out["clip_frac"] += st["clipped"] / n
-                out["approx_kl"] += st["kl_sum"] / n
-                out["tokens"] += st["tokens"] + st["sft_tokens"]
-                out["micro_batches"] += st["micro_batches"]
-                out["opt_steps"] += 1
-        self.runtime.model.eval()
-        k = max(out["opt_steps"], 1)
-        for name in ("loss", "grad_norm", "clip_frac", "approx_kl"):
-            out[name] /= k
-        self._check_on_policy(out["ratio_acting"])
-        return out
-
-    def _accumulate(self, mb: list[tuple[str, Episode, float]], acting: list[torch.Tensor] | None) -> tuple[float, dict]:
-        """Gradients of one mini-batch's loss, accumulated over micro-batches of chunks.
-
-        The mini-batch loss is (the RL trajectories' token-mean GRPO terms + sft_coef x the SFT
-        trajectories x the demonstrations' mean cross-entropy) / trajectories: sums over chunks, so
-        each micro-batch adds its share with the right weight and no graph spans more than
-        ``micro_batch_chunks`` chunks. ``acting`` collects r - 1 of the executed tokens the learner's
-        own version sampled. Returns the loss and token sums."""
-        b = len(mb)
-        sums = {"tokens": 0.0, "clipped": 0.0, "kl_sum": 0.0, "sft_tokens": 0.0, "micro_batches": 0}
-        loss = self._accumulate_rl([(e, a) for k, e, a in mb if k == "rl"], b, sums, acting)
-        loss += self._accumulate_sft([e for k, e, _ in mb if k == "sft"], b, sums)
-        return loss, sums
-
-    def _accumulate_rl(self, rl: list[tuple[Episode, float]], b: int, sums: dict, acting: list | None) -> float:
-        """The GRPO terms: every chunk with its trajectory's advantage and weight 1 / (executed tokens x b)."""
-        cfg, model, batch, dev = self.cfg, self.runtime.model, self.runtime.batch, self.runtime.device
-        chunks, total = [], 0.0
-        for e, a in rl:
-            n_exec = max(sum(int(s.executed.sum()) for s in e.steps), 1)
-            chunks += [(s, a, 1.0 / (n_exec * b), _step_version(e, s) == self.version) for s in e.steps]
-        for i in range(0, len(chunks), cfg.micro_batch_chunks):
-            part = chunks[i: i + cfg.micro_batch_chunks]
-            logp = model.token_logprobs(batch([s.observation for s, *_ in part]),
-                                        torch.from_numpy(np.stack([s.tokens for s, *_ in part])), cfg.temperature)
-            old = torch.from_numpy(np.stack([s.logprobs for s, *_ in part])).to(dev)
-            executed = torch.from_numpy(np.stack([s.executed for s, *_ in part]))
-            weight = executed.float() * torch.tensor([w for *_, w, _ in part])[:, None]
-            loss, st = grpo_token_loss(logp, old, torch.tensor([a for _, a, *_ in part]), weight,
-                                       cfg.clip_ratio_low, cfg.clip_ratio_high)
-            loss.backward()
-            total += float(loss.detach())
-            for k in ("tokens", "clipped", "kl_sum"):
-                sums[k] += st[k]
-            sums["micro_batches"] += 1
-            if acting is not None:
-                mine = executed & torch.tensor([own for *_, own in part])[:, None]
-                acting.append((torch.exp(logp.detach() - old)[mine.to(dev)] - 1.0).float().cpu())
-        return total
-
-    def _accumulate_sft(self, demos: list[Episode], b: int, sums: dict) -> float:
-        """Hybrid: sft_coef x len(demos) / b x the mean cross-entropy over all the demonstrations' tokens."""
-        cfg, model, batch = self.cfg, self.runtime.model, self.runtime.batch
-        steps = [s for e in demos for s in e.steps]
-        n_tok = sum(int(np.size(s.tokens)) for s in steps)
-        total = 0.0
-        for i in range(0, len(steps), cfg.micro_batch_chunks):
-            part = steps[i: i + cfg.micro_batch_chunks]
-            ce = model.sft_loss(batch([s.observation for s in part]), torch.from_numpy(np.stack([s.tokens for s in part])),
-                                reduction="sum", vocab="bins")
-            loss = ce * (cfg.sft_coef * len(demos) / b / n_tok)
-            loss.backward()
-            total += float(loss.detach())
-            sums["micro_batches"] += 1
-        sums["sft_tokens"] += float(n_tok)
-        return total
-
-    def acting_ratio(self, episodes: Sequence[Episode]) -> dict:
-        """``ratio_acting`` of the executed tokens of ``episodes`` that this version sampled, at the
-        current weights, without training."""
-        model, batch, dev, m = self.runtime.model, self.runtime.batch, self.runtime.device, self.cfg.micro_batch_chunks
-        steps = [s for e in episodes for s in e.steps if _step_version(e, s) == self.version]
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(steps), m):
-                part = steps[i: i + m]
-                logp = model.token_logprobs(batch([s.observation for s in part]),
-                                            torch.from_numpy(np.stack([s.tokens for s in part])), self.cfg.temperature)
-                old = torch.from_numpy(np.stack([s.logprobs for s in part])).to(dev)
-                executed = torch.from_numpy(np.stack([s.executed for s in part])).to(dev)
-                out.append((torch.exp(logp - old)[executed] - 1.0).float().cpu())
-        return ratio_summary(out)
 
     def _check_on_policy(self, ratio: dict) -> None:
         """The learner at the acting version must reproduce the behaviour log-probs; say why if not."""
@@ -486,14 +417,6 @@ def find_checkpoint(out_dir: str | Path) -> Path | None:
     shutil.rmtree(final, ignore_errors=True)
     done[-1].rename(final)
     return final
-
-
-def ratio_summary(r_minus_1: list[torch.Tensor]) -> dict:
-    """{n, mean_abs, median_abs, max_abs} of |r - 1| (None for the figures when n is 0)."""
-    x = torch.cat(r_minus_1).abs() if r_minus_1 else torch.zeros(0)
-    if not len(x):
-        return {"n": 0, "mean_abs": None, "median_abs": None, "max_abs": None}
-    return {"n": int(len(x)), "mean_abs": float(x.mean()), "median_abs": float(x.median()), "max_abs": float(x.max())}
 
 
 def _step_version(episode: Episode, step) -> int:
