@@ -182,32 +182,12 @@ def _publisher(args: argparse.Namespace):
 
 
 def learn(args: argparse.Namespace) -> int:
-    from vla_robot.rl.config import preset
-
     try:
-        overrides = _parse_overrides(args.set)
-        if args.mode:
-            overrides["mode"] = args.mode
-        if args.intervened:
-            overrides["intervened"] = args.intervened
-        cfg = preset(args.preset, **overrides)
-    except ValueError as e:
+        cfg = _learn_config(args)
+        publisher, publish = _publisher(args) if args.weights else (None, None)
+    except (ValueError, OSError) as e:
         print(f"learn: {e}", file=sys.stderr)
         return 2
-    if args.resume and not Path(args.resume).is_dir():
-        print(f"learn: --resume {args.resume} is not a folder (expected a learner's OUT/checkpoint)", file=sys.stderr)
-        return 2
-    from vla_robot.policy import load_policy
-    from vla_robot.rl.dataset import follow_dataset
-    from vla_robot.rl.learner import Learner, find_checkpoint
-
-    publisher, publish = None, None
-    if args.weights:
-        try:
-            publisher, publish = _publisher(args)
-        except (ValueError, OSError) as e:
-            print(f"learn: {e}", file=sys.stderr)
-            return 2
 
     def log(stats: dict) -> None:
         print(json.dumps(stats, default=float), flush=True)
@@ -216,24 +196,10 @@ def learn(args: argparse.Namespace) -> int:
         print(f"learn: {text}", file=sys.stderr, flush=True)
 
     try:
-        resume = Path(args.resume) if args.resume else find_checkpoint(args.out)
-        kw = dict(out_dir=args.out, publish=publish, log=log, note=note)
-        if resume is not None:
-            learner = Learner.resume(resume, cfg, device=args.device, dtype=args.dtype, **kw)
-            print(f"learn: resuming from {resume}: version {learner.version}, {len(learner.consumed)} episodes "
-                  "already used" + (f" (--checkpoint {args.checkpoint} ignored)" if args.checkpoint else ""), flush=True)
-            if publish is not None and learner.version > 0:
-                publish(learner.runtime.state_dict(), learner.version)  # a server that restarted serves it again
-        else:
-            runtime = load_policy(preset=None if args.checkpoint else "tiny", checkpoint=args.checkpoint or None,
-                                  device=args.device, dtype=args.dtype)
-            learner = Learner(runtime, cfg, **kw)
-        action_dim = learner.runtime.metadata["action_dim"]
-        if args.demos:
-            from vla_robot.rl.dataset import read_demonstrations
-
-            learner.demos = read_demonstrations(args.demos, learner.runtime)
+        learner = _make_learner(args, cfg, out_dir=args.out, publish=publish, log=log, note=note)
     except (ValueError, OSError) as e:
+        if publisher is not None:
+            publisher.close()
         print(f"learn: {e}", file=sys.stderr)
         return 2
     print(f"learn: version {learner.version}, preset {args.preset}: an update after every {cfg.batch_groups} complete "
@@ -245,25 +211,7 @@ def learn(args: argparse.Namespace) -> int:
               "teleop demonstrations, to learn from them instead)", flush=True)
     t0 = time.monotonic()
     try:
-        if not _wait_for_dataset(Path(args.dataset), args.idle_timeout):
-            print(f"learn: no dataset folder {args.dataset} within {args.idle_timeout:g} s; stopping", flush=True)
-            return 0
-        print(f"learn: reading {args.dataset} from episode {args.since} ({len(learner.consumed)} already used)",
-              flush=True)
-
-        def on_bad(index: int, reason: str) -> None:
-            learner.skipped["bad_episode"] += 1
-            note(f"skipped bad episode {index} ({learner.skipped['bad_episode']} so far): {reason}")
-
-        for episode in follow_dataset(args.dataset, action_dim, since=args.since, follow=True,
-                                      timeout=args.idle_timeout, on_bad=on_bad):
-            try:
-                learner.add(episode)
-            except ValueError as e:  # a malformed episode the reader let through: never a crash loop
-                learner.skipped["invalid"] += 1
-                note(f"episode {episode.episode_id} not used: {e}")
-                continue
-            learner.step()
+        _follow(args, learner, note)
     except KeyboardInterrupt:
         pass
     finally:
@@ -272,6 +220,68 @@ def learn(args: argparse.Namespace) -> int:
     print(f"learn: stopped at version {learner.version} after {time.monotonic() - t0:.0f} s; skipped "
           f"{dict(learner.skipped) or 'nothing'}", flush=True)
     return 0
+
+
+def _learn_config(args: argparse.Namespace):
+    """The GRPO hyper-parameters: the preset with --set, --mode and --intervened; checks --resume."""
+    from vla_robot.rl.config import preset
+
+    overrides = _parse_overrides(args.set)
+    if args.mode:
+        overrides["mode"] = args.mode
+    if args.intervened:
+        overrides["intervened"] = args.intervened
+    cfg = preset(args.preset, **overrides)
+    if args.resume and not Path(args.resume).is_dir():
+        raise ValueError(f"--resume {args.resume} is not a folder (expected a learner's OUT/checkpoint)")
+    return cfg
+
+
+def _make_learner(args: argparse.Namespace, cfg, **kw):
+    """The learner resumed from --resume or OUT/checkpoint, else new on --checkpoint (or the tiny preset)."""
+    from vla_robot.policy import load_policy
+    from vla_robot.rl.learner import Learner, find_checkpoint
+
+    resume = Path(args.resume) if args.resume else find_checkpoint(args.out)
+    if resume is not None:
+        learner = Learner.resume(resume, cfg, device=args.device, dtype=args.dtype, **kw)
+        print(f"learn: resuming from {resume}: version {learner.version}, {len(learner.consumed)} episodes "
+              "already used" + (f" (--checkpoint {args.checkpoint} ignored)" if args.checkpoint else ""), flush=True)
+        if kw["publish"] is not None and learner.version > 0:
+            kw["publish"](learner.runtime.state_dict(), learner.version)  # a server that restarted serves it again
+    else:
+        runtime = load_policy(preset=None if args.checkpoint else "tiny", checkpoint=args.checkpoint or None,
+                              device=args.device, dtype=args.dtype)
+        learner = Learner(runtime, cfg, **kw)
+    if args.demos:
+        from vla_robot.rl.dataset import read_demonstrations
+
+        learner.demos = read_demonstrations(args.demos, learner.runtime)
+    return learner
+
+
+def _follow(args: argparse.Namespace, learner, note) -> None:
+    """Feed the learner the recorder's episodes as they are saved, updating when groups complete."""
+    from vla_robot.rl.dataset import follow_dataset
+
+    if not _wait_for_dataset(Path(args.dataset), args.idle_timeout):
+        print(f"learn: no dataset folder {args.dataset} within {args.idle_timeout:g} s; stopping", flush=True)
+        return
+    print(f"learn: reading {args.dataset} from episode {args.since} ({len(learner.consumed)} already used)", flush=True)
+
+    def on_bad(index: int, reason: str) -> None:
+        learner.skipped["bad_episode"] += 1
+        note(f"skipped bad episode {index} ({learner.skipped['bad_episode']} so far): {reason}")
+
+    for episode in follow_dataset(args.dataset, learner.runtime.metadata["action_dim"], since=args.since, follow=True,
+                                  timeout=args.idle_timeout, on_bad=on_bad):
+        try:
+            learner.add(episode)
+        except ValueError as e:  # a malformed episode the reader let through: never a crash loop
+            learner.skipped["invalid"] += 1
+            note(f"episode {episode.episode_id} not used: {e}")
+            continue
+        learner.step()
 
 
 __all__ = ["rl_finetune_args", "rl_finetune", "learn_args", "learn"]
