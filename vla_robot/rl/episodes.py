@@ -18,6 +18,7 @@ import numpy as np
 
 from vla_robot.data import schema as S
 
+
 @dataclass
 class Step:
     """One chunk query: what the policy saw and what it sampled."""
