@@ -269,9 +269,9 @@ class Batcher:
             for job in batch:
                 groups.setdefault(job.options.key(), []).append(job)
             for jobs in groups.values():
-                self._predict(jobs, len(batch))
+                self._infer(jobs, len(batch))
 
-    def _predict(self, jobs: list[Job], batch_size: int) -> None:
+    def _infer(self, jobs: list[Job], batch_size: int) -> None:
         opts = jobs[0].options
         t0 = time.monotonic()
         try:
@@ -279,7 +279,7 @@ class Batcher:
         except Exception:  # noqa: BLE001
             if len(jobs) > 1:  # find the request that broke the batch; the others still get answers
                 for job in jobs:
-                    self._predict([job], batch_size)
+                    self._infer([job], batch_size)
                 return
             results = [self._failure()]
         model_ms = (time.monotonic() - t0) * 1e3
