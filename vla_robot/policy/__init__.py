@@ -6,12 +6,16 @@ need only numpy; the rest needs torch, imported when first used::
     from vla_robot.policy import load_policy
     runtime = load_policy(preset="tiny", seed=0)
     chunk = runtime.infer([{"images": {...}, "state": q, "instruction": "pick up the cube"}])[0]["actions"]
+
+``runtime`` is a :class:`Policy` (``vla_robot.policy.interface``), as the serving client is.
 """
 from __future__ import annotations
 
 import importlib
 
 _LAZY = {
+    "Policy": "vla_robot.policy.interface",
+    "AsyncPolicy": "vla_robot.policy.interface",
     "load_policy": "vla_robot.policy.runtime",
     "PolicyRuntime": "vla_robot.policy.runtime",
     "build_model": "vla_robot.policy.runtime",
