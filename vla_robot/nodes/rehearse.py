@@ -222,7 +222,8 @@ def warm_start(folder: Path, seed: int = 0) -> tuple[Path, Path]:
                    cubes=cfg.cubes)
     runtime = load_policy(preset="tiny", seed=seed)
     with tqdm(total=cfg.demos, desc="warm-up: expert demos", unit="ep", disable=None) as bar:
-        demos = [d for d in collect_demos(env, range(seed * 10_000, seed * 10_000 + cfg.demos), bar) if d["success"]]
+        demos = [d for d in collect_demos(env, range(seed * 10_000, seed * 10_000 + cfg.demos),
+                                          cfg.control_config().safety, bar) if d["success"]]
     with tqdm(total=cfg.sft_steps, desc="warm-up: SFT", unit="step", disable=None) as bar:
         sft_warmup(runtime, demos, cfg.sft_steps, cfg.sft_batch, cfg.sft_lr, seed, bar)
     write_demonstrations(demos, demos_root, list(env.robot.joint_names))

@@ -200,7 +200,6 @@ class PolicyRuntime:
             for i in range(len(batch))
         ]
 
-    predict = infer  # removed once rl/demo.py uses infer
 
     # --- statistics and weights ----------------------------------------------------------------
     def set_norm_stats(self, stats: Mapping[str, Any], norm_key: str = "") -> None:

@@ -33,18 +33,17 @@ def rl_finetune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=d.temperature, help="rollout temperature")
     parser.add_argument("--mode", choices=("rl", "sft", "hybrid"), default=d.mode)
     parser.add_argument("--time-budget", type=float, default=d.time_budget_s, help="seconds; later RL rounds are skipped to stay within")
-    parser.add_argument("--served", action=argparse.BooleanOptionalAction, default=d.served,
-                        help="roll out through a PolicyServer over ZMQ on 127.0.0.1 with hot-swapped versions (default on)")
-    parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=d.overlap,
-                        help="served: the learner updates while the next round rolls out (worth it on more than 2 cores)")
     parser.add_argument("--graph-episodes", type=int, default=d.graph_episodes,
                         help="after RL, run this many episodes through the rl_finetune ROS graph (0: none)")
-    parser.add_argument("--safety", action=argparse.BooleanOptionalAction, default=d.safety,
-                        help="every twin action through the control core's safety filter, as on the robot")
-    parser.add_argument("--velocity-scale", type=float, default=d.velocity_scale,
-                        help="safety filter: fraction of the arm's velocity limits")
-    parser.add_argument("--acceleration-scale", type=float, default=d.acceleration_scale,
-                        help="safety filter: fraction of the arm's acceleration limits")
+    parser.add_argument("--eval-every", type=int, default=d.eval_every,
+                        help="rounds between the periodic evaluations on the first --periodic-eval held-out starts")
+    parser.add_argument("--periodic-eval", type=int, default=d.periodic_eval,
+                        help="held-out starts in each periodic evaluation (the curve by labelled episodes)")
+    parser.add_argument("--max-labelled", type=int, default=d.max_labelled,
+                        help="stop RL once this many labelled rollouts were used (on a robot, episodes are what cost)")
+    parser.add_argument("--graph-config", default=d.graph_config,
+                        help="the parameter file whose policy_node control (executor, safety filter) every twin "
+                             "episode runs through (default config/rl_finetune.yaml, the robot's)")
     parser.add_argument("--episode-s", type=float, default=d.episode_s, help="twin episode length, seconds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -63,9 +62,9 @@ def rl_finetune(args: argparse.Namespace) -> int:
                            group_size=args.group_size, demos=args.demos, sft_steps=args.sft_steps,
                            eval_episodes=args.eval_episodes, eval_mode=args.eval_mode, temperature=args.temperature,
                            extra_eval_mode=args.extra_eval_mode, lr=args.lr,
-                           mode=args.mode, time_budget_s=args.time_budget, served=args.served,
-                           graph_episodes=args.graph_episodes, overlap=args.overlap, safety=args.safety,
-                           velocity_scale=args.velocity_scale, acceleration_scale=args.acceleration_scale,
+                           mode=args.mode, time_budget_s=args.time_budget, graph_episodes=args.graph_episodes,
+                           eval_every=args.eval_every, periodic_eval=args.periodic_eval,
+                           max_labelled=args.max_labelled, graph_config=args.graph_config,
                            episode_s=args.episode_s, progress=not args.no_progress)
     try:
         cfg.validate()

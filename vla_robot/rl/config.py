@@ -137,30 +137,25 @@ class RLFinetuneConfig:
     eval_episodes: int = 100            # held-out start states, before and after
     eval_mode: Literal["greedy", "sample"] = "sample"   # sample: at the rollout temperature, what GRPO optimises
     extra_eval_mode: Literal["", "greedy", "sample"] = "greedy"  # also reported (same start states), "" for none
+    eval_every: int = 3                 # rounds between the periodic evaluations (the curve by labelled episodes)
+    periodic_eval: int = 50             # of the held-out starts, the first this many in each periodic evaluation
+    max_labelled: int = 2500            # no new round once this many labelled rollouts were used
     time_budget_s: float = 870.0        # no new RL round once it would push the run (with the final eval) past this
     threads: int = 1
-    served: bool = True                 # roll out through PolicyServer/PolicyClient over ZMQ, hot-swapping versions
-    overlap: bool = False               # served: the learner updates while the next round rolls out (staleness 1);
-                                        # on 2 cores the two compete and it gains little, on more cores turn it on
-    graph_episodes: int = 4             # then this many episodes through the rl_finetune ROS graph (needs served); 0: none
-    # True: every twin action (rollouts, evaluations) passes the control core's SafetyFilter, as every
-    # command of policy_node does before the arm; the graph episodes use the same limits (fractions of
-    # the arm's). Off by default: the tiny policy's sampled targets jump about 3x further per tick than
-    # the arm's velocity limit, filtered it starts at 7% and gained +12 / -8 points in two 15-minute runs.
-    safety: bool = False
-    velocity_scale: float = 1.0
-    acceleration_scale: float = 1.0
+    graph_episodes: int = 20            # then this many episodes through the rl_finetune ROS graph; 0: none
+    # the graph whose policy_node control (executor, safety filter, watchdog) every twin episode runs
+    # through: the robot's own parameter file
+    graph_config: str = ""              # "" : config/rl_finetune.yaml
     progress: bool = True
 
-    def safety_limits(self):
-        """The SafetyConfig of the graph's policy_node, and of the twin rollouts when ``safety``."""
-        from vla_robot.control.config import SafetyConfig  # dataclasses only, no ROS
+    def control_config(self):
+        """policy_node's ControlConfig in the rl_finetune graph's parameter file: what the robot runs."""
+        from vla_robot.bringup import parameter_files
+        from vla_robot.config import load_node_config
+        from vla_robot.nodes.config import PolicyNodeConfig
 
-        return SafetyConfig(velocity_scale=self.velocity_scale, acceleration_scale=self.acceleration_scale)
-
-    def safety_config(self):
-        """What the twin rollouts filter with: :meth:`safety_limits`, or None with safety off."""
-        return self.safety_limits() if self.safety else None
+        path = parameter_files("rl_finetune", config=self.graph_config or None)[0]
+        return load_node_config(PolicyNodeConfig, path, "policy_node").control
 
     def validate(self) -> None:
         if self.graph_episodes < 0:
@@ -177,9 +172,9 @@ class RLFinetuneConfig:
             raise ValueError(f"cubes must be 1..{len(cubes)} (the {self.task} task's {', '.join(cubes)}), got {self.cubes}")
         if self.image_size < 14:
             raise ValueError(f"image_size must be >= 14 pixels, got {self.image_size}")
-        # the graph's policy_node takes the scales even with safety off: a scale outside (0, 1] is an error
-        # either way, in SafetyConfig's own words
-        self.safety_limits().validate()
+        if self.eval_every < 1 or not 1 <= self.periodic_eval <= self.eval_episodes or self.max_labelled < 1:
+            raise ValueError(f"eval_every must be >= 1, periodic_eval in 1..eval_episodes ({self.eval_episodes}) and "
+                             f"max_labelled >= 1; got {self.eval_every}, {self.periodic_eval}, {self.max_labelled}")
         if not (self.temperature > 0 and self.lr > 0 and self.sft_lr > 0):
             raise ValueError("temperature, lr and sft_lr must be > 0")
         if self.eval_mode not in ("greedy", "sample") or self.extra_eval_mode not in ("", "greedy", "sample"):
