@@ -220,7 +220,7 @@ def warm_start(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     torch.manual_seed(seed)
     env = make_env(cfg.task, seed=seed, image_size=(cfg.image_size, cfg.image_size), episode_s=cfg.episode_s,
                    cubes=cfg.cubes)
-    runtime = load_policy(preset="tiny", seed=seed)
+    runtime = load_policy(preset="tiny", seed=seed, overrides={"action_space": cfg.action_space})
     with tqdm(total=cfg.demos, desc="warm-up: expert demos", unit="ep", disable=None) as bar:
         demos = [d for d in collect_demos(env, range(seed * 10_000, seed * 10_000 + cfg.demos),
                                           cfg.control_config().safety, bar) if d["success"]]

@@ -81,6 +81,12 @@ class PolicyModelConfig:
     proprio_dim: int = 8  # 0: no proprio token
     cameras: list[str] = field(default_factory=lambda: ["full_image", "wrist_image"])
     normalization: Literal["bounds_q99", "bounds"] = "bounds_q99"
+    # What an action token stands for. absolute: a joint target (OFT's ALOHA, LIBERO's EEF deltas are
+    # already deltas in the data). delta: the change from the previous target of the chunk (the first
+    # from the observed state), so a chunk's targets are state + cumulative sum: sampled tokens then
+    # move the arm by small steps inside the statistics' range instead of jumping between targets.
+    # Needs proprio_dim == action_dim (the state is the anchor).
+    action_space: Literal["absolute", "delta"] = "absolute"
     norm_key: str = ""  # "" = the only key of the statistics
     center_crop: bool = True  # the 90%-area centre crop OFT's training augmentation implies
     jpeg_roundtrip: bool = True  # resize_image_for_policy: JPEG encode/decode before the resize
@@ -94,6 +100,9 @@ class PolicyModelConfig:
             raise ValueError("chunk_size and action_dim must be >= 1")
         if self.proprio_dim < 0:
             raise ValueError("proprio_dim must be >= 0 (0 = no proprio)")
+        if self.action_space == "delta" and self.proprio_dim != self.action_dim:
+            raise ValueError(f"action_space 'delta' adds the actions to the observed state: it needs proprio_dim == "
+                             f"action_dim, got {self.proprio_dim} and {self.action_dim}")
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"cameras must be a non-empty list of distinct names, got {self.cameras}")
 

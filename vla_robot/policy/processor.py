@@ -77,18 +77,48 @@ class PolicyProcessor:
     def normalize_state(self, state: np.ndarray) -> np.ndarray:
         return normalization.normalize(state, self._entry()["proprio"], self.cfg.normalization)
 
-    def actions_to_tokens(self, actions: np.ndarray) -> np.ndarray:
-        """Raw actions ``[..., chunk, action_dim]`` → token ids ``[..., chunk·action_dim]`` (demonstrations)."""
+    def to_model_actions(self, actions: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
+        """Raw joint targets ``[..., chunk, action_dim]`` → what the model predicts (``cfg.action_space``):
+        the same for ``absolute``; per-step changes for ``delta``, the first from ``states`` ``[..., proprio_dim]``."""
+        a = np.asarray(actions, np.float64)
+        if self.cfg.action_space == "absolute":
+            return a
+        s = self._anchor(states, a.shape[:-2])
+        return a - np.concatenate([s[..., None, :], a[..., :-1, :]], axis=-2)
+
+    def from_model_actions(self, actions: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
+        """The inverse of :meth:`to_model_actions`: model actions → joint targets."""
+        a = np.asarray(actions, np.float64)
+        if self.cfg.action_space == "absolute":
+            return a
+        return self._anchor(states, a.shape[:-2])[..., None, :] + np.cumsum(a, axis=-2)
+
+    def _anchor(self, states, lead: tuple) -> np.ndarray:
+        if states is None:
+            raise ValueError("action_space 'delta' needs the observed states (the anchor of each chunk)")
+        s = np.asarray(states, np.float64)
+        if s.shape != (*lead, self.cfg.action_dim):
+            raise ValueError(f"states have shape {s.shape}; expected {(*lead, self.cfg.action_dim)} (one per chunk)")
+        return s
+
+    def actions_to_tokens(self, actions: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
+        """Raw actions ``[..., chunk, action_dim]`` → token ids ``[..., chunk·action_dim]`` (demonstrations).
+        ``states``: the observed state of each chunk, needed with ``action_space: delta``."""
         a = np.asarray(actions, np.float64)
         if a.shape[-2:] != (self.cfg.chunk_size, self.cfg.action_dim):
             raise ValueError(f"actions have shape {a.shape}; expected [..., {self.cfg.chunk_size}, {self.cfg.action_dim}] (chunk, action_dim)")
-        return action_tokenizer.encode(self.normalize_actions(a)).reshape(*a.shape[:-2], -1)
+        normalized = self.normalize_actions(self.to_model_actions(a, states))
+        return action_tokenizer.encode(normalized).reshape(*a.shape[:-2], -1)
 
-    def tokens_to_actions(self, tokens: np.ndarray) -> np.ndarray:
+    def decode_actions(self, normalized: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
+        """Normalised model actions ``[..., chunk, action_dim]`` → raw joint targets (float32)."""
+        return self.from_model_actions(self.unnormalize_actions(normalized), states).astype(np.float32)
+
+    def tokens_to_actions(self, tokens: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
         """Token ids ``[..., chunk·action_dim]`` → raw actions ``[..., chunk, action_dim]`` (float32)."""
         t = np.asarray(tokens)
         n = action_tokenizer.decode(t).reshape(*t.shape[:-1], self.cfg.chunk_size, self.cfg.action_dim)
-        return self.unnormalize_actions(n).astype(np.float32)
+        return self.decode_actions(n, states)
 
     # --- observations → batch -------------------------------------------------------------------
     def images(self, observation: Mapping[str, Any], index: int = 0) -> np.ndarray:

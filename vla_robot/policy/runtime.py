@@ -137,6 +137,7 @@ class PolicyRuntime:
             "image_size": c.vision.image_size,
             "norm_key": self.processor.norm_key,
             "head": c.head,
+            "action_space": c.action_space,
             "version": self.version,
             "model": c.name,
             "dtype": self.dtype,  # the on-policy record keeps it: the learner refuses to recompute in another
@@ -188,7 +189,10 @@ class PolicyRuntime:
                 tok, lp = self.model.sample_tokens(batch, mode, float(temperature), generator)
                 tokens, logprobs = tok.cpu().numpy(), lp.float().cpu().numpy()
                 normalized = action_tokenizer.decode(tokens).reshape(len(batch), self.cfg.chunk_size, self.cfg.action_dim)
-        actions = self.processor.unnormalize_actions(normalized).astype(np.float32)
+        states = None
+        if self.cfg.action_space != "absolute":
+            states = np.stack([np.asarray(o["state"], np.float64).reshape(-1) for o in observations])
+        actions = self.processor.decode_actions(normalized, states)
         give = return_tokens and tokens is not None
         return [
             {

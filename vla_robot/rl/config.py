@@ -120,10 +120,11 @@ class RLFinetuneConfig:
     cubes: int = 1                      # cubes on the table (reach: 1..3); 3: tell the named one from two others
     preset: str = "tiny"                # GRPO hyper-parameters (PRESETS); the fields below override it
     image_size: int = 64
+    action_space: Literal["absolute", "delta"] = "delta"   # the policy's actions (PolicyModelConfig.action_space)
     episode_s: float = 2.0              # twin episode length (the expert needs ~0.5 s)
     seed: int = 0
     demos: int = 150                    # scripted-expert episodes for the SFT warm-up
-    sft_steps: int = 400                # short on purpose: the SFT policy should succeed only sometimes
+    sft_steps: int = 600                # short on purpose: the SFT policy should succeed only sometimes
     sft_batch: int = 32
     sft_lr: float = 2e-3
     group_size: int = 8
@@ -170,6 +171,8 @@ class RLFinetuneConfig:
         cubes = TASK_CUBES[self.task]
         if not 1 <= self.cubes <= len(cubes):
             raise ValueError(f"cubes must be 1..{len(cubes)} (the {self.task} task's {', '.join(cubes)}), got {self.cubes}")
+        if self.action_space not in ("absolute", "delta"):
+            raise ValueError(f"action_space must be 'absolute' or 'delta', got {self.action_space!r}")
         if self.image_size < 14:
             raise ValueError(f"image_size must be >= 14 pixels, got {self.image_size}")
         if self.eval_every < 1 or not 1 <= self.periodic_eval <= self.eval_episodes or self.max_labelled < 1:

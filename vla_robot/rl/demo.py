@@ -91,12 +91,14 @@ def sft_warmup(runtime, demos: Sequence[dict], steps: int, batch_size: int, lr: 
     """Set the dataset statistics from the demonstrations and train OFT's token loss on them."""
     from vla_robot.policy.normalization import compute_statistics
 
-    h = runtime.metadata["chunk_size"]
-    actions = np.concatenate([d["actions"] for d in demos])
-    states = np.concatenate([np.stack([o["state"] for o in d["observations"]]) for d in demos])
-    runtime.processor.set_norm_stats(compute_statistics(actions, states, num_trajectories=len(demos)), "twin_reach")
+    h, d = runtime.metadata["chunk_size"], runtime.metadata["action_dim"]
     obs, chunks = demo_chunks(demos, h)
-    tokens = torch.from_numpy(runtime.processor.actions_to_tokens(chunks))
+    anchors = np.stack([o["state"] for o in obs])  # each chunk's observed state (the delta action space's anchor)
+    # statistics of what the model predicts (joint targets, or their per-step changes)
+    actions = runtime.processor.to_model_actions(chunks, anchors).reshape(-1, d)
+    states = np.concatenate([np.stack([o["state"] for o in dm["observations"]]) for dm in demos])
+    runtime.processor.set_norm_stats(compute_statistics(actions, states, num_trajectories=len(demos)), "twin_reach")
+    tokens = torch.from_numpy(runtime.processor.actions_to_tokens(chunks, anchors))
     batch = runtime.batch(obs)  # preprocess every frame once
     model = runtime.model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
@@ -323,7 +325,7 @@ def run(cfg: RLFinetuneConfig, out_dir: str | Path, *, log: Callable[[str], None
     control = cfg.control_config()
     envs = [make_env(cfg.task, seed=cfg.seed + i, image_size=(cfg.image_size, cfg.image_size), episode_s=cfg.episode_s,
                      cubes=cfg.cubes) for i in range(cfg.group_size)]
-    runtime = load_policy(preset="tiny", seed=cfg.seed)
+    runtime = load_policy(preset="tiny", seed=cfg.seed, overrides={"action_space": cfg.action_space})
     demos, sft_losses = warm_up(cfg, envs[0], runtime, control, timings, log)
     with served(cfg, runtime, out, log) as (policy, publish, address):
         evaluation = Evaluation(cfg, envs, policy, control)

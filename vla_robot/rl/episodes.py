@@ -99,7 +99,7 @@ def demo_episodes(demos: Sequence[dict], runtime) -> dict[str, list[Episode]]:
     for dm in demos:
         task = dm["observations"][0]["instruction"]
         obs, acts = demo_chunks([dm], h, every=h)
-        toks = runtime.processor.actions_to_tokens(acts)
+        toks = runtime.processor.actions_to_tokens(acts, np.stack([o["state"] for o in obs]))
         # every action of every chunk is a target, the last one repeated past the demo's end included
         ids = np.arange(len(toks))
         executed = S.executed_mask(np.repeat(ids, h), np.tile(np.arange(h), len(ids)),
