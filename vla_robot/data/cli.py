@@ -58,6 +58,8 @@ def dataset(args) -> int:
 
 # --------------------------------------------------------------------------------- graph commands
 def _common_args(p: argparse.ArgumentParser, default_root: str) -> None:
+    from vla_robot.twin.robots import DEFAULT_ROBOT, ROBOT_NAMES
+
     p.add_argument("--sim", action="store_true", help="the MuJoCo twin is the robot, cameras and success check")
     p.add_argument("--episodes", type=int, default=5, help="episodes to run (evaluate: per task; default 5)")
     p.add_argument("--root", default=default_root, help=f"dataset folder (default {default_root}); resumed if it exists")
@@ -67,7 +69,7 @@ def _common_args(p: argparse.ArgumentParser, default_root: str) -> None:
     p.add_argument("--instruction", default="",
                    help="the WORDS the policy reads, e.g. 'touch the red cube' (default: the twin scene's own; "
                         "robot: the task's text)")
-    p.add_argument("--robot", default="so101", choices=("so101", "panda"))
+    p.add_argument("--robot", default=DEFAULT_ROBOT, choices=ROBOT_NAMES)
     p.add_argument("--config", default=None, help="parameter file instead of config/<graph>.yaml")
     p.add_argument("--max-duration", type=float, default=None, help="episode timeout in seconds (sim: sim seconds)")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many wall seconds in all")

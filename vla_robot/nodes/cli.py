@@ -21,10 +21,11 @@ import time
 
 def launch_args(parser: argparse.ArgumentParser) -> None:
     from vla_robot.bringup import ARM_DRIVERS, GRAPHS
+    from vla_robot.twin.robots import DEFAULT_ROBOT, ROBOT_NAMES
 
     parser.add_argument("graph", choices=GRAPHS, help="which node graph to run")
     parser.add_argument("--sim", action="store_true", help="the MuJoCo twin is the arm, the cameras and the success check")
-    parser.add_argument("--robot", default="so101", choices=("so101", "panda"))
+    parser.add_argument("--robot", default=DEFAULT_ROBOT, choices=ROBOT_NAMES)
     parser.add_argument("--arm-driver", default="lerobot", choices=ARM_DRIVERS)
     parser.add_argument("--policy-server", default="", help="ZMQ address of a running policy server")
     parser.add_argument("--serve", default=None, metavar="PRESET_OR_DIR",

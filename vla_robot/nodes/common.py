@@ -70,7 +70,7 @@ TWIN_EVENTS = "twin/events"  # String JSON: reset_done (EPISODE_EVENT_QOS)
 SCENE_READY = "scene/ready"  # String JSON {episode, start_condition, start_id, instruction}, latched
 SCENE_SUCCESS = "scene/success"  # Bool at ~10 Hz: the twin's success check of the current scene
 TWIN_SUCCESS = "twin/success"  # Bool, every sim step: the task's success check
-TWIN_DIVERGENCE = "twin/divergence"  # Float64MultiArray (mirror mode): per-joint real - twin
+TWIN_DIVERGENCE = "twin/divergence"  # Float64MultiArray (mirror mode): per-joint shadow twin - measured (rad)
 ESTOP = "estop"  # Bool, latched
 DIAGNOSTICS = "/diagnostics"
 

@@ -2,7 +2,7 @@
 
 Each composes the package configs; see vla_robot/config.py for the loader and NODE_CONFIGS.
 Nested dataclasses are nested mappings in YAML and dotted ROS parameters (``control.safety.velocity_scale``).
-Standard library only.
+No ROS and no MuJoCo: the robot names come from the registry (:mod:`vla_robot.twin.robots`, numpy only).
 """
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from vla_robot.control.config import ControlConfig, SafetyConfig
+from vla_robot.twin.robots import DEFAULT_ROBOT, ROBOT_NAMES, check_robot
 
-ROBOTS = ("so101", "panda")
+# The registry's names, kept under the name callers read here (tests/test_robot_registry.py).
+ROBOTS = ROBOT_NAMES
 EPISODE_MODES = ("record", "evaluate", "rl")
 
 
@@ -21,17 +23,12 @@ def _positive(name: str, value: float, unit: str) -> None:
         raise ValueError(f"{name} must be a finite number > 0 ({unit}), got {value!r}")
 
 
-def _robot(robot: str) -> None:
-    if robot not in ROBOTS:
-        raise ValueError(f"robot must be one of {', '.join(ROBOTS)}, got {robot!r}")
-
-
 @dataclass
 class PolicyNodeConfig:
     """policy_node: asks the policy server for chunks and drives the arm through the safety filter."""
 
     policy_server: str = "tcp://127.0.0.1:5555"
-    robot: str = "so101"
+    robot: str = DEFAULT_ROBOT
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     # Instruction used when the episode manager gives none.
     instruction: str = ""
@@ -54,7 +51,7 @@ class PolicyNodeConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
 
     def validate(self) -> None:
-        _robot(self.robot)
+        check_robot(self.robot)
         if not self.policy_server.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError(
                 f"policy_server must be a ZMQ address like tcp://127.0.0.1:5555, got '{self.policy_server}'"
@@ -100,7 +97,7 @@ class ArmNodeConfig:
     """arm_node: bridges a lerobot arm (or the twin) to ``joint_states`` and the ``arm/command`` input."""
 
     backend: str = "lerobot"
-    robot: str = "so101"
+    robot: str = DEFAULT_ROBOT
     # backend options, checked by the backend's config class (vla_robot/drivers)
     options: dict = field(default_factory=dict)
     state_hz: float = 30.0
@@ -111,7 +108,7 @@ class ArmNodeConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def validate(self) -> None:
-        _robot(self.robot)
+        check_robot(self.robot)
         _positive("state_hz", self.state_hz, "Hz")
         if not (math.isfinite(self.command_timeout_s) and self.command_timeout_s >= 0):
             raise ValueError(f"command_timeout_s must be >= 0 seconds, got {self.command_timeout_s}")
@@ -122,7 +119,7 @@ class TeleopNodeConfig:
     """teleop_node: keyboard (terminal, headless), gamepad or a lerobot leader arm."""
 
     device: Literal["keyboard", "gamepad", "leader", "none"] = "keyboard"
-    robot: str = "so101"
+    robot: str = DEFAULT_ROBOT
     rate_hz: float = 30.0
     # keyboard / gamepad: joint step per key press or per second of full stick (radians)
     step: float = 0.05
@@ -135,7 +132,7 @@ class TeleopNodeConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def validate(self) -> None:
-        _robot(self.robot)
+        check_robot(self.robot)
         _positive("rate_hz", self.rate_hz, "Hz")
         _positive("step", self.step, "radians")
 
@@ -219,7 +216,7 @@ class TwinNodeConfig:
     arm_node with backend twin run in this process)."""
 
     mode: Literal["sim", "mirror", "scene"] = "sim"
-    robot: str = "so101"
+    robot: str = DEFAULT_ROBOT
     task: str = "reach"
     cubes: int = 0  # cubes on the table (reach 1..3, pick_place 1..2); 0 = all of the task's
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
@@ -235,7 +232,7 @@ class TwinNodeConfig:
     session: str = "default"
 
     def validate(self) -> None:
-        _robot(self.robot)
+        check_robot(self.robot)
         from vla_robot.twin.config import check_twin_task
 
         check_twin_task(self.task)  # the scene: words meant for the policy are an instruction

@@ -13,6 +13,8 @@ import time
 import mujoco
 import numpy as np
 
+from vla_robot.twin.robots import DEFAULT_ROBOT
+
 __all__ = ["run_bench"]
 
 
@@ -48,7 +50,9 @@ def _render_fps(robot: str, size: int, reduced: bool, min_time: float) -> float:
     task.bind(m)
     task.apply(m, d, task.sample(0))
     for name, q in zip(rs.joint_names, rs.home):
-        if name != "gripper" or robot == "so101":
+        # a joint the model names otherwise stands for a linkage (the Panda's gripper driver): one
+        # qpos cannot pose it, so it stays at the model's default
+        if name not in rs.model.joints:
             d.qpos[m.joint(name).qposadr[0]] = q
     mujoco.mj_forward(m, d)
     r = mujoco.Renderer(m, size, size)
@@ -65,7 +69,7 @@ def _render_fps(robot: str, size: int, reduced: bool, min_time: float) -> float:
         r.close()
 
 
-def run_bench(robot: str = "so101", sizes=(64, 128, 224), quick: bool = False, out=print) -> dict:
+def run_bench(robot: str = DEFAULT_ROBOT, sizes=(64, 128, 224), quick: bool = False, out=print) -> dict:
     """Measure and print; returns the figures as a dict."""
     from vla_robot.twin.env import make_env
     from vla_robot.twin.mirror import Mirror
