@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from .schema import CONTROL_POLICY, CONTROL_TELEOP, Schema
+from .schema import CONTROL_POLICY, CONTROL_TELEOP, Label, Schema
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ class RecordingSession:
         elif kind in ("save", "discard") and self._rec_open:
             self._rec_open = False
             if kind == "save" and rec.stats.episode_frames > 0:
-                fut = rec.save_episode(ev.get("label", "unlabelled"), timeout_reached=end_reason == "timeout",
+                fut = rec.save_episode(ev.get("label", Label.UNLABELLED), timeout_reached=end_reason == "timeout",
                                        meta={"label_source": ev.get("label_source"), "end_reason": end_reason},
                                        records=ev.get("records"), wait=False)
                 fut.add_done_callback(self._saved)

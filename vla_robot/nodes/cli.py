@@ -115,6 +115,7 @@ def launch(args: argparse.Namespace) -> int:
 def _launch_processes(args, overrides: dict) -> int:
     """The graph with a process per node (and the server, with --serve), until Ctrl-C or --episodes are done."""
     from vla_robot.bringup import graph
+    from vla_robot.data.schema import Label
     from vla_robot.nodes.processes import ProcessGraph, start_server
     from vla_robot.nodes.runner import with_overrides
 
@@ -153,7 +154,7 @@ def _launch_processes(args, overrides: dict) -> int:
         saves = [e for e in watch.events if e["type"] == "save"]
         for e in saves:
             print(f"episode {e['episode']}: {e['label']} ({e.get('label_source', '')}), start {e.get('start_condition')}")
-        print(f"{sum(e['label'] == 'success' for e in saves)}/{len(saves)} successful")
+        print(f"{sum(e['label'] == Label.SUCCESS for e in saves)}/{len(saves)} successful")
         return 1 if bad or not watch.done.is_set() else 0
     return 1 if bad else 0
 

@@ -31,6 +31,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
+from vla_robot.data.schema import Label
 from vla_robot.nodes import common, convert
 
 
@@ -140,10 +141,10 @@ class StandinPerson(common.ConfiguredNode):
             self.labelled += 1
             self._write({"action": "label", "episode": episode, "label": label})
 
-    def _label(self, succeeded: bool) -> str:
+    def _label(self, succeeded: bool) -> Label:
         if self.config.labels == "alternate":
-            return "success" if self.labelled % 2 == 0 else "failure"
-        return "success" if succeeded else "failure"
+            return Label.of(self.labelled % 2 == 0)
+        return Label.of(bool(succeeded))
 
     def _call(self, client, action: str, episode: int) -> None:
         if not client.service_is_ready():

@@ -12,10 +12,12 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from vla_robot.data.schema import Label
+
 KEYS = (
     ("SPACE", "start / confirm reset"),
-    ("s", "success"),
-    ("f", "failure"),
+    ("s", Label.SUCCESS),
+    ("f", Label.FAILURE),
     ("d", "discard"),
     ("x", "stop"),
     ("t", "take over / hand back"),
@@ -97,7 +99,7 @@ class Console:
                 self.running, self.waiting_label = False, None
                 label = ev.get("label")
                 v = self.episode_version if self.episode_version is not None else self.version
-                if label in ("success", "failure"):
+                if label in (Label.SUCCESS, Label.FAILURE):  # Tally counts each under its name
                     setattr(self.by_version[v], label, getattr(self.by_version[v], label) + 1)
                 self.last = f"episode {n} saved as {label} ({ev.get('label_source', '?')})"
                 self.phase = "idle: SPACE starts the next episode"
@@ -167,7 +169,7 @@ class Console:
             if k in (" ", "\n", "\r"):
                 return Command("service", "start")
             if k in ("s", "f"):
-                label = "success" if k == "s" else "failure"
+                label = Label.SUCCESS if k == "s" else Label.FAILURE
                 if self.waiting_label is None:
                     self.message = (f"no episode waits for its label (episode {self.episode} is running: x stops it)"
                                     if self.running else "no episode waits for its label")

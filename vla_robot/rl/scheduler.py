@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
+from vla_robot.data.schema import Label
+
 
 @dataclass
 class _Group:
@@ -52,16 +54,21 @@ class GroupScheduler:
         return g.task, g.start
 
     def record(self, task: str, start: Hashable, label: int | None) -> bool:
-        """Report an outcome (1, 0, or None for discarded/unlabelled). True when it completed its group."""
+        """Report an outcome as :attr:`Label.reward` (1, 0, or None for discarded/unlabelled).
+
+        True when it completed its group."""
         g = next((g for g in self._open if g.task == task and g.start == start), None)
         if g is None:
             raise ValueError(f"record: no open group for task {task!r} start {start!r}; ask next() first")
         g.pending = max(0, g.pending - 1)
-        if label is None:
+        try:
+            reward = Label.from_reward(label).reward
+        except ValueError:
+            raise ValueError(f"record: label must be 1, 0 or None (discarded), as Label.reward gives, "
+                             f"got {label!r}") from None
+        if reward is None:
             return False
-        if label not in (0, 1):
-            raise ValueError(f"record: label must be 1, 0 or None (discarded), got {label!r}")
-        g.outcomes.append(int(label))
+        g.outcomes.append(reward)
         if len(g.outcomes) >= self.group_size:
             self._open.remove(g)
             self.completed.append((g.task, g.start, g.outcomes))
