@@ -33,17 +33,6 @@ def test_demonstrations_become_successful_episodes_whose_every_chunk_is_a_target
     ep.validate()
 
 
-def test_the_chunk_mask_is_the_recorded_frames_mask():
-    """rl.episodes.executed_mask (kept for rl/rollout.py) is data.schema.executed_mask of a chunk whose
-    first n actions ran under the policy."""
-    for n in range(5):
-        frames = S.executed_mask([7] * n, range(n), [S.CONTROL_POLICY] * n, [7], 4, 3)[0]
-        np.testing.assert_array_equal(E.executed_mask(n, 4, 3), frames)
-    assert E.executed_mask(2, 4, 3).tolist() == [True] * 6 + [False] * 6
-    with pytest.raises(ValueError, match="n_executed must be in"):
-        E.executed_mask(5, 4, 3)
-
-
 def test_an_episode_with_a_label_outside_the_encoding_is_refused():
     step = E.Step({}, np.zeros(6, np.int64), np.zeros(6, np.float32), np.ones(6, bool))
     for label in (1, 0, None):

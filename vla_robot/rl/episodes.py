@@ -69,17 +69,6 @@ class Episode:
                 )
 
 
-def executed_mask(n_executed: int, chunk_size: int, action_dim: int) -> np.ndarray:
-    """Token mask of one chunk of which the first ``n_executed`` actions were executed.
-
-    Kept only for :mod:`vla_robot.rl.rollout` until it records per-frame chunk id/step/control and
-    calls :func:`vla_robot.data.schema.executed_mask` itself; then delete it."""
-    if not 0 <= n_executed <= chunk_size:
-        raise ValueError(f"n_executed must be in [0, {chunk_size}] (actions of the chunk), got {n_executed}")
-    return S.executed_mask(np.zeros(n_executed, np.int64), np.arange(n_executed), np.full(n_executed, S.CONTROL_POLICY),
-                           [0], chunk_size, action_dim)[0]
-
-
 def demo_chunks(demos: Sequence[dict], chunk: int, every: int = 1) -> tuple[list[dict], np.ndarray]:
     """(observation, the next ``chunk`` expert actions, the last one repeated past the end) pairs."""
     obs, acts = [], []
