@@ -58,7 +58,12 @@ def test_launch_argument_help_graph_and_node_configs_agree_with_the_registry():
         assert bringup.graph("twin", use_sim=True, robot=name)
     from vla_robot.nodes import config as node_config
 
-    assert tuple(node_config.ROBOTS) == ROBOT_NAMES
+    from vla_robot.config import ConfigError, from_dict
+
+    for name in ROBOT_NAMES:  # the node configs take every registered robot, and refuse others by the registry
+        assert from_dict(node_config.ArmNodeConfig, {"robot": name}).robot == name
+    with pytest.raises((ConfigError, ValueError), match="unknown robot 'ur5'; known robots: panda, so101"):
+        from_dict(node_config.ArmNodeConfig, {"robot": "ur5"})
 
 
 def test_per_robot_tables_of_tasks_scene_and_models_cover_the_registry():

@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from vla_robot.control.config import ControlConfig, SafetyConfig
-from vla_robot.twin.robots import DEFAULT_ROBOT, ROBOT_NAMES, check_robot
+from vla_robot.twin.robots import DEFAULT_ROBOT, check_robot
 
-# The registry's names, kept under the name callers read here (tests/test_robot_registry.py).
-ROBOTS = ROBOT_NAMES
 EPISODE_MODES = ("record", "evaluate", "rl")
 
 
