@@ -112,6 +112,7 @@ class GraphRunner:
         scheduler: Any = None,
         threads: int = 4,
         domain_id: int | None = None,
+        log_level: str | None = None,
     ):
         self.specs = [s for s in graph(graph_name, use_sim=sim, robot=robot, arm_driver=arm_driver,
                                        policy_server=policy_server, task=task, config=config,
@@ -128,6 +129,7 @@ class GraphRunner:
         self.scheduler = scheduler
         self.threads = threads
         self.domain_id = domain_id
+        self.log_level = log_level  # the nodes' ROS log level ("warn": only what needs a look); None: ROS's default
         self.context: rclpy.Context | None = None
         self.executor: MultiThreadedExecutor | None = None
         self.nodes: dict[str, Node] = {}
@@ -141,7 +143,8 @@ class GraphRunner:
     # --- life cycle -----------------------------------------------------------------------------
     def start(self) -> "GraphRunner":
         self.context = rclpy.Context()
-        init_kw = {"context": self.context, "args": []}
+        init_kw = {"context": self.context,
+                   "args": ["--ros-args", "--log-level", self.log_level] if self.log_level else []}
         if self.domain_id is not None:
             init_kw["domain_id"] = self.domain_id
         rclpy.init(**init_kw)

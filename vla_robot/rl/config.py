@@ -143,7 +143,7 @@ class RLFinetuneConfig:
     max_labelled: int = 2500            # no new round once this many labelled rollouts were used
     time_budget_s: float = 870.0        # no new RL round once it would push the run (with the final eval) past this
     threads: int = 1
-    graph_episodes: int = 20            # then this many episodes through the rl_finetune ROS graph; 0: none
+    graph_episodes: int = 12            # then this many episodes through the rl_finetune ROS graph; 0: none
     # the graph whose policy_node control (executor, safety filter, watchdog) every twin episode runs
     # through: the robot's own parameter file
     graph_config: str = ""              # "" : config/rl_finetune.yaml

@@ -40,7 +40,7 @@ from vla_robot.rl.learner import Learner
 from vla_robot.rl.rollout import policy_observation, rollout, rollout_group
 
 EVAL_SEED_OFFSET = 1_000_000  # held-out start states: seeds from here on; training seeds below
-GRAPH_START_S, GRAPH_EPISODE_S = 15.0, 4.0  # the ROS graph phase on the 2-core CPU: start-up, per episode
+GRAPH_START_S, GRAPH_EPISODE_S = 15.0, 9.0  # the ROS graph phase on the 2-core CPU: start-up, per episode (measured)
 
 
 def rate(episodes: Sequence[Episode]) -> dict:
@@ -242,7 +242,7 @@ def graph_episodes(cfg: RLFinetuneConfig, policy_server: str, root: Path, first_
         return EpisodeRequest(task=cfg.task, seed=first_seed + i)
 
     with GraphRunner("rl_finetune", sim=True, task=cfg.task, policy_server=policy_server, overrides=overrides,
-                     exclude=("teleop_node",), domain_id=domain, scheduler=fresh_starts) as g:
+                     exclude=("teleop_node",), domain_id=domain, scheduler=fresh_starts, log_level="warn") as g:
         results = g.record_episodes(cfg.graph_episodes, timeout_s=timeout_s)
         control = g.nodes["policy_node"].controller.report()
         used = g.nodes["policy_node"].config.control
