@@ -171,3 +171,10 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     assert "group_size must be >= 2" in capsys.readouterr().err
     assert main(["learn", "--dataset", str(tmp_path), "--set", "nonsense"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_episodes_to_a_gain_are_read_from_the_periodic_evaluation():
+    curve = [{"labelled_episodes": n, "success": s} for n, s in ((0, 0.18), (288, 0.30), (576, 0.27), (864, 0.38))]
+    assert demo.first_reaching(curve, 0.18, 10) == 288
+    assert demo.first_reaching(curve, 0.18, 20) == 864  # 0.38 - 0.18 is +20 exactly, whatever the float error
+    assert demo.first_reaching(curve, 0.18, 30) is None  # never reached: None, not the last point

@@ -145,7 +145,8 @@ class Evaluation:
 # ---- 4. GRPO rounds ---------------------------------------------------------------------------
 def first_reaching(curve: list[dict], base: float, points: float) -> int | None:
     """Labelled episodes at the first periodic evaluation ``points`` above ``base`` (None: never)."""
-    return next((c["labelled_episodes"] for c in curve if 100 * (c["success"] - base) >= points), None)
+    # (counts of a fixed number of starts: rounded, so that 0.47 - 0.27 counts as the +20 it is)
+    return next((c["labelled_episodes"] for c in curve if round(100 * (c["success"] - base), 6) >= points), None)
 
 
 class Training:
@@ -375,7 +376,7 @@ def make_report(cfg, control, before, after, training: Training, graph, demos, s
     return {
         "success_before": rb["success"], "success_after": ra["success"],
         "success_before_ci95": rb["ci95"], "success_after_ci95": ra["ci95"],
-        "improvement_points": 100 * (ra["success"] - rb["success"]),
+        "improvement_points": round(100 * (ra["success"] - rb["success"]), 6),
         "eval_episodes": len(after["main"]), "eval_mode": cfg.eval_mode,
         "eval_seeds": [training.evaluation.seeds[0], training.evaluation.seeds[-1]],
         "clamped_before": rb["clamped"], "clamped_after": ra["clamped"],
