@@ -8,15 +8,20 @@ reading at our zero of each body joint (from calibrating against the twin); the 
 linearly from ``gripper_range`` onto the robot spec's closed..open angles.
 
 lerobot must already hold a calibration for ``id`` (``lerobot-calibrate``); this driver never
-starts the interactive calibration.
+starts the interactive calibration. ``connect()`` turns each way a start fails (the motor bus SDK
+not installed, no such port, no permission, silent motors, no or another calibration) into a
+:class:`DriverError` that says what to do, the node's "a device did not start".
 """
 from __future__ import annotations
 
+import errno
 import importlib
+import importlib.metadata
 import math
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -35,6 +40,42 @@ _FAMILIES = {
     "koch_leader": "lerobot.teleoperators.koch_leader",
     "omx_leader": "lerobot.teleoperators.omx_leader",
 }
+
+# The Python module of a motor bus's SDK -> the lerobot extra that installs it. lerobot imports the
+# SDK only when it builds the bus, so a missing one shows up then, not at import.
+_SDK_EXTRAS = {"scservo_sdk": "feetech", "dynamixel_sdk": "dynamixel"}
+
+
+def _missing_module(e: ModuleNotFoundError, robot_type: str) -> DriverError:
+    name = (e.name or str(e)).split(".")[0]
+    extra = _SDK_EXTRAS.get(name)
+    if extra is None:
+        return DriverError(f"lerobot {robot_type} needs the Python module {name!r}, which is not installed: "
+                           f"install the project's requirements (scripts/setup.sh, requirements.txt)")
+    try:
+        version = "==" + importlib.metadata.version("lerobot")
+    except importlib.metadata.PackageNotFoundError:
+        version = ""
+    return DriverError(f"lerobot {robot_type} needs its motor bus SDK, the Python module {name!r}, which is not "
+                       f"installed: install lerobot's '{extra}' extra (`pip install 'lerobot[{extra}]{version}'`; "
+                       f"scripts/setup.sh does, from requirements.txt)")
+
+
+def _disconnect_quietly(device) -> None:
+    """Close a device that failed to start: the error being raised says why, not a second one from here."""
+    try:
+        device.disconnect()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _chain(e: BaseException):
+    """``e`` and the exceptions it was raised from."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 @dataclass
@@ -118,6 +159,28 @@ class LeRobotArm(Arm):
         if self._device is not None:
             return
         c = self.config
+        try:
+            device = self._make_device()
+        except ModuleNotFoundError as e:  # lerobot, or the SDK of the arm's motor bus, is not installed
+            raise _missing_module(e, c.robot_type) from None
+        try:
+            device.connect(calibrate=False)
+        except Exception as e:  # noqa: BLE001 - serial errors come in many types
+            raise self._connect_error(e) from None
+        try:
+            calibrated = device.is_calibrated
+        except Exception as e:  # noqa: BLE001
+            _disconnect_quietly(device)
+            raise DriverError(f"lerobot {c.robot_type} on {c.port}: cannot read the motors' calibration "
+                              f"({type(e).__name__}: {e})") from None
+        if not calibrated:
+            _disconnect_quietly(device)
+            raise self._calibration_error(device.calibration_fpath)
+        self._device = device
+
+    def _make_device(self):
+        """lerobot's Robot (or, for a leader, Teleoperator) of ``robot_type``, not yet connected."""
+        c = self.config
         module = _FAMILIES.get(c.robot_type)
         if module:
             importlib.import_module(module)
@@ -135,21 +198,41 @@ class LeRobotArm(Arm):
             raise DriverError(f"lerobot knows no {'leader' if c.is_leader else 'robot'} type {c.robot_type!r}") from None
         kwargs = {"port": c.port, "id": c.id}
         if c.calibration_dir:
-            from pathlib import Path
-
             kwargs["calibration_dir"] = Path(c.calibration_dir)
         if not c.is_leader and c.max_relative_target is not None:
             kwargs["max_relative_target"] = c.max_relative_target
-        device = make(cfg_cls(**kwargs))
-        try:
-            device.connect(calibrate=False)
-        except Exception as e:  # noqa: BLE001 - serial errors come in many types
-            raise DriverError(f"lerobot {c.robot_type} on {c.port}: cannot connect ({type(e).__name__}: {e})") from None
-        if not device.is_calibrated:
-            device.disconnect()
-            raise DriverError(f"lerobot {c.robot_type} '{c.id}' is not calibrated: run "
-                              f"`lerobot-calibrate --robot.type={c.robot_type} --robot.port={c.port} --robot.id={c.id}` first")
-        self._device = device
+        return make(cfg_cls(**kwargs))  # the motor bus imports its SDK here
+
+    def _connect_error(self, e: Exception) -> DriverError:
+        """What went wrong opening the bus, in words that say what to do. lerobot wraps the serial
+        error (pyserial's SerialException, an OSError with the errno) in a ConnectionError."""
+        c = self.config
+        os_error = next((x for x in _chain(e) if isinstance(x, OSError) and x.errno), None)
+        where = "teleop_node.leader.port" if c.is_leader else "arm_node.options.port"
+        code = os_error.errno if os_error is not None else None
+        if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
+            return DriverError(f"no serial port {c.port}: plug the arm's USB cable in (and power it), or set {where} "
+                               f"to its port (`lerobot-find-port` names it)")
+        if code == errno.EACCES:
+            return DriverError(f"no permission to open serial port {c.port}: add the user to the 'dialout' group "
+                               f"(`sudo usermod -aG dialout $USER`, then log in again)")
+        if code == errno.EBUSY:
+            return DriverError(f"serial port {c.port} is in use by another program: stop it, or set {where}")
+        return DriverError(f"lerobot {c.robot_type} on {c.port}: cannot connect ({type(e).__name__}: {e}); check that "
+                           f"the arm is powered and that {where} names its port")
+
+    def _calibration_error(self, fpath: Path) -> DriverError:
+        c = self.config
+        kind = "teleop" if c.is_leader else "robot"
+        run = f"`lerobot-calibrate --{kind}.type={c.robot_type} --{kind}.port={c.port} --{kind}.id={c.id}"
+        if c.calibration_dir:
+            run += f" --{kind}.calibration_dir={c.calibration_dir}"
+        run += "`"
+        if not Path(fpath).is_file():
+            return DriverError(f"no calibration for id '{c.id}' at {fpath}: run {run} first, or set id / calibration_dir "
+                               f"to an existing calibration")
+        return DriverError(f"the motors of '{c.id}' on {c.port} hold another calibration than {fpath}: run {run} "
+                           f"(ENTER writes the file's calibration to the motors; 'c' calibrates anew)")
 
     def read(self) -> tuple[np.ndarray, np.ndarray, float]:
         dev = self._require()
