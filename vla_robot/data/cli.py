@@ -1,4 +1,4 @@
-"""`vla-robot record`, `vla-robot evaluate` and `vla-robot dataset info|verify|repair`.
+"""`vla-robot record`, `vla-robot evaluate` and `vla-robot dataset info|verify|repair|relabel`.
 
 ``record`` and ``evaluate`` run the record_demos / evaluate graph (vla_robot.bringup) in this
 process with the recorder node writing the dataset; ``--sim`` puts the MuJoCo twin in place of the
@@ -17,13 +17,20 @@ from pathlib import Path
 
 # --------------------------------------------------------------------------------------- dataset
 def dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("info", "verify", "repair"),
+    p.add_argument("action", choices=("info", "verify", "repair", "relabel"),
                    help="info: what is in it; verify: load every episode with stock LeRobot; repair: roll back an "
-                        "unfinished episode / adopt a foreign LeRobot dataset")
+                        "unfinished episode / adopt a foreign LeRobot dataset; relabel: change a saved episode's "
+                        "label (--episode, --label)")
     p.add_argument("--root", required=True, help="dataset folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--no-decode", action="store_true", help="verify: skip decoding first/last video frames")
     p.add_argument("--dry-run", action="store_true", help="repair: only say what would change")
+    p.add_argument("--episode", type=int, default=None, help="relabel: the saved episode's index")
+    p.add_argument("--label", default=None, help="relabel: the new label, success or failure")
+    p.add_argument("--source", default="person", help="relabel: who decided it (default person)")
+    p.add_argument("--reason", default="", help="relabel: why, kept with the change")
+    p.add_argument("--learner", default=None,
+                   help="relabel: a learner's --out folder; says whether it already used the episode")
 
 
 def dataset(args) -> int:
@@ -48,12 +55,42 @@ def dataset(args) -> int:
                 for p in rep.problems:
                     print("  - " + p)
             return 0 if rep.ok else 1
+        if args.action == "relabel":
+            return _relabel(args)
         out = tools.repair(root, dry_run=args.dry_run)
         print(json.dumps(out, indent=2) if args.json else f"{root}: {out['action']}: {out['detail']}")
         return 0
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"vla-robot dataset {args.action}: {e}", file=sys.stderr)
         return 2
+
+
+def _relabel(args) -> int:
+    """``dataset relabel``: one line in the dataset's relabel log (vla_robot.data.relabel)."""
+    from . import relabel
+
+    if args.episode is None or args.label is None:
+        raise ValueError("relabel needs --episode N and --label success|failure")
+    used = None
+    if args.learner is not None:  # before the change: a wrong --learner changes nothing
+        from vla_robot.rl.dataset import used_by_learner
+
+        used = used_by_learner(args.learner, args.root, args.episode)
+    res = relabel.relabel(args.root, args.episode, args.label, source=args.source, reason=args.reason)
+    if args.json:
+        print(json.dumps({"episode": res.episode_index, "label": str(res.label), "changed": res.change is not None,
+                          "change": res.change.to_json() if res.change else None, "used_by_learner_version": used}))
+        return 0
+    if res.change is None:
+        print(f"episode {res.episode_index} is already labelled {res.label}: nothing changed")
+        return 0
+    c = res.change
+    print(f"episode {c.episode_index}: {c.old_label} -> {c.new_label} (source {c.source}"
+          + (f", reason: {c.reason}" if c.reason else "") + f"), logged in {relabel.log_path(args.root)}")
+    if used is not None:
+        print(f"episode {c.episode_index} was already used by the learner at version {used} (its newest checkpoint); "
+              "the new label applies to later uses only")
+    return 0
 
 
 # --------------------------------------------------------------------------------- graph commands

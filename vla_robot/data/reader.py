@@ -4,6 +4,10 @@ Only *committed* episodes are visible (see :mod:`vla_robot.data.store`): the rea
 commit snapshot, whose files are never rewritten, so it needs no lock and never sees a half-saved
 episode. Frames come from the episode's parquet file (pyarrow), images from its mp4 (PyAV).
 
+Labels: :func:`read_journal` applies the relabel log (:mod:`vla_robot.data.relabel`) over the labels
+recorded in the journal, so ``record.label`` is the newest label. The frames' ``episode.label`` and
+``next.reward`` columns keep the label as recorded: read labels from the record, never from them.
+
 ::
 
     for ep in iter_episodes(root, since=0, labelled_only=True, follow=True, timeout=60):
@@ -24,6 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
+from . import relabel
 from . import schema as S
 from . import store
 from .schema import EpisodeRecord
@@ -40,7 +45,13 @@ def _snapshot(root: Path) -> store.Commit | None:
 
 
 def read_journal(root: str | Path) -> list[EpisodeRecord]:
-    """The committed episodes' journal entries, in episode order ([] for an adopted foreign dataset)."""
+    """The committed episodes' journal entries, in episode order ([] for an adopted foreign dataset),
+    with the relabel log applied: each ``label`` is the episode's newest."""
+    return relabel.apply(_recorded_journal(root), relabel.read_log(root))
+
+
+def _recorded_journal(root: str | Path) -> list[EpisodeRecord]:
+    """The journal entries as the recorder wrote them (labels as recorded)."""
     root = Path(root)
     text = ""
     for _ in range(3):  # the writer may drop an old commit between listing and reading: take the newest again
@@ -191,21 +202,32 @@ def iter_episodes(
     follow: bool = False,
     poll_s: float = 0.5,
     timeout: float | None = None,
+    relabelled: bool = False,
 ) -> Iterator[Episode]:
     """Yield saved episodes with index >= ``since`` in order. With ``follow``, keep waiting for new
     ones (as the recorder saves them) until ``timeout`` seconds pass without a new episode.
-    ``labelled_only`` skips episodes labelled ``unlabelled``."""
+    ``labelled_only`` skips episodes labelled ``unlabelled``. With ``relabelled`` (and ``follow``),
+    an episode already passed whose label is changed (``vla-robot dataset relabel``) while following
+    comes again with its new label, out of order: a labelled_only follower gets an episode that was
+    unlabelled when it passed it, and a consumer decides what a second look at a used one means."""
     root = Path(root)
     nxt = int(since)
     last_new = time.monotonic()
     table_cache: dict[str, list[dict]] = {}
+    seen_changes: int | None = None  # relabel log lines already reflected in what was yielded
     while True:
-        recs = [r for r in read_journal(root) if r.episode_index >= nxt]
+        changes = relabel.read_log(root)
+        journal = relabel.apply(_recorded_journal(root), changes)
+        again = set()
+        if relabelled and seen_changes is not None:
+            again = {c.episode_index for c in changes[seen_changes:] if c.episode_index < nxt}
+        seen_changes = len(changes)
+        recs = [r for r in journal if r.episode_index >= nxt or r.episode_index in again]
         if recs:
             rows = episode_table(root, table_cache)
             fps = int(dataset_info(root)["fps"])
             for r in recs:
-                nxt = r.episode_index + 1
+                nxt = max(nxt, r.episode_index + 1)
                 if labelled_only and r.label is S.Label.UNLABELLED:
                     continue
                 ep = Episode(root, r, rows[r.episode_index], fps)

@@ -19,10 +19,13 @@ policy_version              int64    (1,)        policy weights version (-1: no 
 action.chunk_id             int64    (1,)        id of the policy chunk this step executes (-1: none)
 action.chunk_step           int64    (1,)        index of this step's action in that chunk (-1: none)
 policy.latency              float32  (1,)        request->reply seconds of the chunk first used here (-1 elsewhere)
-episode.label               int8     (1,)        Label.stored: 1 success, 0 failure, -1 unlabelled (every frame)
+episode.label               int8     (1,)        Label.stored: 1 success, 0 failure, -1 unlabelled (as saved)
 next.reward                 float32  (1,)        1.0 on the last frame of a successful episode, else 0
 next.done                   bool     (1,)        True on the last frame
 ==========================  =======  ==========  ==============================================
+
+``episode.label`` and ``next.reward`` keep the label the episode was saved with; a later relabel
+(:mod:`vla_robot.data.relabel`) is applied by the reader's journal, which is where labels are read.
 
 What the policy sampled for each chunk (tokens, log-probs, the observation as the server saw it) is
 not a per-frame column: it is the on-policy record, one file per episode next to the dataset

@@ -11,6 +11,11 @@ from the episode's frames (``action.chunk_id``, ``action.chunk_step``, ``control
 
 An episode the learner cannot use raises :class:`BadEpisode` saying why; :func:`follow_dataset`
 skips it, logs the reason and counts it (``follower.skipped``, ``follower.bad``, or ``on_bad``).
+
+Labels come from the journal with the relabel log applied (:func:`vla_robot.data.reader.read_journal`,
+:mod:`vla_robot.data.relabel`), never from the frames' ``episode.label`` column, so an episode
+relabelled before the learner uses it trains with its newer label; the follower yields an episode
+relabelled while it follows again (the learner skips one it already used: see :func:`used_by_learner`).
 """
 from __future__ import annotations
 
@@ -73,8 +78,31 @@ def to_learner_episode(rec, action_dim: int | None = None) -> Episode:
                          "policy control")
     return Episode(task=rec.record.task, start=rec.record.start_condition, steps=steps,
                    label=rec.record.label.reward, version=min(s.version for s in steps),
-                   episode_id=f"{Path(rec.root).resolve()}#{rec.index}", length=rec.record.length,
+                   episode_id=episode_id(rec.root, rec.index), length=rec.record.length,
                    intervened=bool(np.any(control == S.CONTROL_TELEOP)), served_by=dict(served))
+
+
+def episode_id(root: str | Path, index: int) -> str:
+    """The learner's id of saved episode ``index`` of ``root``: what its ``consumed`` set holds."""
+    return f"{Path(root).resolve()}#{int(index)}"
+
+
+def used_by_learner(out_dir: str | Path, root: str | Path, index: int) -> int | None:
+    """The version of the newest checkpoint of the learner whose ``--out`` is ``out_dir`` (or that
+    checkpoint folder) if it has already used episode ``index`` of ``root``, else None (also when it
+    never saved a checkpoint). FileNotFoundError when ``out_dir`` is not a folder."""
+    import torch
+
+    from vla_robot.rl.learner import STATE_FILE
+
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"--learner {out_dir} is not a folder (expected the learner's --out)")
+    state_file = next((p for p in (out_dir / STATE_FILE, out_dir / "checkpoint" / STATE_FILE) if p.is_file()), None)
+    if state_file is None:
+        return None
+    state = torch.load(state_file, weights_only=True, map_location="cpu", mmap=True)
+    return int(state["version"]) if episode_id(root, index) in set(state["consumed"]) else None
 
 
 def _step(chunk: dict, executed: np.ndarray) -> Step:
@@ -89,6 +117,7 @@ def _step(chunk: dict, executed: np.ndarray) -> Step:
 class DatasetFollower:
     """Iterate the labelled episodes of ``root`` as they are saved (catching up on everything saved
     since ``since``); an episode that raises :class:`BadEpisode` is logged, counted and skipped.
+    An episode relabelled while following comes again with its new label.
 
     ``skipped``: how many were skipped; ``bad``: ``[(episode index, reason), ...]``;
     ``on_bad(index, reason)``: called for each (optional)."""
@@ -105,7 +134,7 @@ class DatasetFollower:
         from vla_robot.data import iter_episodes
 
         for rec in iter_episodes(self.root, self.since, labelled_only=True, with_frames=False, follow=self.follow,
-                                 poll_s=self.poll_s, timeout=self.timeout):
+                                 poll_s=self.poll_s, timeout=self.timeout, relabelled=True):
             try:
                 episode = to_learner_episode(rec, self.action_dim)
             except BadEpisode as e:
