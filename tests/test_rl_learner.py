@@ -492,3 +492,19 @@ def test_a_group_gone_stale_while_filling_is_used_up_without_an_update(runtime):
     assert stats["episodes"] == 0 and stats["opt_steps"] == 0 and learner.version == 3
     assert stats["ratio_acting"]["n"] == 0 and stats["groups_rl"] == 0
     assert not learner.groups and not learner.ready()
+
+
+def test_a_relabelled_episode_replaces_the_copy_the_learner_holds(runtime):
+    """`vla-robot dataset relabel` before the learner trained on an episode: the follower yields it again
+    with the new label, and the group then holds the new one, not both and not the old."""
+    import dataclasses
+
+    rng = np.random.default_rng(3)
+    learner = Learner(runtime, preset("tiny", group_size=4, batch_groups=1, mode="rl"))
+    group = make_group(runtime, 0, [1, 0, 0], rng)
+    for e in group:
+        assert learner.add(e)
+    corrected = dataclasses.replace(group[1], label=1)  # a person corrects episode 1: it succeeded
+    assert not learner.add(corrected)  # not a new member of the group
+    held = learner.groups[("reach", 0)]
+    assert len(held) == 3 and [e.label for e in held] == [1, 1, 0]

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("vla_robot.nodes.cli:launch", "run a node graph (rl_finetune, record_demos, evaluate, twin), a process per node as ros2 launch does"),
     "record": ("vla_robot.data.cli:record", "record teleoperated demonstrations into a LeRobotDataset"),
     "evaluate": ("vla_robot.data.cli:evaluate", "run labelled evaluation episodes and write a report"),
-    "dataset": ("vla_robot.data.cli:dataset", "inspect, verify or repair a recorded dataset"),
+    "dataset": ("vla_robot.data.cli:dataset", "inspect, verify, repair or relabel a recorded dataset"),
     "rl-finetune": ("vla_robot.rl.cli:rl_finetune", "improve the policy online from success labels (GRPO)"),
     "learn": ("vla_robot.rl.cli:learn", "run the RL learner on a dataset that is being recorded"),
     "rehearse": ("vla_robot.nodes.rehearse:rehearse",

@@ -105,7 +105,9 @@ class Learner:
             self._serve_again(episode.version)
             return False
         key = (episode.task, episode.start)
-        if any(e.episode_id == episode.episode_id for e in self.groups[key]):
+        held = [i for i, e in enumerate(self.groups[key]) if e.episode_id == episode.episode_id]
+        if held:  # the same episode again, not yet trained on: a relabel (vla-robot dataset relabel) wins
+            self.groups[key][held[0]] = episode
             return False
         self.groups[key].append(episode)
         return True
