@@ -87,6 +87,9 @@ def test_everyday_commands_from_a_plain_shell(tmp_path):
     out = ok(vla_robot("record", "--sim", "--episodes", "1", "--root", "runs/demos", cwd=tmp_path))
     assert "1 saved" in out
     assert "OK" in ok(vla_robot("dataset", "verify", "--root", "runs/demos", cwd=tmp_path))
+    out = ok(vla_robot("dataset", "relabel", "--root", "runs/demos", "--episode", "0", "--label", "failure",
+                       "--reason", "touched the wrong cube", cwd=tmp_path))
+    assert "episode 0: success -> failure" in out, out
     out = ok(vla_robot("evaluate", "--sim", "--episodes", "1", "--max-duration", "1", "--out", "runs/eval",
                        cwd=tmp_path))
     assert (tmp_path / "runs/eval/report.md").is_file(), out[-2000:]
