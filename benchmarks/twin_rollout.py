@@ -8,7 +8,8 @@ same tiny policy, the same twins and the same start states, in one run:
 
     .venv/bin/python benchmarks/twin_rollout.py [--episodes 64] [--envs 8]
 
-It prints, per path, episodes per second, policy calls and rendered observations per episode, and
+It prints, per path, episodes per second, policy calls per episode (each one batched over the twins),
+rendered observations per episode, and
 the success rate (the policy here is untrained: the figure is a cost, not a skill). The baseline
 loop below exists only in this file, as the yardstick.
 """
@@ -94,7 +95,7 @@ def main() -> int:
                      ticks / len(ok), np.mean(ok), seconds))
     print(f"{args.episodes} episodes of {cfg.episode_s:g} s on {args.envs} twins, tiny policy ({cfg.action_space}), "
           f"1 thread")
-    print(f"{'path':48s} {'episodes/s':>10s} {'calls/ep*n':>10s} {'obs/ep':>7s} {'ticks/ep':>8s} {'success':>8s} "
+    print(f"{'path':48s} {'episodes/s':>10s} {'calls/ep':>10s} {'obs/ep':>7s} {'ticks/ep':>8s} {'success':>8s} "
           f"{'seconds':>8s}")
     for r in rows:
         print(f"{r[0]:48s} {r[1]:10.2f} {r[2]:10.1f} {r[3]:7.1f} {r[4]:8.1f} {r[5]:8.2f} {r[6]:8.1f}")
