@@ -8,10 +8,9 @@ same tiny policy, the same twins and the same start states, in one run:
 
     .venv/bin/python benchmarks/twin_rollout.py [--episodes 64] [--envs 8]
 
-It prints, per path, episodes per second, policy calls per episode (each one batched over the twins),
-rendered observations per episode, and
-the success rate (the policy here is untrained: the figure is a cost, not a skill). The baseline
-loop below exists only in this file, as the yardstick.
+It prints, per path, episodes per second, policy calls per episode (each one batched over the
+twins), rendered observations per episode, and the success rate (the policy here is untrained: the
+figure is a cost, not a skill). The baseline loop below exists only in this file, as the yardstick.
 """
 from __future__ import annotations
 
