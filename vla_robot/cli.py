@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 # command -> (module:function, one-line help, the issue that builds it)
@@ -73,8 +74,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def interruptible() -> None:
+    """SIGINT stops every command, as its "Ctrl-C stops" says, even when the parent ignored SIGINT.
+
+    A process started in the background of a non-interactive shell (`cmd &` in a script, CI runners)
+    inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt handler: `kill -INT`, or
+    a launcher stopping its children with SIGINT as ros2 launch does, would do nothing at all."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    interruptible()
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
         command = None
