@@ -428,3 +428,33 @@ def test_latest_reset_acts_only_on_the_newest_reset_of_an_episode_not_over():
     r.offer({"type": "done"})
     clock.t = 2.0
     assert r.take() is None
+
+
+def test_events_leave_in_the_order_they_were_queued_when_two_threads_flush():
+    """The executor's tick and a service call flush at once: the first one's events (a save) must go out
+    before the second one's (the next episode's reset), however slow the first emit is."""
+    import threading
+    import time
+
+    cfg = from_dict(EpisodeManagerNodeConfig, {})
+    out, first_out = [], threading.Event()
+
+    def emit(ev):
+        if ev["type"] == "save":
+            first_out.set()
+            time.sleep(0.3)  # a slow publish: the other thread flushes meanwhile
+        out.append(ev["type"])
+
+    m = EpisodeManager(cfg, emit)
+    with m._lock:
+        m._pending.append({"type": "save", "episode": 0})
+    a = threading.Thread(target=m._flush)
+    a.start()
+    assert first_out.wait(5)
+    with m._lock:
+        m._pending.append({"type": "reset", "episode": 1})
+    b = threading.Thread(target=m._flush)
+    b.start()
+    a.join(5)
+    b.join(5)
+    assert out == ["save", "reset"]

@@ -151,6 +151,10 @@ class EpisodeManager:
         self.index = -1
         self.results: list[EpisodeResult] = []
         self._lock = threading.RLock()
+        # held from taking the queued events to their last emit: two threads flushing at once (the
+        # executor's tick and a service call) would otherwise emit in the wrong order, e.g. the next
+        # episode's reset before the save of the one that ended (re-entrant: a result hook may flush)
+        self._flush_lock = threading.RLock()
         self._pending: list[dict] = []
         self._req: EpisodeRequest | None = None
         self._t_state = clock()
@@ -508,13 +512,14 @@ class EpisodeManager:
         self._t_state = self.clock()
 
     def _flush(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        for ev in pending:
-            if ev["type"] == "_result":
-                self.on_result(ev["result"])
-            else:
-                self._emit(ev)
+        with self._flush_lock:
+            with self._lock:
+                pending, self._pending = self._pending, []
+            for ev in pending:
+                if ev["type"] == "_result":
+                    self.on_result(ev["result"])
+                else:
+                    self._emit(ev)
 
     # --- queries --------------------------------------------------------------------------------
     @property
