@@ -58,6 +58,18 @@ class BatchedRequests:
     def view(self, twin: int) -> "_TwinClient":
         return _TwinClient(self, twin)
 
+    def submit(self, twin: int, observation: dict) -> int:
+        rid = next(self._ids)
+        self._queued.append((rid, twin, observation))
+        return rid
+
+    def poll(self, request_id: int) -> dict | None:
+        return self._answered.pop(request_id, None)
+
+    def cancel(self, request_id: int) -> None:
+        self._answered.pop(request_id, None)
+        self._queued = [q for q in self._queued if q[0] != request_id]
+
     def drop(self, twin: int) -> None:
         """Forget what a twin whose episode has ended asked for."""
         self._queued = [q for q in self._queued if q[1] != twin]
@@ -87,17 +99,14 @@ class _TwinClient:
         self.batch.flush()
         return [self.poll(i) for i in ids]
 
-    def submit(self, observation: dict, **options) -> int:
-        rid = next(self.batch._ids)
-        self.batch._queued.append((rid, self.twin, observation))
-        return rid
+    def submit(self, observation: dict, **options) -> int:  # options: the batch's, the same for every twin
+        return self.batch.submit(self.twin, observation)
 
     def poll(self, request_id: int) -> dict | None:
-        return self.batch._answered.pop(request_id, None)
+        return self.batch.poll(request_id)
 
     def cancel(self, request_id: int) -> None:
-        self.batch._answered.pop(request_id, None)
-        self.batch._queued = [q for q in self.batch._queued if q[0] != request_id]
+        self.batch.cancel(request_id)
 
 
 @dataclass
