@@ -30,12 +30,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "the console of the person at the robot: start, label, stop, e-stop (beside ros2 launch)"),
     "twin": ("vla_robot.twin.cli:twin", "MuJoCo digital twin: view, mirror, bench, sysid"),
     "calibrate": ("vla_robot.calibration.cli:calibrate", "camera intrinsics and hand-eye calibration"),
+    "detector": ("vla_robot.detector.cli:detector", "train a learned success detector, run it on onnxruntime"),
 }
 
 
 # commands that may build the MuJoCo twin or render a scene (calibrate capture --arm sim): they need an
 # OpenGL platform chosen before mujoco is imported, or stop with "an OpenGL platform library has not been loaded"
-TWIN_COMMANDS = frozenset({"launch", "record", "evaluate", "rl-finetune", "rehearse", "twin", "calibrate"})
+TWIN_COMMANDS = frozenset({"launch", "record", "evaluate", "rl-finetune", "rehearse", "twin", "calibrate", "detector"})
 
 
 def headless_gl(command: str | None) -> None:
