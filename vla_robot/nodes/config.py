@@ -154,10 +154,20 @@ class EpisodeManagerNodeConfig:
     # Who resets the scene: the twin (sim), an operator (press start), or nobody.
     reset_source: Literal["twin", "operator", "none"] = "operator"
     reset_timeout_s: float = 30.0
-    # Who labels: a human (services / terminal), the twin's success check, or the check with a human fallback.
-    label_source: Literal["human", "auto", "auto_or_human"] = "human"
+    # Who labels: a human (services / terminal), the twin's success check, or the check with a human fallback;
+    # votes: success detectors vote and a person is asked only when they do not agree (docs/detector.md, Votes).
+    label_source: Literal["human", "auto", "auto_or_human", "votes"] = "human"
     # Wait this long for a human label (seconds); then the episode is saved unlabelled.
     label_timeout_s: float = 120.0
+    # votes: the detector files (`vla-robot detector train`), one voter each (different seeds or cameras).
+    detectors: list[str] = field(default_factory=list)
+    # votes: a voter is sure at P(success) >= vote_threshold (or <= 1 - vote_threshold); an episode is
+    # labelled without a person when every voter leans the same way and vote_quorum of them are sure.
+    vote_threshold: float = 0.9
+    vote_quorum: int = 2
+    # votes: the twin's success check (twin/success) is one more voter; only where the twin is the arm or
+    # mirrors it (twin_node mode sim or mirror).
+    vote_twin: bool = False
     # End the episode as soon as the success check fires (sim).
     end_on_success: bool = True
     # Ask for the label in this terminal (when stdin is a terminal).
@@ -179,10 +189,12 @@ class EpisodeManagerNodeConfig:
             raise ValueError(f"episodes must be >= 0 (0 = until stopped), got {self.episodes}")
         for name in ("max_duration_s", "reset_timeout_s", "label_timeout_s"):
             _positive(name, getattr(self, name), "seconds")
-        if self.label_source != "human" and self.reset_source != "twin":
+        if self.label_source in ("auto", "auto_or_human") and self.reset_source != "twin":
             raise ValueError(
                 f"label_source '{self.label_source}' needs the twin's success check, so reset_source must be 'twin'"
             )
+        if self.label_source == "votes":
+            self._check_votes()
         _start_conditions(self.start_conditions)
         if isinstance(self.group_size, bool) or self.group_size < 2:
             raise ValueError(f"group_size must be an integer >= 2 (a GRPO group compares outcomes; the learner "
@@ -190,6 +202,19 @@ class EpisodeManagerNodeConfig:
         if isinstance(self.max_open_groups, bool) or self.max_open_groups < 1:
             raise ValueError(f"max_open_groups must be an integer >= 1 (groups filled at once), "
                              f"got {self.max_open_groups!r}")
+
+    def _check_votes(self) -> None:
+        from vla_robot.detector.votes import VoteConfig
+
+        if not self.detectors or any(not str(p).strip() for p in self.detectors):
+            raise ValueError(f"label_source 'votes' needs detector files: detectors: [runs/detector/seed0.onnx, ...] "
+                             f"(from `vla-robot detector train`), got detectors={self.detectors!r}")
+        VoteConfig(self.vote_threshold, self.vote_quorum).validate()
+        voters = len(self.detectors) + bool(self.vote_twin)
+        if self.vote_quorum > voters:
+            raise ValueError(f"vote_quorum {self.vote_quorum} is more than the {voters} voter(s) configured "
+                             f"({len(self.detectors)} detector(s){' and the twin' if self.vote_twin else ''}): the "
+                             "votes could never label an episode; add detectors or lower vote_quorum")
 
 
 def _start_conditions(starts: list) -> None:
