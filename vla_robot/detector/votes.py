@@ -43,7 +43,7 @@ import numpy as np
 
 from vla_robot.data.schema import Label
 
-__all__ = ["VoteConfig", "Verdict", "vote", "DetectorPanel", "EpisodeFrames", "VOTES", "HUMAN", "TWIN"]
+__all__ = ["VoteConfig", "Verdict", "vote", "DetectorPanel", "EpisodeFrames", "EpisodeVoter", "VOTES", "HUMAN", "TWIN"]
 
 #: label sources: the votes agreed; a person labelled; the twin's success check
 VOTES, HUMAN, TWIN = "votes", "human", "twin"
@@ -144,8 +144,12 @@ class DetectorPanel:
         self.detectors: dict[str, object] = {}
         self.errors: dict[str, str] = {}
         if load is None:
-            from vla_robot.detector import SuccessDetector
-
+            try:
+                from vla_robot.detector import SuccessDetector
+            except ImportError as e:  # e.g. no onnxruntime on this machine: no detector can vote
+                self.errors = {p: f"detector file {p} could not be loaded: the success detector cannot run here "
+                                  f"({type(e).__name__}: {e})" for p in self.paths}
+                return
             load = SuccessDetector.load
         for path in self.paths:
             try:
@@ -155,11 +159,27 @@ class DetectorPanel:
 
     @property
     def cameras(self) -> list[str]:
-        """The cameras the loaded detectors read (their ``cameras``), in first-seen order."""
+        """The cameras the loaded detectors read (their ``spec.cameras``), in first-seen order."""
         out: list[str] = []
         for det in self.detectors.values():
-            out += [c for c in getattr(det, "cameras", ()) if c not in out]
+            out += [c for c in getattr(getattr(det, "spec", det), "cameras", ()) if c not in out]
         return out
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """The input size every loaded detector reads (their ``spec.image_size``), or None when they differ."""
+        sizes = {tuple(det.spec.image_size) for det in self.detectors.values() if hasattr(det, "spec")}
+        return sizes.pop() if len(sizes) == 1 and len(self.detectors) and all(
+            hasattr(d, "spec") for d in self.detectors.values()) else None
+
+    @property
+    def state_names(self) -> list[str] | None:
+        """The joint order the detectors were trained on (their ``spec.state_names``), None when unknown."""
+        for det in self.detectors.values():
+            names = getattr(getattr(det, "spec", None), "state_names", ())
+            if names:
+                return list(names)
+        return None
 
     def probabilities(self, frames: dict[str, np.ndarray], states: np.ndarray) -> tuple[dict[str, float], dict[str, str]]:
         """Each loaded detector's P(success) for one episode, and the errors (load or prediction) by voter."""
@@ -180,68 +200,107 @@ class DetectorPanel:
 # ---- the episode's frames, for the detectors --------------------------------------------------
 @dataclass
 class EpisodeFrames:
-    """The frames of the running episode a detector reads, in bounded memory.
+    """The frames of the running episode the detectors read, in bounded memory.
 
     A frame is taken at each image of the first camera, with the newest image of every other camera
-    and the newest joint state. The last ``tail`` frames are kept as they came (the detector reads
-    the end of the episode most); the earlier ones are thinned by halving whenever more than
-    ``max_frames`` are held, so they stay spread evenly over the whole episode however long it ran
-    (30 s at 30 Hz of two 480x640 cameras would be 3 GB; 64 frames are 120 MB). ``stride`` is how
-    many camera images one kept early frame stands for.
+    and the newest joint state. Images are resized to ``image_size`` (the detectors' own input size,
+    INTER_AREA as the detector resizes, so nothing changes for it) when given: a 30-s episode at 30 Hz
+    of two cameras at 64x64 is 22 MB, kept whole. Past ``max_bytes`` every second frame is dropped and
+    from then on only every ``stride``-th frame is kept, so the frames stay evenly spread over the
+    whole episode, as the detector's fractions of the episode expect (its "2 frames before the last"
+    then means 2 strides).
     """
 
     cameras: Sequence[str]
-    max_frames: int = 64
-    tail: int = 16
-    _early: list = field(default_factory=list)
-    _recent: list = field(default_factory=list)
+    image_size: tuple[int, int] | None = None  # (height, width); None: as the camera sends them
+    max_bytes: int = 256 << 20
+    _kept: list = field(default_factory=list)
     _latest: dict = field(default_factory=dict)
     _state: np.ndarray | None = None
     _seen: int = 0
+    _bytes: int = 0
     stride: int = 1
     _lock: threading.Lock = field(default_factory=threading.Lock)  # images and states come on several threads
 
     def __post_init__(self) -> None:
         if not self.cameras:
             raise ValueError("EpisodeFrames needs at least one camera (the detectors' cameras)")
-        if not 1 <= self.tail < self.max_frames:
-            raise ValueError(f"need 1 <= tail < max_frames, got tail={self.tail}, max_frames={self.max_frames}")
+        self.cameras = list(self.cameras)
 
     def reset(self) -> None:
         with self._lock:
-            self._early, self._recent, self._latest = [], [], {}
-            self._state, self._seen, self.stride = None, 0, 1
+            self._kept, self._latest, self._state = [], {}, None
+            self._seen, self._bytes, self.stride = 0, 0, 1
 
     def add_state(self, q) -> None:
         with self._lock:
             self._state = np.asarray(q, dtype=np.float32)
 
     def add_image(self, camera: str, image: np.ndarray) -> None:
-        if camera in self.cameras:
-            with self._lock:
-                self._add(camera, image)
+        if camera not in self.cameras:
+            return
+        if self.image_size is not None and image.shape[:2] != tuple(self.image_size):
+            import cv2
 
-    def _add(self, camera: str, image: np.ndarray) -> None:
-        self._latest[camera] = image
-        if camera != self.cameras[0] or self._state is None or len(self._latest) < len(self.cameras):
-            return  # a frame needs every camera and a joint state
-        self._recent.append(({c: self._latest[c] for c in self.cameras}, self._state))
-        if len(self._recent) > self.tail:
-            old = self._recent.pop(0)
-            if self._seen % self.stride == 0:
-                self._early.append(old)
+            image = cv2.resize(image, (self.image_size[1], self.image_size[0]), interpolation=cv2.INTER_AREA)
+        with self._lock:
+            self._latest[camera] = image
+            if camera != self.cameras[0] or self._state is None or len(self._latest) < len(self.cameras):
+                return  # a frame needs every camera and a joint state
             self._seen += 1
-            if len(self._early) > self.max_frames - self.tail:
-                self._early, self.stride = self._early[::2], self.stride * 2
+            if (self._seen - 1) % self.stride:
+                return
+            frame = {c: self._latest[c] for c in self.cameras}
+            self._kept.append((frame, self._state))
+            self._bytes += sum(im.nbytes for im in frame.values()) + self._state.nbytes
+            if self._bytes > self.max_bytes and len(self._kept) > 2:
+                self._kept, self.stride = self._kept[::2], self.stride * 2
+                self._bytes //= 2
 
     def __len__(self) -> int:
-        return len(self._early) + len(self._recent)
+        return len(self._kept)
 
     def snapshot(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """(frames {camera: (T, H, W, 3) uint8}, states (T, D)) in time order; ValueError when empty."""
         with self._lock:
-            kept = self._early + self._recent
+            kept = list(self._kept)
         if not kept:
             raise ValueError("no frame of this episode was seen (no image of every camera with a joint state)")
         frames = {c: np.stack([f[c] for f, _ in kept]) for c in self.cameras}
         return frames, np.stack([s for _, s in kept])
+
+
+# ---- the episode manager's voter --------------------------------------------------------------
+class EpisodeVoter:
+    """``voter(episode, twin_success) -> Verdict`` for :class:`vla_robot.nodes.episodes.EpisodeManager`:
+    the detector files of ``detectors`` read :attr:`frames` (which the episode manager node fills from
+    the camera topics and joint states while an episode runs), and the twin's success check votes too
+    when ``vote_twin``. ``config``: anything with ``detectors``, ``vote_threshold``, ``vote_quorum`` and
+    ``vote_twin`` (the node's EpisodeManagerNodeConfig). ``errors`` of the panel are the detector files
+    that did not load: every verdict then asks a person, and the node logs them at start."""
+
+    def __init__(self, config, panel: DetectorPanel | None = None, max_bytes: int = 256 << 20):
+        self.rule = VoteConfig(config.vote_threshold, config.vote_quorum)
+        self.rule.validate()
+        self.twin = bool(config.vote_twin)
+        self.panel = panel if panel is not None else DetectorPanel(config.detectors)
+        # with no detector loaded there is nothing to read; one camera keeps the buffer well-formed
+        self.frames = EpisodeFrames(self.panel.cameras or ["front"], self.panel.image_size, max_bytes)
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return self.panel.errors
+
+    def __call__(self, episode: int, twin_success: bool) -> Verdict:
+        probs: dict[str, float] = {}
+        errors = dict(self.panel.errors)
+        if self.panel.detectors:
+            try:
+                frames, states = self.frames.snapshot()
+            except ValueError as e:
+                errors.update({p: f"episode {episode}: {e}" for p in self.panel.detectors})
+            else:
+                probs, errors = self.panel.probabilities(frames, states)
+        if self.twin:
+            probs[TWIN] = 1.0 if twin_success else 0.0
+        return vote(probs, self.rule, errors)

@@ -18,6 +18,17 @@ up, and the place of the episode in its GRPO group (rl mode).
 
 With ``prompt`` and a terminal on stdin it also asks for the label there: s = success, f = failure,
 d = discard, q = stop, Enter = start the next episode (or confirm the reset).
+
+``label_source: votes``: the detectors (``detectors``) vote on each episode and a person is asked
+(the ``ask`` event, the log, the terminal) only when they do not agree (vla_robot/detector/votes.py).
+The detectors read the episode's frames, which this node keeps while the episode runs: a bounded
+buffer (:class:`vla_robot.detector.votes.EpisodeFrames`, at most 256 MB, resized to the detectors' image
+size) fed by ``cameras/<cam>/image_raw`` of the detectors' cameras and ``joint_states``. Why a buffer
+here and not the recorder's saved episode: the recorder saves an episode only with its label (the
+``save`` event carries it), so the saved episode does not exist yet when its label is decided; and a
+buffer of the frames the detector reads costs a few MB, needs no dataset path, and works whether or
+not a recorder runs. A detector file that is missing or corrupt is logged as an error at start and
+every episode waits for a person (nothing is lost: the label timeout keeps it, unlabelled).
 """
 from __future__ import annotations
 
@@ -26,7 +37,7 @@ import sys
 import threading
 
 from rclpy.callback_groups import ReentrantCallbackGroup
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 
@@ -45,7 +56,9 @@ class EpisodeManagerNode(common.ConfiguredNode):
         cb = ReentrantCallbackGroup()
         self._events_pub = self.create_publisher(String, common.EPISODE_EVENTS, common.EPISODE_EVENT_QOS)
         self._result_hooks = [on_result] if on_result else []
-        self.core = EpisodeManager(cfg, self._publish_event, scheduler=scheduler, on_result=self._on_result)
+        self.voter = self._make_voter(cb) if cfg.label_source == "votes" else None
+        self.core = EpisodeManager(cfg, self._publish_event, scheduler=scheduler, on_result=self._on_result,
+                                   voter=self.voter)
         self.create_subscription(JointState, common.JOINT_STATES, self._on_joint_state, common.STATE_QOS,
                                  callback_group=cb)
         self.create_subscription(String, common.TWIN_EVENTS, self._on_twin_event, common.EPISODE_EVENT_QOS,
@@ -81,6 +94,24 @@ class EpisodeManagerNode(common.ConfiguredNode):
                if cfg.mode == "rl" and scheduler is None else "")
         )
 
+    def _make_voter(self, cb):
+        """The detectors as voters, and the subscriptions that fill their frame buffer."""
+        from vla_robot.detector.votes import EpisodeVoter
+
+        voter = EpisodeVoter(self.config)
+        for err in voter.errors.values():
+            self.get_logger().error(f"label_source votes: {err}. Until it is fixed every episode waits for a person's "
+                                    "label (episode/label, ~/label or the terminal); set detectors to files from "
+                                    "`vla-robot detector train`")
+        for cam in voter.frames.cameras:
+            self.create_subscription(Image, common.image_topic(cam), lambda m, c=cam: self._on_image(c, m),
+                                     common.IMAGE_QOS, callback_group=cb)
+        if voter.panel.detectors:
+            self.get_logger().info(f"votes: {len(voter.panel.detectors)} detector(s) on cameras "
+                                   f"{', '.join(voter.frames.cameras)}, threshold {self.config.vote_threshold:g}, "
+                                   f"quorum {self.config.vote_quorum}" + (", the twin votes" if voter.twin else ""))
+        return voter
+
     # --- outputs --------------------------------------------------------------------------------
     def _publish_event(self, event: dict) -> None:
         self._events_pub.publish(convert.event_to_msg(event))
@@ -98,7 +129,15 @@ class EpisodeManagerNode(common.ConfiguredNode):
             if waiting and self._prompt_thread is not None:
                 print(f"\nEpisode {event['episode']} ended ({event['reason']}). Label it: [s]uccess / [f]ailure / "
                       "[d]iscard, then Enter", flush=True)
+        elif t == "ask":
+            self.get_logger().warning(f"episode {event['episode']}: the votes leave it to a person ({event['reason']}); "
+                                      "label it: episode/label, ~/label or the terminal")
+            if self._prompt_thread is not None:
+                print(f"\nThe votes are unsure about episode {event['episode']}. Label it: [s]uccess / [f]ailure / "
+                      "[d]iscard, then Enter", flush=True)
         elif t == "reset":
+            if self.voter is not None:  # the last episode's frames were read when it ended
+                self.voter.frames.reset()
             text = describe_reset(event, self.config.reset_source)
             self.get_logger().info(text)
             if self._prompt_thread is not None and self.config.reset_source == "operator":
@@ -141,6 +180,23 @@ class EpisodeManagerNode(common.ConfiguredNode):
 
     def _on_joint_state(self, msg: JointState) -> None:
         self.core.observe(convert.from_stamp(msg.header.stamp))
+        if self.voter is not None and self.core.running:
+            try:
+                q, _, _ = convert.msg_to_joint_state(msg, self.voter.panel.state_names)
+            except ValueError as e:
+                self.get_logger().warning(f"votes: joint state not kept: {e}", throttle_duration_sec=5.0)
+                return
+            self.voter.frames.add_state(q)
+
+    def _on_image(self, cam: str, msg: Image) -> None:
+        if not self.core.running:
+            return
+        try:
+            image, _ = convert.msg_to_image(msg)
+        except ValueError as e:
+            self.get_logger().warning(f"votes: camera {cam}: {e}", throttle_duration_sec=5.0)
+            return
+        self.voter.frames.add_image(cam, image)
 
     def _on_twin_event(self, msg: String) -> None:
         try:

@@ -16,7 +16,11 @@ Events emitted (dicts with ``type``; the node publishes them as JSON on ``episod
 ``reset`` (episode, task, instruction, seed, start, group, run), ``start`` (episode, task,
 instruction, start_condition, stamp), ``end`` (episode, reason, fault), ``save`` (episode, label,
 label_source, task, start_condition, intervened) or ``discard`` (episode, reason),
-``label_rejected`` (episode, label, reason), ``done`` (no more episodes).
+``label_rejected`` (episode, label, reason), ``ask`` (episode, reason, votes, label_confidence: with
+``label_source: votes``, the votes did not agree and a person's label is wanted), ``done`` (no more
+episodes). A ``save`` also carries ``label_confidence`` (1.0 for a person's or the twin's label, the
+votes' mean P of the label for ``votes``, None for an unlabelled one) and ``votes`` (each voter's
+P(success), when the episode was voted on, whoever labelled it in the end).
 
 Labels name their episode (:meth:`EpisodeManager.label_episode`); a label for any episode but the
 one waiting for its label is rejected, never applied to another. :meth:`EpisodeManager.label` (the
@@ -26,6 +30,16 @@ Faults (rl and evaluate modes): a fault ends the episode, which then waits for i
 other; unlabelled after ``label_timeout_s`` (or when the next episode is started, or at once with
 ``label_source: auto``) it is saved with label ``unlabelled`` and label_source ``fault``: kept on
 disk, never trained on, and its group's scheduler hands its start condition out again.
+
+Votes (``label_source: votes``, :mod:`vla_robot.detector.votes`): when an episode ends (not by a
+fault) the manager calls ``voter(episode, twin_success) -> Verdict`` on a thread of its own (the
+detectors take a while; every input stays responsive meanwhile). A verdict with a label saves the
+episode (source ``votes``); one without asks a person (the ``ask`` event) and the episode then waits
+exactly as it waits for a person in ``human`` mode: a person's label, a discard, or after
+``label_timeout_s`` saved ``unlabelled`` (source ``timeout``) with its votes recorded, kept on disk,
+never trained on, and open to ``vla-robot dataset relabel``. A person may label before the votes
+are in; their label stands and the late verdict is dropped. A faulted episode is not voted on (the
+arm did not do what the policy chose): it waits for a person as in every mode.
 
 Groups (rl mode): without a scheduler of its own the manager asks a
 :class:`vla_robot.rl.scheduler.GroupScheduler` over ``{task: start_conditions}`` with
@@ -95,7 +109,9 @@ class EpisodeResult:
     fault: str | None = None
     duration_s: float = 0.0  # robot (or sim) time from start to end
     steps: int = 0  # joint-state updates seen while running
-    label_source: str = ""  # human | auto | fault | timeout
+    label_source: str = ""  # human | auto | votes | fault | timeout
+    confidence: float | None = None  # of the label: 1.0 a person's or the twin's, the votes' mean P, None unlabelled
+    votes: dict = field(default_factory=dict)  # voter -> P(success), when the episode was voted on
     policy_versions: list[int] = field(default_factory=list)
     intervened: bool = False  # the operator took over (teleop/intervention) at some point while it ran
     meta: dict = field(default_factory=dict)
@@ -115,6 +131,7 @@ class EpisodeResult:
         if not self.saved:
             raise ValueError(f"episode {self.index} was discarded: it has no save event")
         return {"type": "save", "episode": self.index, "label": str(self.label), "label_source": self.label_source,
+                "label_confidence": self.confidence, "votes": dict(self.votes),
                 "task": self.task, "start_condition": self.start_condition, "intervened": self.intervened}
 
 
@@ -136,6 +153,7 @@ class EpisodeManager:
         scheduler: Any = None,
         on_result: Callable[[EpisodeResult], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        voter: Callable[[int, bool], Any] | None = None,
     ):
         self.config = config
         self._emit = emit
@@ -171,6 +189,10 @@ class EpisodeManager:
         self._intervened = False  # ... at some point of the running episode
         self.estopped: str | None = None  # the e-stop reason while it is latched
         self.refused: str | None = None  # why the last attempt to start an episode was refused
+        # label_source votes: voter(episode, twin_success) -> detector.votes.Verdict, run on a thread
+        self.voter = voter
+        self._verdict: Any = None  # the verdict on the episode waiting for its label
+        self._vote_threads: list[threading.Thread] = []
 
     # --- inputs ---------------------------------------------------------------------------------
     def start(self) -> tuple[bool, str]:
@@ -457,6 +479,8 @@ class EpisodeManager:
             if src == "auto":  # nobody will label it: kept, never trained on
                 self._save(Label.UNLABELLED, "fault")
             # else it waits for a person's label like any other end (see tick and start)
+        elif src == "votes":
+            self._pending.append({"type": "_vote", "episode": self.index, "twin": self._success_seen})
         elif src in ("auto", "auto_or_human") and reason in ("success_check", "timeout"):
             self._save(Label.of(self._success_seen), "auto")
         elif src == "auto":
@@ -467,6 +491,48 @@ class EpisodeManager:
     def _save(self, label: Label, source: str) -> None:
         self._finish(label=label, saved=True, source=source)
 
+    # --- votes ------------------------------------------------------------------------------------
+    def _start_vote(self, episode: int, twin: bool) -> None:
+        """Run the voter for ``episode`` on its own thread (called from _flush, outside the lock)."""
+        if self.voter is None:
+            from vla_robot.detector.votes import Verdict
+
+            self.vote_done(episode, Verdict(None, None, {}, "no voter is set up (label_source votes without a "
+                                                           "voter): a person labels every episode", source=""))
+            return
+
+        def run() -> None:
+            try:
+                verdict = self.voter(episode, twin)
+            except Exception as e:  # noqa: BLE001 - a voter that breaks must not lose the episode
+                from vla_robot.detector.votes import Verdict
+
+                verdict = Verdict(None, None, {}, f"the votes failed ({type(e).__name__}: {e})", source="")
+            self.vote_done(episode, verdict)
+
+        t = threading.Thread(target=run, daemon=True, name=f"votes_{episode}")
+        self._vote_threads = [v for v in self._vote_threads if v.is_alive()] + [t]
+        t.start()
+
+    def vote_done(self, episode: int, verdict: Any) -> None:
+        """The votes on ``episode``: a label saves it (source votes); none asks a person. Dropped when the
+        episode no longer waits for its label (a person was quicker, or it was discarded)."""
+        with self._lock:
+            if self.state == self.LABELLING and self.index == episode:
+                self._verdict = verdict
+                if verdict.label is not None:
+                    self._save(verdict.label, verdict.source)
+                else:
+                    self._pending.append({"type": "ask", "episode": episode, "reason": verdict.reason,
+                                          **verdict.record()})
+        self._flush()
+
+    def wait_for_votes(self, timeout: float | None = None) -> bool:
+        """Wait for the votes under way (tests, shutdown); False if some are still running after ``timeout``."""
+        for t in list(self._vote_threads):
+            t.join(timeout)
+        return not any(t.is_alive() for t in self._vote_threads)
+
     def _finish_reset_failed(self, reason: str) -> None:
         self._end = ("reset_failed", reason)
         self._pending.append({"type": "end", "episode": self.index, "reason": "reset_failed", "fault": reason})
@@ -476,6 +542,7 @@ class EpisodeManager:
         reason, fault = self._end or ("stopped", None)
         duration = (self._robot_now - self._robot_t0) if (self._robot_t0 is not None and self._robot_now) else 0.0
         req = self._req or EpisodeRequest()
+        verdict, self._verdict = self._verdict, None
         result = EpisodeResult(
             index=self.index,
             mode=self.config.mode,
@@ -490,6 +557,8 @@ class EpisodeManager:
             duration_s=max(0.0, duration),
             steps=self._steps,
             label_source=source,
+            confidence=_confidence(label, source, verdict),
+            votes=dict(verdict.votes) if verdict is not None else {},
             policy_versions=list(self._versions),
             intervened=self._intervened,
             meta=dict(req.meta),
@@ -518,6 +587,8 @@ class EpisodeManager:
             for ev in pending:
                 if ev["type"] == "_result":
                     self.on_result(ev["result"])
+                elif ev["type"] == "_vote":
+                    self._start_vote(ev["episode"], ev["twin"])
                 else:
                     self._emit(ev)
 
@@ -529,6 +600,15 @@ class EpisodeManager:
     @property
     def running(self) -> bool:
         return self.state == self.RUNNING
+
+
+def _confidence(label: Label, source: str, verdict: Any) -> float | None:
+    """How sure the label is: the votes' own confidence, 1.0 for a person's or the twin's, None unlabelled."""
+    if label is Label.UNLABELLED:
+        return None
+    if verdict is not None and source == verdict.source:
+        return verdict.confidence
+    return 1.0
 
 
 def default_scheduler(config):

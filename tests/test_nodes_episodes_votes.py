@@ -1,0 +1,142 @@
+"""The episode manager with ``label_source: votes``: the votes label alone only when they agree; an
+unsure vote asks a person and the episode waits as for any person's label (timeout: kept unlabelled,
+votes recorded); a detector file that is missing or corrupt is an error and episodes wait for a person."""
+import threading
+
+import pytest
+
+from vla_robot.config import ConfigError, from_dict
+from vla_robot.data.schema import Label
+from vla_robot.detector.votes import EpisodeVoter, VoteConfig, vote
+from vla_robot.nodes.config import EpisodeManagerNodeConfig
+from vla_robot.nodes.episodes import EpisodeManager
+
+RULE = VoteConfig(threshold=0.9, quorum=2)
+BASE = {"mode": "evaluate", "reset_source": "operator", "instruction": "pick up the cube", "label_source": "votes",
+        "detectors": ["seed0.onnx", "seed1.onnx"], "label_timeout_s": 10.0, "prompt": False}
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def make(voter, **kw):
+    cfg = from_dict(EpisodeManagerNodeConfig, {**BASE, **kw})
+    events, results, clock = [], [], Clock()
+    m = EpisodeManager(cfg, events.append, on_result=results.append, clock=clock, voter=voter)
+    return m, events, results, clock
+
+
+def run_episode(m):
+    m.start()
+    m.start()  # the operator confirms the reset
+    assert m.state == "running"
+    m.observe(1.0)
+    m.stop()
+
+
+def by_votes(*probs):
+    return lambda episode, twin: vote({f"seed{i}": p for i, p in enumerate(probs)}, RULE)
+
+
+def test_votes_that_agree_label_alone_and_the_save_records_source_confidence_and_votes():
+    m, ev, res, _ = make(by_votes(0.97, 0.95))
+    run_episode(m)
+    assert m.wait_for_votes(5)
+    assert [e["type"] for e in ev] == ["reset", "start", "end", "save"] and m.state == "idle"
+    save = ev[-1]
+    assert (save["label"], save["label_source"]) == ("success", "votes")
+    assert save["label_confidence"] == pytest.approx(0.96) and save["votes"] == {"seed0": 0.97, "seed1": 0.95}
+    assert (res[0].label, res[0].confidence) == (Label.SUCCESS, pytest.approx(0.96))
+
+
+def test_unsure_votes_ask_a_person_whose_label_stands_with_the_votes_kept():
+    m, ev, res, clock = make(by_votes(0.97, 0.7))
+    run_episode(m)
+    assert m.wait_for_votes(5)
+    ask = ev[-1]
+    assert ask["type"] == "ask" and ask["episode"] == 0 and "weak consensus" in ask["reason"]
+    assert ask["votes"] == {"seed0": 0.97, "seed1": 0.7} and m.state == "labelling"
+    clock.t += 5.0
+    m.tick()
+    assert m.state == "labelling"  # waits for the person
+    assert m.label_episode(0, "failure")[0]
+    save = ev[-1]
+    assert (save["label"], save["label_source"], save["label_confidence"]) == ("failure", "human", 1.0)
+    assert save["votes"] == {"seed0": 0.97, "seed1": 0.7}  # what the detectors said stays with the episode
+
+
+def test_unanswered_question_keeps_the_episode_unlabelled_with_its_votes_after_the_label_timeout():
+    m, ev, res, clock = make(by_votes(0.2, 0.97))
+    run_episode(m)
+    assert m.wait_for_votes(5) and ev[-1]["type"] == "ask" and "disagree" in ev[-1]["reason"]
+    clock.t += 10.5
+    m.tick()
+    save = ev[-1]
+    assert (save["type"], save["label"], save["label_source"]) == ("save", "unlabelled", "timeout")
+    assert save["votes"] == {"seed0": 0.2, "seed1": 0.97} and save["label_confidence"] is None
+    assert res[0].saved and m.state == "idle"  # kept on disk, never trained on; `dataset relabel` can label it
+
+
+def test_a_person_quicker_than_the_votes_wins_and_the_late_verdict_is_dropped():
+    gate = threading.Event()
+
+    def slow(episode, twin):
+        gate.wait(5)
+        return vote({"seed0": 0.99, "seed1": 0.99}, RULE)
+
+    m, ev, res, _ = make(slow)
+    run_episode(m)
+    assert m.label_episode(0, "failure")[0]
+    gate.set()
+    assert m.wait_for_votes(5)
+    assert [e["type"] for e in ev] == ["reset", "start", "end", "save"]
+    assert (res[0].label, res[0].label_source) == ("failure", "human") and len(res) == 1
+
+
+def test_a_faulted_episode_is_not_voted_on_and_a_broken_voter_asks_a_person():
+    calls = []
+    m, ev, res, _ = make(lambda episode, twin: calls.append(episode) or vote({"a": 1.0, "b": 1.0}, RULE),
+                         mode="rl", reset_source="twin")
+    m.start()
+    m.reset_done({"episode": 0, "instruction": "reach"})
+    m.fault("watchdog")
+    assert m.wait_for_votes(5) and not calls and m.state == "labelling" and ev[-1]["type"] == "end"
+
+    def broken(episode, twin):
+        raise RuntimeError("CUDA out of memory")
+
+    m, ev, res, _ = make(broken)
+    run_episode(m)
+    assert m.wait_for_votes(5)
+    assert ev[-1]["type"] == "ask" and "the votes failed (RuntimeError: CUDA out of memory)" in ev[-1]["reason"]
+
+
+def test_a_missing_or_corrupt_detector_file_makes_every_episode_wait_for_a_person(tmp_path):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x00garbage")
+    cfg = from_dict(EpisodeManagerNodeConfig, {**BASE, "detectors": [str(tmp_path / "nope.onnx"), str(corrupt)]})
+    voter = EpisodeVoter(cfg)
+    assert set(voter.errors) == {str(tmp_path / "nope.onnx"), str(corrupt)}
+    m, ev, res, _ = make(voter, detectors=cfg.detectors)
+    for n in range(2):
+        run_episode(m)
+        assert m.wait_for_votes(5)
+        assert ev[-1]["type"] == "ask" and "nope.onnx could not be loaded" in ev[-1]["reason"]
+        assert m.label_episode(n, "success")[0]
+        assert (res[n].label, res[n].label_source, res[n].saved) == (Label.SUCCESS, "human", True)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"detectors": []}, "label_source 'votes' needs detector files"),
+    ({"detectors": ["a.onnx"]}, "vote_quorum 2 is more than the 1 voter"),
+    ({"vote_threshold": 0.5}, "vote threshold must be in"),
+])
+def test_votes_config_errors(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(EpisodeManagerNodeConfig, {**BASE, **kw})
+    # the twin counts as a voter where it mirrors the arm; votes need no twin reset
+    from_dict(EpisodeManagerNodeConfig, {**BASE, "detectors": ["a.onnx"], "vote_twin": True})
