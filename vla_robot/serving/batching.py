@@ -44,6 +44,7 @@ class _Swap:
     state: Any
     version: int
     delta: bool
+    lora_base: str | None = None  # a LoRA adapter push on this base (runtime.load_weights)
     finished: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -157,12 +158,13 @@ class Batcher:
         self._jobs.put(job)
         return True
 
-    def swap(self, state: Any, version: int, delta: bool = False, timeout_s: float | None = None) -> None:
+    def swap(self, state: Any, version: int, delta: bool = False, timeout_s: float | None = None,
+             lora_base: str | None = None) -> None:
         """Load new weights (``delta``: added to the current ones) between two batches; wait until they
         serve. Raises what ``runtime.load_weights`` raised if refused; the old version keeps serving."""
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError("the batcher is not running; start the server before pushing weights")
-        s = _Swap(state, int(version), bool(delta))
+        s = _Swap(state, int(version), bool(delta), lora_base)
         self._swaps.put(s)
         self._jobs.put(None)  # wake the worker
         if not s.finished.wait(timeout_s):
@@ -240,7 +242,9 @@ class Batcher:
                 current = int(getattr(self.runtime, "version", 0))
                 if s.version <= current:
                     raise ValueError(f"weights version {s.version} is not newer than the serving version {current}")
-                if s.delta:
+                if s.lora_base is not None:
+                    self.runtime.load_weights(s.state, s.version, lora_base=s.lora_base)
+                elif s.delta:
                     self.runtime.load_weights(s.state, s.version, delta=True)
                 else:
                     self.runtime.load_weights(s.state, s.version)
