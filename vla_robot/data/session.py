@@ -305,7 +305,9 @@ class RecordingSession:
             self._rec_open = False
             if kind == "save" and rec.stats.episode_frames > 0:
                 fut = rec.save_episode(ev.get("label", Label.UNLABELLED), timeout_reached=end_reason == "timeout",
-                                       meta={"label_source": ev.get("label_source"), "end_reason": end_reason},
+                                       meta={"label_source": ev.get("label_source"), "end_reason": end_reason,
+                                             # how sure the label is, and each voter's P(success) (label_source votes)
+                                             **{k: ev[k] for k in ("label_confidence", "votes") if ev.get(k) not in (None, {})}},
                                        records=ev.get("records"), wait=False)
                 fut.add_done_callback(self._saved)
             else:
