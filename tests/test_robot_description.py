@@ -239,3 +239,26 @@ def test_the_description_is_frozen_and_its_home_read_only():
         d.home[0] = 1.0
     with pytest.raises(Exception):
         d.name = "other"
+
+
+def test_convert_reads_fr3_joint_states_through_the_description():
+    """nodes/convert.py, the one message <-> array conversion: a joint_state_broadcaster's message in
+    the FR3's names (shuffled, the mimic finger included) -> the policy's vector."""
+    pytest.importorskip("sensor_msgs")
+    from vla_robot.nodes import convert
+
+    fr3 = load_description(ROBOTS_DIR / "fr3.yaml")
+    q_policy = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785, 0.8])  # gripper closed
+    names = fr3.hardware_names() + ["fr3_finger_joint2"]
+    values = np.append(fr3.to_hardware(q_policy), 0.0)
+    order = [8, 3, 0, 7, 5, 1, 6, 2, 4]
+    msg = convert.joint_state_to_msg([names[i] for i in order], values[order], 12.5, velocity=np.zeros(9))
+    q, dq, stamp = convert.msg_to_joint_state(msg, description=fr3)
+    np.testing.assert_allclose(q, q_policy)
+    assert dq.shape == (8,) and stamp == 12.5
+    with pytest.raises(ValueError, match=r"lacks joints \['fr3_joint1'"):  # the twin's names, not the FR3's
+        convert.msg_to_joint_state(convert.joint_state_to_msg(fr3.names(), q_policy, 1.0), description=fr3)
+    # a node without a description reads the twin's names as before
+    panda = resolve_description("panda")
+    q, _, _ = convert.msg_to_joint_state(convert.joint_state_to_msg(panda.names(), q_policy, 1.0), description=panda)
+    np.testing.assert_array_equal(q, q_policy)

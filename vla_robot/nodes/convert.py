@@ -23,6 +23,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_robot.control.trajectory import chunk_to_trajectory
 from vla_robot.data import records
+from vla_robot.robot.description import RobotDescription, reorder_joints
 
 __all__ = [
     "to_stamp",
@@ -186,25 +187,20 @@ def joint_state_to_msg(
 
 
 def msg_to_joint_state(
-    msg: JointState, names: Sequence[str] | None = None
+    msg: JointState, names: Sequence[str] | None = None, *, description: RobotDescription | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """JointState -> (position, velocity or None, stamp), reordered to ``names`` when given."""
+    """JointState -> (position, velocity or None, stamp).
+
+    With ``description`` the message is in the hardware's names (any order, as a
+    joint_state_broadcaster publishes them) and comes back in the policy's order and units
+    (:meth:`vla_robot.robot.RobotDescription.from_joint_state`); with ``names`` it is reordered to
+    them; with neither it stays as it came.
+    """
     have = list(msg.name)
-    pos = np.asarray(msg.position, dtype=np.float64)
-    if have and len(have) != len(pos):
-        raise ValueError(f"joint state has {len(have)} names but {len(pos)} positions")
-    vel = np.asarray(msg.velocity, dtype=np.float64) if len(msg.velocity) else None
-    if vel is not None and len(vel) != len(pos):
-        raise ValueError(f"joint state has {len(pos)} positions but {len(vel)} velocities")
-    if names is not None:
-        names = list(names)
-        if have != names:
-            missing = [n for n in names if n not in have]
-            if missing or not have:
-                raise ValueError(f"joint state lacks joints {missing or names}; it has {have}")
-            idx = [have.index(n) for n in names]
-            pos = pos[idx]
-            vel = vel[idx] if vel is not None else None
+    if description is not None:
+        pos, vel = description.from_joint_state(have, msg.position, msg.velocity)
+    else:
+        pos, vel = reorder_joints(have, have if names is None else list(names), msg.position, msg.velocity)
     if not np.all(np.isfinite(pos)):
         raise ValueError(f"joint state position contains NaN or infinity: {pos.tolist()}")
     return pos, vel, from_stamp(msg.header.stamp)
