@@ -41,6 +41,7 @@ __all__ = [
     "MLPResNet",
     "L1RegressionActionHead",
     "OFTModel",
+    "pick_tokens",
 ]
 
 
@@ -89,6 +90,37 @@ def bin_logprobs(logits: torch.Tensor, bins: torch.Tensor, temperature: float) -
         raise ValueError(f"logits must end in the {N_ACTION_BINS}-bin action slice, got shape {tuple(logits.shape)}")
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     return torch.gather(logp, -1, bins.long()[..., None])[..., 0]
+
+def pick_tokens(
+    logits: torch.Tensor, mode: str = "greedy", temperature: float = 1.6,
+    generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bin logits ``[B, A, 256]`` → action token ids ``[B, A]`` and their log-probs at
+    ``temperature`` (see :meth:`OFTModel.sample_tokens`, which this is the second half of)."""
+    logits = logits.float()
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    if mode == "greedy":
+        bins = logits.argmax(-1)
+    elif mode == "sample":
+        probs = logp.exp()
+        if generator is None or isinstance(generator, torch.Generator):
+            rows = [(probs.reshape(-1, N_ACTION_BINS), generator)]
+        else:
+            if len(generator) != len(probs):
+                raise ValueError(f"one generator per row expected, got {len(generator)} for {len(probs)} rows")
+            rows = [(probs[i], g) for i, g in enumerate(generator)]
+        picked = []
+        for p, g in rows:
+            if g is not None and g.device != p.device:
+                p = p.to(g.device)  # e.g. a CPU generator with a CUDA model
+            picked.append(torch.multinomial(p, 1, generator=g).to(logits.device))
+        bins = torch.cat(picked).reshape(logits.shape[:2])
+    else:
+        raise ValueError(f"mode must be 'greedy' or 'sample', got {mode!r}")
+    return bins + ACTION_TOKEN_MIN, torch.gather(logp, -1, bins[..., None])[..., 0]
+
 
 class LayerScale(nn.Module):
     """timm's LayerScale with its parameter named ``scale_factor`` (HF renames ``gamma``; OFT patches it)."""
@@ -305,9 +337,14 @@ class OFTModel(nn.Module):
         return self.cfg.chunk_size * self.cfg.action_dim
 
     # --- the single parallel-decoding pass ------------------------------------------------------
-    def build_inputs(self, batch: PolicyBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def build_inputs(self, batch: PolicyBatch, seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embeddings ``[B, S, D]``, the bidirectional 4-D mask ``[B, 1, S, S]`` and each row's
-        index of its first action slot ``[B]``."""
+        index of its first action slot ``[B]``.
+
+        ``seq_len``: a fixed S (static shapes, for CUDA graphs) instead of the longest row's; it must
+        be at least :meth:`seq_len_for` of every row. The extra positions are right padding like any
+        other (zero embeddings, hidden as keys), and S is then known without reading the lengths
+        back from the device, which a captured graph cannot do."""
         if batch.pixel_values.shape[1] != 6 * self.num_images:
             raise ValueError(
                 f"pixel_values has {batch.pixel_values.shape[1]} channels; expected {6 * self.num_images} "
@@ -329,7 +366,9 @@ class OFTModel(nn.Module):
         K = prefix_e.shape[1]
         A = self.num_action_tokens
         text_len = batch.prompt_lengths - 1  # prompt tokens after BOS
-        S = K + int(text_len.max()) + A + 1
+        S = K + int(text_len.max()) + A + 1 if seq_len is None else int(seq_len)
+        if S < K + A + 2:
+            raise ValueError(f"seq_len {S} is too short: the prefix ({K}), one prompt token, the {A} action slots and </s> need {K + A + 2}")
         j = torch.arange(S - K, device=device)[None, :].expand(B, -1)  # position after the prefix
         is_text = j < text_len[:, None]
         is_eos = j == (text_len + A)[:, None]
@@ -343,6 +382,11 @@ class OFTModel(nn.Module):
         mask = mask.masked_fill(~key_valid[:, None, None, :], torch.finfo(dtype).min).expand(B, 1, S, S)
         first_action = K + text_len
         return seq, mask, first_action
+
+    def seq_len_for(self, prompt_length: int) -> int:
+        """The sequence length of one row whose prompt (BOS … 29871) has ``prompt_length`` ids:
+        prefix, prompt text, action slots and ``</s>``."""
+        return self.num_prefix_tokens + int(prompt_length) - 1 + self.num_action_tokens + 1
 
     def average_language_embedding(self, batch: PolicyBatch) -> torch.Tensor:
         """FiLM's input: the mean embedding of the non-action tokens (prompt incl. BOS and 29871, and
@@ -359,9 +403,10 @@ class OFTModel(nn.Module):
         out = self.language_model.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False)
         return out.last_hidden_state
 
-    def action_hidden_states(self, batch: PolicyBatch) -> torch.Tensor:
-        """``[B, chunk·dim, D]``: the states that predict each action slot (one position before it)."""
-        embeds, mask, first = self.build_inputs(batch)
+    def action_hidden_states(self, batch: PolicyBatch, seq_len: int | None = None) -> torch.Tensor:
+        """``[B, chunk·dim, D]``: the states that predict each action slot (one position before it).
+        ``seq_len``: a static sequence length (see :meth:`build_inputs`)."""
+        embeds, mask, first = self.build_inputs(batch, seq_len)
         hidden = self.run_llm(embeds, mask)
         idx = (first - 1)[:, None] + torch.arange(self.num_action_tokens, device=hidden.device)[None, :]
         return torch.gather(hidden, 1, idx[..., None].expand(-1, -1, hidden.shape[-1]))
@@ -373,10 +418,19 @@ class OFTModel(nn.Module):
         b = self.language_model.lm_head.bias
         return F.linear(hidden, w, None if b is None else b[ACTION_TOKEN_MIN:VOCAB_SIZE])
 
-    def action_logits(self, batch: PolicyBatch) -> torch.Tensor:
+    def action_logits(self, batch: PolicyBatch, seq_len: int | None = None) -> torch.Tensor:
         """Bin logits of every action slot, ``[B, chunk·dim, 256]`` (differentiable)."""
         self._need_discrete()
-        return self.bin_logits(self.action_hidden_states(batch))
+        return self.bin_logits(self.action_hidden_states(batch, seq_len))
+
+    def serving_outputs(self, batch: PolicyBatch, seq_len: int | None = None) -> torch.Tensor:
+        """What serving reads from the network: bin logits ``[B, chunk·dim, 256]`` (discrete head)
+        or normalised actions ``[B, chunk, dim]`` (L1 head). With ``seq_len`` the whole pass has
+        static shapes and no host synchronisation, so it can be captured as a CUDA graph; token
+        picking (:func:`pick_tokens`) stays outside, where per-row generators live."""
+        if self.action_head is not None:
+            return self.action_head.predict_action(self.action_hidden_states(batch, seq_len))
+        return self.action_logits(batch, seq_len)
 
     def sample_tokens(
         self, batch: PolicyBatch, mode: str = "greedy", temperature: float = 1.6,
@@ -387,29 +441,7 @@ class OFTModel(nn.Module):
 
         ``generator``: one for the batch, or one per row (``None`` rows use the global RNG), so that a
         row's sample does not depend on what else is in the batch."""
-        logits = self.action_logits(batch).float()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        logp = torch.log_softmax(logits / temperature, dim=-1)
-        if mode == "greedy":
-            bins = logits.argmax(-1)
-        elif mode == "sample":
-            probs = logp.exp()
-            if generator is None or isinstance(generator, torch.Generator):
-                rows = [(probs.reshape(-1, N_ACTION_BINS), generator)]
-            else:
-                if len(generator) != len(probs):
-                    raise ValueError(f"one generator per row expected, got {len(generator)} for {len(probs)} rows")
-                rows = [(probs[i], g) for i, g in enumerate(generator)]
-            picked = []
-            for p, g in rows:
-                if g is not None and g.device != p.device:
-                    p = p.to(g.device)  # e.g. a CPU generator with a CUDA model
-                picked.append(torch.multinomial(p, 1, generator=g).to(logits.device))
-            bins = torch.cat(picked).reshape(logits.shape[:2])
-        else:
-            raise ValueError(f"mode must be 'greedy' or 'sample', got {mode!r}")
-        return bins + ACTION_TOKEN_MIN, torch.gather(logp, -1, bins[..., None])[..., 0]
+        return pick_tokens(self.action_logits(batch), mode, temperature, generator)
 
     def token_logprobs(self, batch: PolicyBatch, tokens: torch.Tensor, temperature: float = 1.6) -> torch.Tensor:
         """Teacher-forced log-probs ``[B, chunk·dim]`` of given action ids over the 256-bin slice at

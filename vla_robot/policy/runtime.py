@@ -16,10 +16,11 @@ import yaml
 
 from vla_robot.config import from_dict
 from vla_robot.policy import action_tokenizer
-from vla_robot.policy.config import PolicyModelConfig
+from vla_robot.policy.config import PolicyModelConfig, ServingConfig
 from vla_robot.policy.interface import DEFAULT_TEMPERATURE, check_infer_args
-from vla_robot.policy.modeling import OFTModel, PolicyBatch
+from vla_robot.policy.modeling import OFTModel, PolicyBatch, pick_tokens
 from vla_robot.policy.processor import PolicyProcessor
+from vla_robot.policy.static import StaticServing
 
 __all__ = ["PolicyRuntime", "load_policy", "build_model", "models_dir", "preset_path", "load_preset", "list_presets"]
 
@@ -124,6 +125,13 @@ class PolicyRuntime:
         self.processor = processor
         self.version = int(version)
         self.lock = threading.RLock()  # infer and load_weights are atomic with respect to each other
+        self.serving = StaticServing(self.model, ServingConfig(), processor.pad_id)
+
+    def configure_serving(self, cfg: ServingConfig) -> None:
+        """Static shapes and CUDA graphs for ``infer`` (:mod:`vla_robot.policy.static`); the default
+        is ``ServingConfig()``: graphs when the model is on CUDA, the eager path elsewhere."""
+        with self.lock:
+            self.serving = StaticServing(self.model, cfg, self.processor.pad_id)
 
     # --- description ----------------------------------------------------------------------------
     @property
@@ -182,11 +190,12 @@ class PolicyRuntime:
         batch = self.batch(observations)
         with self.lock, torch.inference_mode():
             version = self.version  # read under the lock: the weights that compute this batch
+            out = self.serving.outputs(batch)  # L1: normalised actions; discrete: bin logits
             if self.cfg.head == "l1":
-                normalized = self.model.l1_actions(batch).float().cpu().numpy()
+                normalized = out.float().cpu().numpy()
                 tokens = logprobs = None
             else:
-                tok, lp = self.model.sample_tokens(batch, mode, float(temperature), generator)
+                tok, lp = pick_tokens(out, mode, float(temperature), generator)
                 tokens, logprobs = tok.cpu().numpy(), lp.float().cpu().numpy()
                 normalized = action_tokenizer.decode(tokens).reshape(len(batch), self.cfg.chunk_size, self.cfg.action_dim)
         states = None
@@ -216,13 +225,32 @@ class PolicyRuntime:
         with self.lock:
             return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
-    def load_weights(self, state: Mapping[str, Any], version: int, delta: bool = False) -> None:
+    def load_weights(self, state: Mapping[str, Any], version: int, delta: bool = False,
+                     lora_base: str | None = None) -> None:
         """Hot-swap weights atomically. ``state`` may hold all tensors or a subset (a partial
         update); with ``delta=True`` its tensors are added to the current ones. Tensors may be torch
-        tensors or numpy arrays. Every name and shape is checked before anything changes."""
+        tensors or numpy arrays. Every name and shape is checked before anything changes.
+
+        ``lora_base``: ``state`` is a LoRA adapter push (:mod:`vla_robot.policy.lora`) on the base of
+        that name; its plain tensors replace the serving ones. Any other push forgets the base."""
         if not isinstance(state, Mapping) or not state:
             raise ValueError("load_weights needs a non-empty mapping of parameter name -> tensor")
+        if lora_base is not None:
+            if delta:
+                raise ValueError("load_weights: a LoRA push sets W = base + B·A; it cannot also be a delta")
+            return self._load_adapter(state, version, str(lora_base))
         own = self.model.state_dict()
+        prepared = self._checked(state, own)
+        with self.lock, torch.no_grad():
+            for name, t in prepared.items():
+                target = own[name]
+                t = t.to(device=target.device, dtype=target.dtype)
+                target.add_(t) if delta else target.copy_(t)
+            self._lora_base = None  # the weights moved away from what the base + an adapter would give
+            self.version = int(version)
+
+    def _checked(self, state: Mapping[str, Any], own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state`` as torch tensors, each a known weight of its shape with finite values, or a ValueError."""
         prepared = {}
         for name, value in state.items():
             if name not in own:
@@ -233,11 +261,50 @@ class PolicyRuntime:
             if not torch.isfinite(t.float()).all():
                 raise ValueError(f"load_weights: tensor '{name}' contains NaN or inf")
             prepared[name] = t
+        return prepared
+
+    def _load_adapter(self, state: Mapping[str, Any], version: int, base_id: str) -> None:
+        """Serve W = base + B·A for every adapted W (``policy.lora.merged_weight``), from the base this push
+        sends (``W:lora_base``, kept on the model's device from now on) or the one an earlier push of
+        ``base_id`` sent. Recomputed from the base each time, so repeated pushes never drift."""
+        from vla_robot.policy import lora
+
+        own = self.model.state_dict()
+        factors, plain = lora.split_adapter_state(state)
+        prepared = self._checked(plain, own)
+        sent = self._checked({w: f["lora_base"] for w, f in factors.items() if "lora_base" in f}, own)
+        held = getattr(self, "_lora_base", None)
+        if sent:
+            if set(sent) != set(factors):
+                raise ValueError(f"load_weights: a LoRA base must come for every adapted weight ({len(factors)}), "
+                                 f"got {len(sent)}")
+            wrong = [w for w, t in sent.items() if t.dtype != own[w].dtype]
+            if wrong:
+                raise ValueError(f"load_weights: LoRA base '{wrong[0]}' is {sent[wrong[0]].dtype}, the model serves "
+                                 f"{own[wrong[0]].dtype}: the learner must train in the serving dtype")
+        elif held is None or held[0] != base_id:
+            raise lora.LoraBaseUnknown(f"load_weights: LoRA base {base_id!r} is not the one this server holds "
+                                       f"({held[0] if held else 'none'}): push it with the adapter")
+        elif set(held[1]) != set(factors):
+            raise ValueError(f"load_weights: the adapter covers {len(factors)} weights, its base {len(held[1])}")
+        for w, f in factors.items():
+            out_f, in_f = own[w].shape if own[w].ndim == 2 else (None, None)
+            a, b = (torch.as_tensor(np.asarray(f[p]) if not isinstance(f[p], torch.Tensor) else f[p])
+                    for p in ("lora_A", "lora_B"))
+            if out_f is None or a.ndim != 2 or b.shape != (out_f, a.shape[0]) or a.shape[1] != in_f:
+                raise ValueError(f"load_weights: LoRA factors of '{w}' are A {tuple(a.shape)}, B {tuple(b.shape)}; "
+                                 f"expected A [r, {in_f}] and B [{out_f}, r] for a weight of shape {tuple(own[w].shape)}")
+            if not (torch.isfinite(a.float()).all() and torch.isfinite(b.float()).all()):
+                raise ValueError(f"load_weights: LoRA factors of '{w}' contain NaN or inf")
+            f["lora_A"], f["lora_B"] = a, b
         with self.lock, torch.no_grad():
+            base = {w: t.to(own[w].device, copy=True) for w, t in sent.items()} if sent else held[1]
+            for w, f in factors.items():
+                dev = own[w].device
+                own[w].copy_(lora.merged_weight(base[w], f["lora_A"].to(dev), f["lora_B"].to(dev)))
             for name, t in prepared.items():
-                target = own[name]
-                t = t.to(device=target.device, dtype=target.dtype)
-                target.add_(t) if delta else target.copy_(t)
+                own[name].copy_(t.to(device=own[name].device, dtype=own[name].dtype))
+            self._lora_base = (base_id, base)
             self.version = int(version)
 
 
