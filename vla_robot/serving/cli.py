@@ -81,6 +81,7 @@ def serve(args: argparse.Namespace) -> int:
                 "dataset_statistics.json), or serve a preset with --preset tiny") if args.checkpoint else ""
         print(f"vla-robot serve: {e}{hint}", file=sys.stderr)
         return 2
+    runtime.configure_serving(cfg.serving)  # CUDA graphs per batch bucket on a GPU (serving.graphs)
     try:
         server = PolicyServer(
             runtime, bind=cfg.bind, weights_bind=cfg.weights_bind or None, max_batch=cfg.max_batch,

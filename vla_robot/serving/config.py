@@ -4,7 +4,9 @@ Standard library only. Every field is also a ``serve`` command-line flag (``max_
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from vla_robot.policy.config import ServingConfig
 
 
 @dataclass
@@ -22,6 +24,7 @@ class ServerConfig:
     curve_secret_key: str = ""  # server NAME.key_secret file (vla-robot keygen); "" = no encryption
     curve_authorized_keys: str = ""  # folder of client NAME.key files allowed in; "" = any client with the server key
     allow_insecure_remote: bool = False  # serve beyond loopback without Curve (not recommended)
+    serving: ServingConfig = field(default_factory=ServingConfig)  # static shapes, CUDA graphs (policy/static.py)
 
     def validate(self) -> None:
         for name in ("bind", "weights_bind"):
