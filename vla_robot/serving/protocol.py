@@ -62,6 +62,7 @@ ERROR_CODES = (
     "overloaded",  # the queue is full; try again later
     "internal",  # the model failed; the server keeps serving
     "unavailable",  # the server is shutting down
+    "lora_base_unknown",  # a LoRA adapter push for a base this server does not hold: send the base with it
 )
 SAMPLING_MODES = ("greedy", "sample")
 REQUEST_TYPES = ("metadata", "ping", "act")
