@@ -262,3 +262,25 @@ def test_convert_reads_fr3_joint_states_through_the_description():
     panda = resolve_description("panda")
     q, _, _ = convert.msg_to_joint_state(convert.joint_state_to_msg(panda.names(), q_policy, 1.0), description=panda)
     np.testing.assert_array_equal(q, q_policy)
+
+
+def test_node_configs_take_a_robot_description_and_refuse_a_bad_one_by_key(tmp_path):
+    from vla_robot.config import ConfigError, from_dict
+    from vla_robot.nodes.config import PolicyNodeConfig, TwinNodeConfig
+
+    fr3 = str(ROBOTS_DIR / "fr3.yaml")
+    assert from_dict(PolicyNodeConfig, {"robot": "panda", "robot_description": fr3}).robot_description == fr3
+    assert from_dict(PolicyNodeConfig, {}).robot_description == ""  # existing configs: the twin's names
+    bad = yaml.safe_load((ROBOTS_DIR / "fr3.yaml").read_text())
+    bad["joints"][2]["velocity"] = 0
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises((ConfigError, ValueError), match=r"'joints\[2\].velocity' \(joint3\) is 0"):
+        from_dict(PolicyNodeConfig, {"robot": "panda", "robot_description": str(tmp_path / "bad.yaml")})
+    with pytest.raises((ConfigError, ValueError), match="set robot: panda"):
+        from_dict(PolicyNodeConfig, {"robot_description": fr3})  # the default robot is the SO-101
+    assert from_dict(TwinNodeConfig, {"mode": "mirror", "robot": "panda", "robot_description": fr3})
+    with pytest.raises((ConfigError, ValueError), match="read in mode 'mirror' only"):
+        from_dict(TwinNodeConfig, {"mode": "sim", "robot": "panda", "robot_description": fr3})
+    with pytest.raises((ConfigError, ValueError), match="names no twin"):
+        from_dict(TwinNodeConfig, {"mode": "mirror", "robot": "panda",
+                                   "robot_description": str(ROBOTS_DIR / "ur5e.yaml")})

@@ -21,12 +21,28 @@ def _positive(name: str, value: float, unit: str) -> None:
         raise ValueError(f"{name} must be a finite number > 0 ({unit}), got {value!r}")
 
 
+def check_robot_description(robot: str, path: str, need_twin: bool = False) -> None:
+    """A node's ``robot_description`` loads and fits its ``robot``; else the description's error
+    (it names the key and the fix), so a bad description stops the node before it starts."""
+    if not path:
+        return
+    from vla_robot.robot.description import resolve_description
+
+    d = resolve_description(robot, path)
+    if need_twin and d.twin is None:
+        raise ValueError(f"robot_description {path} names no twin: the twin mirrors only an arm it models; add "
+                         f"twin: {robot} to the description (its joints named as the twin's)")
+
+
 @dataclass
 class PolicyNodeConfig:
     """policy_node: asks the policy server for chunks and drives the arm through the safety filter."""
 
     policy_server: str = "tcp://127.0.0.1:5555"
     robot: str = DEFAULT_ROBOT
+    # The arm's description (config/robots/*.yaml): its joint names on joint_states, limits, home and
+    # gripper interface. '' = the twin robot's own (joint_states in the twin's names).
+    robot_description: str = ""
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     # Instruction used when the episode manager gives none.
     instruction: str = ""
@@ -50,6 +66,7 @@ class PolicyNodeConfig:
 
     def validate(self) -> None:
         check_robot(self.robot)
+        check_robot_description(self.robot, self.robot_description)
         if not self.policy_server.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError(
                 f"policy_server must be a ZMQ address like tcp://127.0.0.1:5555, got '{self.policy_server}'"
@@ -240,6 +257,8 @@ class TwinNodeConfig:
 
     mode: Literal["sim", "mirror", "scene"] = "sim"
     robot: str = DEFAULT_ROBOT
+    # mirror: the real arm's description (config/robots/*.yaml), the names of its joint_states; '' = the twin's
+    robot_description: str = ""
     task: str = "reach"
     cubes: int = 0  # cubes on the table (reach 1..3, pick_place 1..2); 0 = all of the task's
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
@@ -256,6 +275,10 @@ class TwinNodeConfig:
 
     def validate(self) -> None:
         check_robot(self.robot)
+        if self.robot_description and self.mode != "mirror":
+            raise ValueError(f"robot_description is the real arm's, read in mode 'mirror' only; mode is {self.mode!r}: "
+                             "remove robot_description (the twin publishes its own joint names)")
+        check_robot_description(self.robot, self.robot_description, need_twin=True)
         from vla_robot.twin.config import check_twin_task
 
         check_twin_task(self.task)  # the scene: words meant for the policy are an instruction
