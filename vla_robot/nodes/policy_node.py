@@ -31,6 +31,7 @@ from vla_robot.control.driver import Arrival, ChunkController
 from vla_robot.data import records
 from vla_robot.nodes import common, convert
 from vla_robot.nodes.config import PolicyNodeConfig
+from vla_robot.robot.description import resolve_description
 from vla_robot.serving.client import PolicyClient, PolicyTimeout, load_curve_key
 from vla_robot.twin.robots import robot_spec
 
@@ -67,7 +68,9 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         super().__init__(node_name, **kwargs)
         cfg: PolicyNodeConfig = self.config
         self.spec = robot_spec(cfg.robot)
-        self.names = list(self.spec.joint_names)
+        # joint_states in the arm's names and units -> the policy's; limits and home from the same
+        self.description = resolve_description(cfg.robot, cfg.robot_description)
+        self.names = self.description.names()
         self.dt = cfg.control.dt
         self._own_client = client is None
         self.client = client or PolicyClient(cfg.policy_server, timeout_s=cfg.control.request_timeout_s,
@@ -78,7 +81,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             options["temperature"] = cfg.temperature
         ctrl_client = _LockstepClient(self.client, cfg.control.request_timeout_s) if cfg.lockstep else self.client
         self.controller = ChunkController(
-            cfg.control, self.spec.joint_limits(), ctrl_client, request_options=options, clock=self._control_clock,
+            cfg.control, self.description.limits(), ctrl_client, request_options=options, clock=self._control_clock,
             fk=common.workspace_fk(cfg.robot, cfg.control.safety),  # the workspace box needs the robot's kinematics
         )
         self._lock = threading.Lock()  # guards the latest inputs
@@ -213,7 +216,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
-            q, _, stamp = convert.msg_to_joint_state(msg, self.names)
+            q, _, stamp = convert.msg_to_joint_state(msg, description=self.description)
         except ValueError as e:
             self.get_logger().warning(f"dropping a bad joint state: {e}", throttle_duration_sec=5.0)
             return

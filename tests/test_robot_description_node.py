@@ -1,0 +1,60 @@
+"""policy_node with a robot description (issue 18): joint_states in a Franka FR3's names, in any
+order, make it tick, and its safety filter enforces the description's limits."""
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+import rclpy  # noqa: E402
+
+from vla_robot.config import config_dir  # noqa: E402
+from vla_robot.nodes import convert  # noqa: E402
+from vla_robot.nodes.policy_node import PolicyNode  # noqa: E402
+from vla_robot.robot import load_description  # noqa: E402
+
+FR3 = config_dir() / "robots" / "fr3.yaml"
+
+pytestmark = pytest.mark.ros
+
+
+class HoldClient:
+    """Stands in for the policy server: a chunk that stays where the arm is."""
+
+    def metadata(self, timeout_s=None):
+        return {"model": "fake", "version": 0, "chunk_size": 4, "cameras": ["front"], "action_dim": 8}
+
+    def infer(self, observations, timeout_s=None, **options):
+        (observation,) = observations
+        self.state = np.asarray(observation["state"], dtype=np.float64)
+        return [{"actions": np.tile(self.state, (4, 1)).astype(np.float32), "version": 0, "chunk_id": 1}]
+
+    def close(self):
+        pass
+
+
+def test_policy_node_ticks_on_fr3_joint_states(ros_context):
+    fr3 = load_description(FR3)
+    client = HoldClient()
+    node = PolicyNode("policy_node", context=ros_context, client=client, parameter_overrides=[
+        rclpy.parameter.Parameter("robot", value="panda"),
+        rclpy.parameter.Parameter("robot_description", value=str(FR3)),
+        rclpy.parameter.Parameter("lockstep", value=True),
+        rclpy.parameter.Parameter("cameras", value=["front"]),
+    ])
+    sent = []
+    node.command_pub.publish = sent.append
+    try:
+        limits = node.controller.limits
+        np.testing.assert_array_equal(limits.upper, fr3.limits().upper)  # the FR3's limits, not the Panda twin's
+        assert limits.names == tuple(fr3.names())
+        node._on_episode_event(convert.event_to_msg({"type": "start", "episode": 0, "stamp": 1.0}))
+        q_policy = np.array([0.1, -0.7, 0.0, -2.0, 0.0, 1.6, 0.7, 0.4])
+        names = fr3.hardware_names() + ["fr3_finger_joint2"]
+        values = np.append(fr3.to_hardware(q_policy), 0.02)
+        order = [4, 8, 0, 7, 2, 6, 1, 5, 3]
+        node._on_image("front", convert.image_to_msg(np.zeros((16, 16, 3), np.uint8), 1.0))
+        node._on_joint_state(convert.joint_state_to_msg([names[i] for i in order], values[order], 1.0))
+        np.testing.assert_allclose(node._q[0], q_policy)
+        assert node.ticks == 1 and len(sent) == 1  # it ticked and commanded the arm
+        np.testing.assert_allclose(client.state, q_policy, atol=1e-6)  # the policy saw its own units
+    finally:
+        node.destroy_node()
