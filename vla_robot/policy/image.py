@@ -1,9 +1,28 @@
-"""OFT's image preprocessing, in numpy/OpenCV (no TensorFlow).
+"""OFT's image preprocessing, without TensorFlow, equal to TensorFlow's within 1 uint8 level.
 
-``resize_image_for_policy``: JPEG encode/decode, then a Lanczos-3 antialiased resize (TF's
-``tf.image.resize(method="lanczos3", antialias=True)``, i.e. ``scale_and_translate`` with the
-kernel stretched by the downscale factor). ``center_crop``: the centre crop covering 90% of the
-area, resized back with bilinear sampling at TF ``crop_and_resize`` sample points.
+OpenVLA-OFT's checkpoints were trained on TensorFlow's pipeline, and its deploy code replays it
+(openvla-oft ``experiments/robot/openvla_utils.py``: ``resize_image_for_policy``, ``crop_and_resize``,
+``center_crop_image``). Each step here reproduces TF's arithmetic, not just its intent:
+
+- ``jpeg_roundtrip``: ``tf.image.encode_jpeg`` is libjpeg-turbo at quality 95, 4:2:0 chroma, the
+  accurate integer forward DCT: OpenCV's encoder at quality 95 writes the same entropy-coded scan byte
+  for byte. ``tf.io.decode_image`` then decodes with the *fast* integer IDCT (JDCT_IFAST, "the
+  TensorFlow-chosen default": tensorflow/core/kernels/image/decode_image_op.cc) and fancy chroma
+  upsampling (jpeg_mem.h ``UncompressFlags``). OpenCV and Pillow decode with the accurate IDCT and
+  neither can be told otherwise: that is where the old OpenCV round trip differed by up to 10 levels.
+  simplejpeg (libjpeg-turbo's TurboJPEG API) takes ``fastdct=True, fastupsample=False``, which is
+  TF's decoder bit for bit.
+- ``lanczos3_resize``: ``tf.image.resize(method="lanczos3", antialias=True)`` is ``scale_and_translate``
+  with the Lanczos-3 kernel widened by the downscale factor, sampled at pixel centres, each output's
+  weights normalised, in float32; then ``round`` (half to even) and clip. The weights are precomputed
+  once per (input, output) size as a sparse matrix, so a resize is two sparse products in C.
+- ``center_crop``: the 90%-area box in float32, ``crop_and_resize``'s sample points
+  ``y1·(H-1) + i·(y2-y1)·(H-1)/(H-1)`` and its bilinear formula on ``v/255`` floats, then
+  ``convert_image_dtype(..., uint8, saturate=True)``, which *truncates* ``x·255.5`` rather than
+  rounding: rounding was the old 1-2 level difference. The taps are cached per size.
+
+tests/test_policy_image.py checks all three against a table TensorFlow computed
+(tests/data/make_oft_image_reference.py).
 """
 from __future__ import annotations
 
@@ -11,10 +30,13 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+import scipy.sparse
+import simplejpeg
 
 __all__ = ["check_image", "jpeg_roundtrip", "lanczos3_resize", "center_crop", "preprocess_image"]
 
 CROP_AREA = 0.9
+JPEG_QUALITY = 95  # tf.image.encode_jpeg's default, what OFT's RLDS data went through
 
 
 def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -25,12 +47,12 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     return image
 
 
-def jpeg_roundtrip(image: np.ndarray, quality: int = 95) -> np.ndarray:
-    """Encode to JPEG and back (TF ``encode_jpeg`` default quality is 95), as OFT's training data was stored."""
+def jpeg_roundtrip(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
+    """Encode to JPEG and back exactly as ``tf.io.decode_image(tf.image.encode_jpeg(image))`` does."""
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:  # pragma: no cover - OpenCV always encodes uint8 RGB
         raise ValueError("JPEG encoding failed")
-    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return simplejpeg.decode_jpeg(buf, colorspace="RGB", fastdct=True, fastupsample=False)
 
 
 def _lanczos3(x: np.ndarray) -> np.ndarray:
@@ -40,15 +62,20 @@ def _lanczos3(x: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _weights(in_size: int, out_size: int) -> np.ndarray:
-    """Row-normalised ``[out, in]`` resampling matrix of an antialiased Lanczos-3 resize."""
+def _weights(in_size: int, out_size: int) -> scipy.sparse.csr_matrix:
+    """The ``[out, in]`` resampling matrix of an antialiased Lanczos-3 resize, rows normalised, float32.
+
+    Only the taps inside the kernel's support are stored (7 for a mild resize, 15 when halving), so
+    applying it costs ~taps multiply-adds per output value instead of ``in_size``."""
     scale = out_size / in_size
     kscale = max(1.0 / scale, 1.0)  # antialias: widen the kernel when shrinking
     centers = (np.arange(out_size) + 0.5) / scale  # output pixel centres in input coordinates
     samples = np.arange(in_size) + 0.5
     w = _lanczos3((samples[None, :] - centers[:, None]) / kscale)
     w /= np.maximum(w.sum(1, keepdims=True), 1e-12)
-    return w.astype(np.float32)
+    m = scipy.sparse.csr_matrix(w.astype(np.float32))
+    m.eliminate_zeros()
+    return m
 
 
 def lanczos3_resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -56,27 +83,39 @@ def lanczos3_resize(image: np.ndarray, size: int) -> np.ndarray:
     h, w = image.shape[:2]
     if (h, w) == (size, size):
         return image
-    wy, wx = _weights(h, size), _weights(w, size)
-    x = image.astype(np.float32).reshape(h, w * 3)
-    # einsum without BLAS: single-threaded and steady; multi-threaded BLAS on these small products
-    # stalls for tens of ms when torch's OpenMP threads are still spinning after a forward pass
-    rows = np.einsum("oh,hk->ok", wy, x, optimize=False).reshape(size, w, 3).transpose(1, 0, 2).reshape(w, size * 3)
-    out = np.einsum("pw,wk->pk", wx, rows, optimize=False).reshape(size, size, 3).transpose(1, 0, 2)  # then columns
+    x = image.reshape(h, w * 3).astype(np.float32)
+    rows = (_weights(h, size) @ x).reshape(size, w, 3)  # along the columns first, then the rows
+    out = _weights(w, size) @ rows.transpose(1, 0, 2).reshape(w, size * 3)
+    out = out.reshape(size, size, 3).transpose(1, 0, 2)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=64)
+def _crop_taps(n: int, area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output index along an axis of length ``n``: the two source indices and the lerp weight,
+    in float32 as TF's ``crop_and_resize`` CPU kernel computes them."""
+    f32 = np.float32
+    side = np.clip(np.sqrt(f32(area)), f32(0), f32(1))  # tf.sqrt on a float32 tensor
+    lo = (f32(1) - side) / f32(2)
+    hi = lo + side
+    step = (hi - lo) * f32(n - 1) / f32(max(n - 1, 1))
+    pos = lo * f32(n - 1) + np.arange(n, dtype=f32) * step
+    first = np.floor(pos)
+    return first.astype(np.intp), np.ceil(pos).astype(np.intp), (pos - first).astype(f32)
 
 
 def center_crop(image: np.ndarray, area: float = CROP_AREA) -> np.ndarray:
-    """The centre crop covering ``area`` of the image, resized back to the same size (bilinear)."""
+    """The centre crop covering ``area`` of the image, resized back to the same size (bilinear),
+    with TF's ``crop_and_resize`` + ``convert_image_dtype`` arithmetic (module docstring)."""
     h, w = image.shape[:2]
-    side = float(np.sqrt(area))
-    y1, x1 = (1 - side) / 2, (1 - side) / 2
-    y2, x2 = y1 + side, x1 + side
-    # TF crop_and_resize sample points: y = y1*(H-1) + i*(y2-y1)*(H-1)/(crop_h-1)
-    ys = (y1 * (h - 1) + np.arange(h) * (y2 - y1) * (h - 1) / max(h - 1, 1)).astype(np.float32)
-    xs = (x1 * (w - 1) + np.arange(w) * (x2 - x1) * (w - 1) / max(w - 1, 1)).astype(np.float32)
-    map_x, map_y = np.meshgrid(xs, ys)
-    out = cv2.remap(image.astype(np.float32), map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    y0, y1, ty = _crop_taps(h, area)
+    x0, x1, tx = _crop_taps(w, area)
+    x = image.astype(np.float32) * np.float32(1.0 / 255.0)  # convert_image_dtype(uint8 -> float32)
+    left, right = x[:, x0], x[:, x1]
+    rows = left + (right - left) * tx[None, :, None]  # TF's top/bottom: lerp along x on each source row
+    top, bottom = rows[y0], rows[y1]
+    out = np.clip(top + (bottom - top) * ty[:, None, None], 0.0, 1.0)
+    return (out * np.float32(255.5)).astype(np.uint8)  # convert_image_dtype(float32 -> uint8): truncates
 
 
 def preprocess_image(image: np.ndarray, size: int, crop: bool = True, jpeg: bool = True, name: str = "image") -> np.ndarray:
