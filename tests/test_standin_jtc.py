@@ -24,10 +24,12 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from vla_robot.nodes import common, convert  # noqa: E402
-from vla_robot.nodes.standin_jtc import FR3_JOINTS, StandinJtc, StandinJtcConfig  # noqa: E402
+from vla_robot.nodes.standin_jtc import StandinJtc, StandinJtcConfig  # noqa: E402
 
 pytestmark = pytest.mark.ros
 TOPIC = "/joint_trajectory_controller/joint_trajectory"
+FR3_JOINTS = [f"fr3_joint{i}" for i in range(1, 8)]  # config/robots/fr3.yaml, the stand-in's default
+GRIPPER_TOPIC = "/fr3_gripper_position_controller/commands"
 
 
 def traj(names, points, stamp=0.0, velocities=True):
@@ -52,7 +54,7 @@ class Rig:
         self.jtc = StandinJtc(context=ctx, config=config)
         self.client = rclpy.create_node("client", context=ctx)
         self.pub = self.client.create_publisher(JointTrajectory, TOPIC, 10)
-        self.grip = self.client.create_publisher(Float64MultiArray, "/gripper_controller/commands", 10)
+        self.grip = self.client.create_publisher(Float64MultiArray, GRIPPER_TOPIC, 10)
         self.states, self.stats, self.lock = [], [], threading.Lock()
         self.client.create_subscription(JointState, "/joint_states", self._keep(self.states), common.STATE_QOS)
         self.client.create_subscription(String, "/joint_trajectory_controller/stats",
@@ -187,10 +189,12 @@ def test_injected_latency_drops_what_arrives_after_its_end(ros_context):
 
 def test_the_gripper_has_its_own_position_controller(rig):
     """forward_command_controller (forward_controllers_base.cpp ForwardControllersBase::update): one
-    value per interface on ~/commands sets the joint; a command of another size is refused."""
-    rig.grip.publish(Float64MultiArray(data=[0.6, 0.1]))  # two values for one joint: refused
-    rig.grip.publish(Float64MultiArray(data=[0.6]))
-    assert rig.wait(lambda: abs(rig.q()["fr3_finger_joint1"] - 0.6) < 0.05, 5), rig.q()
+    value per interface on ~/commands sets the joint; a command of another size is refused. Hardware
+    units (the Franka finger, metres) map onto the twin's gripper as the description says."""
+    rig.grip.publish(Float64MultiArray(data=[0.01, 0.1]))  # two values for one joint: refused
+    rig.grip.publish(Float64MultiArray(data=[0.01]))  # nearly closed: 0.01 of 0.04 m open
+    assert rig.wait(lambda: abs(rig.q()["fr3_finger_joint1"] - 0.01) < 0.003, 5), rig.q()
+    assert rig.jtc.arm.read()[0][-1] == pytest.approx(0.6, abs=0.06)  # the twin's Robotiq angle, 0 open .. 0.8
     assert rig.counts().get("gripper_commands") == 1
 
 

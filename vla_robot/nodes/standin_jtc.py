@@ -26,9 +26,12 @@ and ``src/trajectory.cpp``; tests/test_standin_jtc.py cites the function of each
   physics in real time), so ``joint_states`` (joint_state_broadcaster: every joint, hardware names,
   position and velocity) are the physics' answer, not the commands.
 
-The gripper is not one of its joints: a forward position controller (forward_command_controller's
-``~/commands``, std_msgs/Float64MultiArray with one value per joint; a wrong size is refused) on
-``gripper_topic`` sets the twin's gripper joint.
+Names, units and the twin come from the arm's robot description (vla_robot/robot/description.py,
+default config/robots/fr3.yaml: the controller's joints are ``fr3_joint1..7`` on the Panda twin's
+``joint1..7``). The gripper is not one of the controller's joints (unless the description says
+``with_arm``): a forward position controller (forward_command_controller's ``~/commands``,
+std_msgs/Float64MultiArray with one value per joint; a wrong size is refused) on the description's
+gripper topic sets the twin's gripper, in hardware units mapped as the description maps them.
 
 ``latency_s`` delays every trajectory by that long before the controller sees it (injected transport
 latency, for tests of the client's lead time). Counts (accepted, rejected by reason, late = ended in
@@ -54,20 +57,16 @@ from vla_robot.config import ConfigError
 from vla_robot.nodes import common, convert
 
 _FLOAT_EPS = float(np.finfo(np.float32).eps)  # validate_trajectory_msg: std::numeric_limits<float>::epsilon()
-FR3_JOINTS = [f"fr3_joint{i}" for i in range(1, 8)]
 
 
 @dataclass
 class StandinJtcConfig:
-    # The controller's joints (the hardware's names), as its `joints` parameter lists them.
-    joints: list[str] = field(default_factory=lambda: list(FR3_JOINTS))
-    # The twin joint behind each controller joint, same order (the twin's panda names joint1..7).
-    twin_joints: list[str] = field(default_factory=lambda: [f"joint{i}" for i in range(1, 8)])
-    # The gripper's hardware name and its twin joint ('' = no gripper), and its position controller's topic.
-    gripper_joint: str = "fr3_finger_joint1"
-    gripper_twin_joint: str = "gripper"
-    gripper_topic: str = "/gripper_controller/commands"
-    # Options of the twin arm backend behind it (vla_robot/drivers/twin.py TwinArmConfig).
+    # The arm's robot description (vla_robot/robot/description.py): the controller's joints are its
+    # hardware names, the twin behind it is its `twin`, the gripper's position controller listens on
+    # its gripper topic (units mapped as the description maps them). '' = config/robots/fr3.yaml.
+    robot_description: str = ""
+    # Options of the twin arm backend behind it (vla_robot/drivers/twin.py TwinArmConfig); its twin
+    # robot must be the description's.
     arm: dict = field(default_factory=lambda: {"session": "standin_jtc", "realtime": True,
                                                "twin": {"robot": "panda", "control_hz": 100.0}})
     update_rate: float = 100.0  # the controller manager's update rate (Hz)
@@ -81,19 +80,28 @@ class StandinJtcConfig:
     latency_s: float = 0.0
 
     def validate(self) -> None:
-        if not self.joints or len(set(self.joints)) != len(self.joints):
-            raise ValueError(f"joints must list the controller's joints, each once, got {self.joints}")
-        if len(self.twin_joints) != len(self.joints):
-            raise ValueError(f"twin_joints must name one twin joint per controller joint ({len(self.joints)}), "
-                             f"got {self.twin_joints}")
-        if self.gripper_joint in self.joints:
-            raise ValueError(f"gripper_joint '{self.gripper_joint}' is one of the arm controller's joints; the "
-                             "gripper has its own controller")
         for name in ("update_rate", "state_publish_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 Hz, got {getattr(self, name)}")
         if not self.latency_s >= 0:
             raise ValueError(f"latency_s must be >= 0 seconds, got {self.latency_s}")
+
+
+def _description(path: str):
+    from vla_robot.config import config_dir
+    from vla_robot.robot.description import DescriptionError, load_description
+
+    try:
+        d = load_description(path or config_dir() / "robots" / "fr3.yaml")
+    except DescriptionError as e:
+        raise ConfigError(f"robot_description: {e}") from None
+    if d.twin is None:
+        raise ConfigError(f"robot_description: {d.label} names no twin; the stand-in drives the twin's arm, so its "
+                          "joints must be a twin robot's (twin: panda)")
+    if d.gripper.interface == "trajectory_controller":
+        raise ConfigError(f"robot_description: {d.label}'s gripper has its own trajectory controller; the stand-in "
+                          "serves a position_controller gripper (or one with_arm) only")
+    return d
 
 
 # --- the trajectory, on absolute time ----------------------------------------------------------
@@ -196,20 +204,20 @@ class StandinJtc(common.ConfiguredNode):
         cfg: StandinJtcConfig = self.config
         from vla_robot.drivers.base import make_arm
 
+        self.desc = d = _description(cfg.robot_description)
         try:
             self.arm = make_arm("twin", cfg.arm)
         except ConfigError as e:
             raise ConfigError(f"arm: {e}") from None
-        twin_names = list(self.arm.joint_names)
-        wanted = list(cfg.twin_joints) + ([cfg.gripper_twin_joint] if cfg.gripper_joint else [])
-        missing = [n for n in wanted if n not in twin_names]
-        if missing:
+        if self.arm.spec.name != d.twin:
             self.arm.close()
-            raise ConfigError(f"twin_joints / gripper_twin_joint: the twin arm has no joint {missing}; it has "
-                              f"{twin_names}")
-        self._idx = [twin_names.index(n) for n in cfg.twin_joints]
-        self._gripper_idx = twin_names.index(cfg.gripper_twin_joint) if cfg.gripper_joint else None
-        self.joints = list(cfg.joints)
+            raise ConfigError(f"arm: its twin robot is {self.arm.spec.name!r} but {d.label}'s twin is {d.twin!r}; set "
+                              f"arm.twin.robot: {d.twin}")
+        twin_names = list(self.arm.joint_names)
+        self._twin_idx = [twin_names.index(n) for n in d.names()]  # policy order (the twin's names) in the twin
+        self.joints = d.arm_hardware_names()  # the controller's joints
+        self._n_arm = len(self.joints)  # the first entries of the policy vector
+        self._gripper_own = d.gripper.interface == "position_controller"
         self.period = 1.0 / cfg.update_rate
         self._lock = threading.Lock()
         self._inbox: deque = deque()  # (deliver at, msg): the injected latency
@@ -217,8 +225,8 @@ class StandinJtc(common.ConfiguredNode):
         self._traj: Optional[Trajectory] = None
         self._holding = True  # on_activate: set_hold_position
         q, _, _ = self.arm.read()
-        self._target = q.copy()  # what the twin arm is told (all its joints)
-        self._last_cmd = q[self._idx].copy()
+        self._target = q[self._twin_idx].copy()  # what the twin arm is told, in policy order and units
+        self._last_cmd = d.to_hardware(self._target)[: self._n_arm]  # the controller's last command
         self.stats = Counter()
         self.rejected: Counter = Counter()
         self.last_error = ""
@@ -226,8 +234,8 @@ class StandinJtc(common.ConfiguredNode):
 
         group = MutuallyExclusiveCallbackGroup()
         self.create_subscription(JointTrajectory, "~/joint_trajectory", self._on_trajectory, 10, callback_group=group)
-        if cfg.gripper_joint:
-            self.create_subscription(Float64MultiArray, cfg.gripper_topic, self._on_gripper, 10, callback_group=group)
+        if self._gripper_own:
+            self.create_subscription(Float64MultiArray, d.gripper.topic, self._on_gripper, 10, callback_group=group)
         self.js_pub = self.create_publisher(JointState, common.JOINT_STATES, common.STATE_QOS)
         self.stats_pub = self.create_publisher(String, "~/stats", common.LATCHED_QOS)
         self.create_timer(self.period, self._update, callback_group=group)
@@ -236,8 +244,9 @@ class StandinJtc(common.ConfiguredNode):
         self.diagnostics = common.Diagnostics(self)
         self.diagnostics.extra = lambda: (common.WARN if self.rejected else common.OK,
                                           self.last_error or "ok", self.counts())
-        self.get_logger().info(f"stand-in JTC: joints {self.joints} on the twin's {list(cfg.twin_joints)}, "
-                               f"{cfg.update_rate:g} Hz, injected latency {cfg.latency_s * 1000:.0f} ms")
+        self.get_logger().info(f"stand-in JTC ({d.label}): joints {self.joints} on twin {d.twin}, "
+                               f"{cfg.update_rate:g} Hz, injected latency {cfg.latency_s * 1000:.0f} ms"
+                               + (f", gripper on {d.gripper.topic}" if self._gripper_own else ""))
 
     # --- inputs ---------------------------------------------------------------------------------
     def _on_trajectory(self, msg: JointTrajectory) -> None:
@@ -253,7 +262,7 @@ class StandinJtc(common.ConfiguredNode):
                                     throttle_duration_sec=1.0)
             return
         with self._lock:
-            self._target[self._gripper_idx] = float(msg.data[0])
+            self._target[-1] = float(self.desc.gripper.from_hardware(msg.data[0]))
             self.stats["gripper_commands"] += 1
             self._stats_dirty = True
 
@@ -292,12 +301,16 @@ class StandinJtc(common.ConfiguredNode):
         with self._lock:
             new, self._new = self._new, None
             if new is not None:
-                self._install(new, now, q[self._idx], dq[self._idx])
+                hw_q, hw_dq = self._hardware_state(q, dq)
+                self._install(new, now, hw_q[: self._n_arm], hw_dq[: self._n_arm])
             if self._traj is not None:
                 cmd, _ = self._traj.sample(now + self.period)  # command_next_: one update ahead
                 self._last_cmd = cmd
-                self._target[self._idx] = cmd
-            target = self._target.copy()
+                full = self.desc.to_hardware(self._target)
+                full[: self._n_arm] = cmd
+                self._target = self._policy_units(full)
+            target = q.copy()
+            target[self._twin_idx] = self._target
         try:
             self.arm.command(target)
         except Exception as e:  # noqa: BLE001
@@ -344,14 +357,27 @@ class StandinJtc(common.ConfiguredNode):
         return out
 
     # --- outputs --------------------------------------------------------------------------------
+    def _hardware_state(self, q: np.ndarray, dq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The twin's joints -> the hardware's (description order, hardware units)."""
+        hq = self.desc.to_hardware(q[self._twin_idx])
+        hdq = dq[self._twin_idx].copy()
+        if self.desc.gripper.present:
+            hdq[-1] /= self.desc.gripper.scale
+        return hq, hdq
+
+    def _policy_units(self, hw: np.ndarray) -> np.ndarray:
+        out = np.array(hw, dtype=np.float64)
+        if self.desc.gripper.present:
+            out[-1] = self.desc.gripper.from_hardware(out[-1])
+        return out
+
     def _publish_state(self) -> None:
         try:
             q, dq, _ = self.arm.read()
         except Exception:  # noqa: BLE001 - reported by the update
             return
-        idx = list(self._idx) + ([self._gripper_idx] if self._gripper_idx is not None else [])
-        names = self.joints + ([self.config.gripper_joint] if self._gripper_idx is not None else [])
-        self.js_pub.publish(convert.joint_state_to_msg(names, q[idx], time.time(), velocity=dq[idx]))
+        hq, hdq = self._hardware_state(q, dq)
+        self.js_pub.publish(convert.joint_state_to_msg(self.desc.hardware_names(), hq, time.time(), velocity=hdq))
 
     def counts(self) -> dict:
         with self._lock:
