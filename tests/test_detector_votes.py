@@ -82,3 +82,26 @@ def test_episode_frames_keep_the_whole_episode_evenly_in_bounded_memory():
     frames.reset()
     with pytest.raises(ValueError, match="no frame of this episode"):
         frames.snapshot()
+
+
+def test_the_learner_trains_only_on_the_label_sources_it_trusts(tmp_path):
+    """``vla-robot learn --trust-labels``: the follower leaves out episodes labelled by another source;
+    by default it trusts every source (nothing changes for existing users)."""
+    from test_data_relabel import DIM, _record
+
+    from vla_robot.data.relabel import relabel
+    from vla_robot.rl.dataset import follow_dataset
+
+    root = tmp_path / "ds"
+    _record(root, ("success", "failure", "success"))
+    relabel(root, 0, "failure", source="votes")
+    relabel(root, 1, "success", source="human")
+
+    def used(**kw):
+        follower = follow_dataset(root, DIM, follow=False, **kw)
+        return [(e.episode_id.rsplit("#", 1)[1], e.label) for e in follower], follower
+
+    assert used()[0] == [("0", 0), ("1", 1), ("2", 1)]
+    eps, follower = used(trust=["human"])
+    assert eps == [("1", 1)] and follower.untrusted == 2  # votes, and a label of unknown source
+    assert used(trust=["human", "votes"])[0] == [("0", 0), ("1", 1)]

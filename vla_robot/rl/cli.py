@@ -125,6 +125,10 @@ def learn_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a GRPO hyper-parameter, e.g. --set group_size=4")
     parser.add_argument("--since", type=int, default=0, help="first episode index to read")
+    parser.add_argument("--trust-labels", default="", metavar="SOURCES",
+                        help="train only on episodes labelled by these sources, comma-separated, e.g. human,votes "
+                             "(human: a person at the episode's end; auto: the twin's check; votes: the success "
+                             "detectors' consensus; person: a `dataset relabel`); default: every source")
     parser.add_argument("--idle-timeout", type=float, default=None,
                         help="stop after this many seconds without a new episode (default: run until interrupted)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (also when resuming)")
@@ -272,8 +276,11 @@ def _follow(args: argparse.Namespace, learner, note) -> None:
         learner.skipped["bad_episode"] += 1
         note(f"skipped bad episode {index} ({learner.skipped['bad_episode']} so far): {reason}")
 
+    trust = [s.strip() for s in args.trust_labels.split(",") if s.strip()] or None
+    if trust:
+        print(f"learn: training only on labels by {', '.join(trust)}", flush=True)
     for episode in follow_dataset(args.dataset, learner.runtime.metadata["action_dim"], since=args.since, follow=True,
-                                  timeout=args.idle_timeout, on_bad=on_bad):
+                                  timeout=args.idle_timeout, on_bad=on_bad, trust=trust):
         try:
             learner.add(episode)
         except ValueError as e:  # a malformed episode the reader let through: never a crash loop

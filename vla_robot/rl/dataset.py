@@ -16,11 +16,16 @@ Labels come from the journal with the relabel log applied (:func:`vla_robot.data
 :mod:`vla_robot.data.relabel`), never from the frames' ``episode.label`` column, so an episode
 relabelled before the learner uses it trains with its newer label; the follower yields an episode
 relabelled while it follows again (the learner skips one it already used: see :func:`used_by_learner`).
+
+Which labels it trusts: ``trust`` names the label sources the learner trains on (the journal's
+``meta.label_source``: ``human``, ``auto`` the twin's check, ``votes`` the detectors' consensus,
+``person`` or another ``--source`` of a relabel); an episode labelled by any other source is not
+yielded, as if unlabelled, and counted in ``untrusted``. None (the default) trusts every source.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -120,14 +125,17 @@ class DatasetFollower:
     An episode relabelled while following comes again with its new label.
 
     ``skipped``: how many were skipped; ``bad``: ``[(episode index, reason), ...]``;
-    ``on_bad(index, reason)``: called for each (optional)."""
+    ``on_bad(index, reason)``: called for each (optional). ``trust``: the label sources to train on
+    (None: all); ``untrusted``: the episodes left out for their label's source."""
 
     def __init__(self, root: str | Path, action_dim: int | None = None, since: int = 0, follow: bool = True,
                  poll_s: float = 1.0, timeout: float | None = None,
-                 on_bad: Callable[[int, str], None] | None = None):
+                 on_bad: Callable[[int, str], None] | None = None, trust: Collection[str] | None = None):
         self.root, self.action_dim, self.since = Path(root), action_dim, int(since)
         self.follow, self.poll_s, self.timeout, self.on_bad = follow, poll_s, timeout, on_bad
+        self.trust = None if trust is None else frozenset(trust)
         self.skipped = 0
+        self.untrusted = 0
         self.bad: list[tuple[int, str]] = []
 
     def __iter__(self) -> Iterator[Episode]:
@@ -135,6 +143,12 @@ class DatasetFollower:
 
         for rec in iter_episodes(self.root, self.since, labelled_only=True, with_frames=False, follow=self.follow,
                                  poll_s=self.poll_s, timeout=self.timeout, relabelled=True):
+            source = (rec.record.meta or {}).get("label_source")
+            if self.trust is not None and source not in self.trust:
+                self.untrusted += 1
+                log.info("episode %d not trained on: its label is by %r, not one of the trusted sources %s",
+                         rec.index, source, sorted(self.trust))
+                continue
             try:
                 episode = to_learner_episode(rec, self.action_dim)
             except BadEpisode as e:
@@ -149,10 +163,11 @@ class DatasetFollower:
 
 def follow_dataset(root: str | Path, action_dim: int | None = None, since: int = 0, follow: bool = True,
                    poll_s: float = 1.0, timeout: float | None = None,
-                   on_bad: Callable[[int, str], None] | None = None) -> DatasetFollower:
+                   on_bad: Callable[[int, str], None] | None = None,
+                   trust: Collection[str] | None = None) -> DatasetFollower:
     """Labelled episodes of ``root`` as they are saved: ``for ep in follow_dataset(root, action_dim): ...``.
-    Bad episodes are skipped and counted (see :class:`DatasetFollower`)."""
-    return DatasetFollower(root, action_dim, since, follow, poll_s, timeout, on_bad)
+    Bad episodes are skipped and counted; ``trust``: the label sources to train on (see :class:`DatasetFollower`)."""
+    return DatasetFollower(root, action_dim, since, follow, poll_s, timeout, on_bad, trust)
 
 
 def read_demonstrations(root: str | Path, runtime) -> dict[str, list[Episode]]:
