@@ -43,6 +43,7 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_robot.nodes import common, convert
+from vla_robot.robot.description import resolve_description
 from vla_robot.nodes.config import TwinNodeConfig
 from vla_robot.nodes.episodes import LatestReset
 
@@ -121,6 +122,8 @@ class TwinNode(common.ConfiguredNode):
 
             self.mirror = self._run(Mirror, self._twin_config(cfg.task))
             self.env = self.mirror.view  # what the twin cameras show
+            # the real arm's joint_states, in its names and units -> the twin's
+            self.description = resolve_description(cfg.robot, cfg.robot_description)
         else:
             self.env = self._run(self._make_env, cfg.task)
             self._envs = {cfg.task: self.env}  # one env per task, built when an episode first asks for it
@@ -318,7 +321,7 @@ class TwinNode(common.ConfiguredNode):
             return self.mirror.render(t=stamp), self.mirror.divergence()
 
         try:
-            q, dq, stamp = convert.msg_to_joint_state(msg, self.names)
+            q, dq, stamp = convert.msg_to_joint_state(msg, description=self.description)
             images, divergence = self._run(follow, q, dq, stamp)
         except ValueError as e:  # a malformed message, or a stamp older than the last one
             self.get_logger().warning(f"mirror: dropping a joint state: {e}", throttle_duration_sec=5.0)
