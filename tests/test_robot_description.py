@@ -231,6 +231,7 @@ def test_a_description_for_another_twin_than_the_nodes_robot_is_refused():
     with pytest.raises(DescriptionError, match="its twin is 'panda' but the node's robot is 'so101': set robot: panda"):
         resolve_description("so101", str(ROBOTS_DIR / "fr3.yaml"))
     assert resolve_description("panda", str(ROBOTS_DIR / "fr3.yaml")).name == "fr3"
+    assert resolve_description("panda", "robots/fr3.yaml").name == "fr3"  # inside the config folder
 
 
 def test_the_description_is_frozen_and_its_home_read_only():

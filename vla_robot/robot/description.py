@@ -362,13 +362,24 @@ def _read_yaml(path: Path, label: str, key: str) -> Any:
         raise DescriptionError(f"{label}: '{key}' file {path} is not valid YAML: {e}") from None
 
 
+def _find(path: Path) -> Path:
+    """``path`` as given, or else inside the shipped config folder, so ``robots/fr3.yaml`` works
+    from any directory and in a colcon install."""
+    from vla_robot.config import config_dir
+
+    if path.is_file() or path.is_absolute() or not (config_dir() / path).is_file():
+        return path
+    return config_dir() / path
+
+
 def load_description(source: "str | Path | Mapping[str, Any]") -> RobotDescription:
-    """A :class:`RobotDescription` from a YAML file or a mapping of the same form (see the module's
-    doc and config/robots/*.yaml); :class:`DescriptionError` naming the key and the fix."""
+    """A :class:`RobotDescription` from a YAML file (relative to the working directory, or else to
+    the config folder: ``robots/fr3.yaml``) or a mapping of the same form (see the module's doc and
+    config/robots/*.yaml); :class:`DescriptionError` naming the key and the fix."""
     if isinstance(source, Mapping):
         data, label, base = dict(source), str(source.get("name", "<dict>")), Path.cwd()
     else:
-        path = Path(source)
+        path = _find(Path(source))
         label = str(path)
         if not path.is_file():
             raise DescriptionError(f"robot description {label} does not exist: give the path of a description YAML "
@@ -539,7 +550,8 @@ def _joint_limits_block(value: Any, label: str, base: Path) -> dict[str, dict[st
 
 
 def resolve_description(robot: str, path: str = "") -> RobotDescription:
-    """The description a node drives: the file at ``path``, or (no path) the twin robot ``robot``'s.
+    """The description a node drives: the file at ``path`` (:func:`load_description`), or (no path)
+    the twin robot ``robot``'s.
 
     A description that names a twin must name the node's ``robot``: the policy, the twin and the
     workspace kinematics are that robot's."""
