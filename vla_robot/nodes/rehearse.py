@@ -53,6 +53,12 @@ def rehearse_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", choices=("twin", "alternate"), default="twin",
                         help="the stand-in person labels what the twin's success check showed (twin), or "
                              "success and failure in turn (alternate: tests of the plumbing)")
+    parser.add_argument("--label-source", choices=("human", "votes"), default="human",
+                        help="human: the stand-in person labels every episode; votes: the success detectors "
+                             "(--detector) vote and the person answers only when the episode manager asks")
+    parser.add_argument("--detector", action="append", default=[], metavar="PATH",
+                        help="a success detector (folder or .onnx from `vla-robot detector train`) voting with "
+                             "--label-source votes (repeatable; the quorum is episode_manager_node.vote_quorum, 2)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -83,6 +89,15 @@ class Session:
         self.out = out.resolve()
         self.args = args
         self.overrides = parse_sets(args.sets)
+        if args.label_source == "votes":
+            if not args.detector:
+                raise ValueError("--label-source votes needs the detectors that vote: --detector PATH (repeatable), "
+                                 "trained with `vla-robot detector train` on twin episodes of the stand-in's task")
+            manager = self.overrides.setdefault("episode_manager_node", {})
+            manager.update({"label_source": "votes", "detectors": [str(Path(d).resolve()) for d in args.detector]})
+            manager.setdefault("vote_quorum", min(2, len(args.detector)))
+        elif args.detector:
+            raise ValueError("--detector is for --label-source votes")
         if self.out.exists() and any(self.out.glob("dataset/*")):
             raise ValueError(f"{self.out} already holds a rehearsal's dataset; give another --out or remove it")
         self.logs = self.out / "logs"
@@ -141,7 +156,8 @@ class Session:
     def _graph(self, server: str):
         from vla_robot.nodes.processes import ProcessGraph
 
-        specs = standin_graph(server, self.out, self.overrides, labels=self.args.labels, seed=self.args.seed)
+        specs = standin_graph(server, self.out, self.overrides, labels=self.args.labels, seed=self.args.seed,
+                              answer="asked" if self.args.label_source == "votes" else "always")
         return ProcessGraph(specs, self.logs, groups={"hardware": HARDWARE}, env=self.env)
 
     def _progress(self) -> dict:
@@ -172,8 +188,10 @@ class Session:
         return codes
 
 
-def standin_graph(server: str, out: Path, overrides: dict, labels: str = "twin", seed: int = 0) -> list:
-    """The rl_finetune graph with the stand-in hardware and person (NodeSpecs)."""
+def standin_graph(server: str, out: Path, overrides: dict, labels: str = "twin", seed: int = 0,
+                  answer: str = "always") -> list:
+    """The rl_finetune graph with the stand-in hardware and person (NodeSpecs); ``answer``: the
+    person labels every episode (always) or only when the episode manager asks (asked: votes)."""
     from vla_robot.bringup import NodeSpec, graph
     from vla_robot.config import config_dir
 
@@ -189,7 +207,7 @@ def standin_graph(server: str, out: Path, overrides: dict, labels: str = "twin",
         specs.append(s)
     specs.append(NodeSpec("twin_node", "twin_node", parameters=(standin,)))
     specs.append(NodeSpec("standin_person", "standin_person", overrides=(
-        ("log", str(out / "person.jsonl")), ("labels", labels), ("seed", seed))))
+        ("log", str(out / "person.jsonl")), ("labels", labels), ("seed", seed), ("answer", answer))))
     from vla_robot.nodes.runner import with_overrides
 
     return with_overrides(specs, overrides, GRAPH)
@@ -264,7 +282,8 @@ def summarize(out: Path, codes: dict[str, int], seconds: float, domain: str) -> 
     """What happened, from the files the processes left: the person's log, the dataset, the learner's."""
     from vla_robot.data.reader import read_journal
 
-    events = [r["event"] for r in read_jsonl(out / "person.jsonl") if "event" in r]
+    person = read_jsonl(out / "person.jsonl")
+    events = [r["event"] for r in person if "event" in r]
     ends = [e for e in events if e["type"] == "end"]
     saves = [e for e in events if e["type"] == "save"]
     root = out / "dataset"
@@ -286,6 +305,8 @@ def summarize(out: Path, codes: dict[str, int], seconds: float, domain: str) -> 
         "faults": [e.get("fault") for e in ends if e["reason"] == "fault"],
         "fault_fraction": (sum(e["reason"] == "fault" for e in ends) / len(ends)) if ends else 0.0,
         "labels": dict(Counter(e["label"] for e in saves)),
+        "label_sources": dict(Counter(e.get("label_source", "") for e in saves)),
+        "questions": _questions(person, saves),
         "saved_episodes": len(journal),
         "dropped_frames": sum(r.dropped_frames for r in journal),
         # the rate the graph held: recorded frames (one per arm command) per second of episode
@@ -301,6 +322,19 @@ def summarize(out: Path, codes: dict[str, int], seconds: float, domain: str) -> 
         "exit_codes": codes,
         "processes_ok": all(c in (0, -2, 130) for c in codes.values()),
     }
+
+
+def _questions(person: list[dict], saves: list[dict]) -> dict:
+    """How often the person was asked for a label (``ask`` events), per saved episode, and how the
+    votes' own labels compare with what the person saw of the same episodes."""
+    asked = {r["event"]["episode"] for r in person if r.get("event", {}).get("type") == "ask"}
+    saw = {r["episode"]: r["succeeded"] for r in person if r.get("action") == "saw"}
+    voted = [e for e in saves if e.get("label_source") == "votes" and e["episode"] in saw]
+    right = sum((e["label"] == Label.SUCCESS) == saw[e["episode"]] for e in voted)
+    return {"asked": len(asked), "episodes": len(saves),
+            "per_episode": len(asked) / len(saves) if saves else None,
+            "labelled_by_votes": sum(e.get("label_source") == "votes" for e in saves),
+            "votes_right": right, "votes_scored": len(voted)}
 
 
 def _median(xs: list[float]) -> float | None:
@@ -323,7 +357,10 @@ def format_report(r: dict) -> str:
              f"  episodes ended  {r['episodes_ended']}  ({', '.join(f'{k} {v}' for k, v in r['end_reasons'].items())})",
              f"  faults          {len(r['faults'])} ({100 * r['fault_fraction']:.1f}%)"
              + (f": {Counter(r['faults']).most_common(2)}" if r["faults"] else ""),
-             f"  labels          {r['labels']}",
+             f"  labels          {r['labels']} by {r.get('label_sources', {})}",
+             *([f"  questions       {q['asked']} for {q['episodes']} saved episodes ({q['per_episode']:.2f} per "
+                f"episode); the votes labelled {q['labelled_by_votes']}, {q['votes_right']}/{q['votes_scored']} "
+                "as the person saw them"] if (q := r.get("questions") or {}).get("asked") or q.get("labelled_by_votes") else []),
              f"  saved episodes  {r['saved_episodes']}, dropped frames {r['dropped_frames']}, "
              f"recorded at {r['recorded_hz'] or 0:.1f} Hz (median)"
              + (f", {r['recorder_meta']}" if r["recorder_meta"] else ""),

@@ -14,6 +14,11 @@ manager never sees those. Each action comes after a human-like delay drawn from
   fault, press start without a label (a person who saw the arm freeze neither rewards nor punishes
   it: the manager keeps it unlabelled, never trained on).
 
+``answer: asked`` (for ``label_source: votes``): the person labels an episode only when the episode
+manager asks (its ``ask`` event: the votes did not agree), and otherwise waits for the votes' ``save``
+before pressing start again; :attr:`questions` counts the questions. It still writes down what it saw
+of every episode (``{"action": "saw", "episode", "succeeded"}``) so the report can score the votes.
+
 Every episode event and every action goes, one JSON object per line, to ``log`` (the rehearsal's
 report reads it). ``labels: alternate`` labels success and failure in turn whatever happened: for
 tests of the plumbing, where the twin's success rate would only add noise.
@@ -42,6 +47,8 @@ class StandinPersonConfig:
     max_delay_s: float = 1.2
     stop_on_success: bool = True
     labels: Literal["twin", "alternate"] = "twin"
+    # always: label every episode when it ends; asked: only when the episode manager asks (label_source votes)
+    answer: Literal["always", "asked"] = "always"
     log: str = ""  # JSON lines of events and actions ('' = none)
     seed: int = 0
 
@@ -64,6 +71,7 @@ class StandinPerson(common.ConfiguredNode):
         self.ready: set[int] = set()
         self.succeeded = False
         self.labelled = 0
+        self.questions = 0  # ask events for an episode (answer: asked)
         self._due: tuple[float, str] | None = (time.monotonic() + self._delay(), "start")
         cb = ReentrantCallbackGroup()
         srv = f"/{cfg.manager}"
@@ -101,9 +109,14 @@ class StandinPerson(common.ConfiguredNode):
                 self._due = None
             elif t == "end" and n == self.episode:
                 self.state = "ended"
+                self._write({"action": "saw", "episode": self.episode, "succeeded": self.succeeded})
                 # a fault: leave it unlabelled (the manager keeps it, never trained on) and go on
                 fault = ev.get("reason") == "fault"
-                self._due = (time.monotonic() + self._delay(), "start" if fault else "label")
+                if fault or self.config.answer == "always":
+                    self._due = (time.monotonic() + self._delay(), "start" if fault else "label")
+            elif t == "ask" and n == self.episode and self.state == "ended":
+                self.questions += 1
+                self._due = (time.monotonic() + self._delay(), "label")
             elif t in ("save", "discard") and n == self.episode:
                 self.state = "idle"
                 self._due = (time.monotonic() + self._delay(), "start")
