@@ -35,6 +35,35 @@ def check_robot_description(robot: str, path: str, need_twin: bool = False) -> N
 
 
 @dataclass
+class ArmCommandConfig:
+    """How policy_node commands the arm (docs/ros2_control.md)."""
+
+    # point: one target per tick, reached in one control period, on arm/command (arm_node, the twin);
+    # trajectory: also the whole remaining chunk as one JointTrajectory on arm/joint_trajectory in the
+    # hardware's names (bringup remaps it to a ros2_control joint trajectory controller), velocities
+    # filled, last point at rest, stamped now + lead_s so the controller merges it on arrival, and the
+    # gripper on its own controller; positions: the same chunk without velocities, for a controller that
+    # upsamples positions-only chunks (positions_upsampling, ros2_controllers#2491); auto: trajectory
+    # unless robot_description's gripper travels with the arm (the twin's, the SO-101's), then point.
+    form: Literal["auto", "point", "trajectory", "positions"] = "auto"
+    # Trajectory forms: how far ahead of now each one starts (s, rounded up to control periods); it
+    # absorbs transport latency and clock offset. 0.1 s: 50 ms of latency never makes one late.
+    lead_s: float = 0.1
+    # Trajectory forms (no arm_node there): on the episode manager's reset, a slow trajectory home through
+    # the safety filter; the policy drives only once every joint is within home_tolerance of home
+    # (policy units: rad, the gripper the twin's); a fault after home_timeout_s.
+    home_on_reset: bool = True
+    home_tolerance: float = 0.03
+    home_timeout_s: float = 30.0
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.lead_s) and self.lead_s >= 0):
+            raise ValueError(f"lead_s must be >= 0 seconds (0.1 absorbs 50 ms of latency), got {self.lead_s}")
+        _positive("home_tolerance", self.home_tolerance, "rad")
+        _positive("home_timeout_s", self.home_timeout_s, "seconds")
+
+
+@dataclass
 class PolicyNodeConfig:
     """policy_node: asks the policy server for chunks and drives the arm through the safety filter."""
 
@@ -63,6 +92,8 @@ class PolicyNodeConfig:
     # Configure and activate the lifecycle node at start (false: wait for `ros2 lifecycle set`).
     autostart: bool = True
     control: ControlConfig = field(default_factory=ControlConfig)
+    # How commands go out: one target per tick, or trajectories for a ros2_control controller.
+    arm_command: ArmCommandConfig = field(default_factory=ArmCommandConfig)
 
     def validate(self) -> None:
         check_robot(self.robot)
