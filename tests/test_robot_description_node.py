@@ -58,3 +58,24 @@ def test_policy_node_ticks_on_fr3_joint_states(ros_context):
         np.testing.assert_allclose(client.state, q_policy, atol=1e-6)  # the policy saw its own units
     finally:
         node.destroy_node()
+
+
+def test_recorder_records_fr3_joint_states_in_the_policys_names_and_units(ros_context, tmp_path):
+    from vla_robot.nodes.recorder_node import RecorderNode
+
+    fr3 = load_description(FR3)
+    node = RecorderNode("recorder_node", context=ros_context, parameter_overrides=[
+        rclpy.parameter.Parameter("root", value=str(tmp_path / "dataset")),
+        rclpy.parameter.Parameter("cameras", value=["front"]),
+        rclpy.parameter.Parameter("robot_description", value="robots/fr3.yaml"),
+    ])
+    try:
+        q_policy = np.array([0.1, -0.7, 0.0, -2.0, 0.0, 1.6, 0.7, 0.8])
+        names = fr3.hardware_names()[::-1]
+        node._on_joint_state(convert.joint_state_to_msg(names, fr3.to_hardware(q_policy)[::-1], 1.0))
+        assert node.session.joint_names == fr3.names()  # the dataset's state columns are the policy's
+        np.testing.assert_allclose(node.session._q, q_policy, atol=1e-6)
+        node._on_joint_state(convert.joint_state_to_msg(names[1:], np.zeros(7), 2.0))  # missing a joint: dropped
+        np.testing.assert_allclose(node.session._q, q_policy, atol=1e-6)
+    finally:
+        node.destroy_node()

@@ -63,6 +63,9 @@ class RecorderNodeConfig:
     task: str = ""  # used when the episode manager gives no instruction
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     joint_names: list[str] = field(default_factory=list)  # empty: from the first joint_states
+    # The arm's description (config/robots/*.yaml): joint_states in its hardware names and units are
+    # recorded in the policy's (its names, order and units); '' = joint_states as they come.
+    robot_description: str = ""
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
 
     def validate(self) -> None:
@@ -72,4 +75,11 @@ class RecorderNodeConfig:
             raise ValueError(f"repo_id must look like 'user/name', got {self.repo_id!r}")
         if not self.cameras:
             raise ValueError("cameras must name at least one camera")
+        if self.robot_description:
+            from vla_robot.robot.description import load_description
+
+            names = load_description(self.robot_description).names()  # its own error names the key
+            if self.joint_names and self.joint_names != names:
+                raise ValueError(f"joint_names {self.joint_names} are not robot_description's {names}: "
+                                 "leave joint_names empty (the description names the joints)")
         self.recorder.validate()

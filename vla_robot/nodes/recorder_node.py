@@ -27,6 +27,7 @@ from vla_robot.control.config import SafetyConfig
 from vla_robot.data.config import RecorderNodeConfig
 from vla_robot.data.session import RecordingSession
 from vla_robot.nodes import common, convert
+from vla_robot.robot.description import load_description
 
 RECORDER_EVENTS = "recorder/events"
 
@@ -56,8 +57,11 @@ class RecorderNode(common.ConfiguredNode):
         self._log_handler = _RosLogHandler(self)
         logging.getLogger("vla_robot.data").addHandler(self._log_handler)
         self.events_pub = self.create_publisher(String, RECORDER_EVENTS, common.EVENT_QOS)
+        # joint_states in the arm's names and units -> the policy's (None: recorded as they come)
+        self.description = load_description(cfg.robot_description) if cfg.robot_description else None
+        names = cfg.joint_names or (self.description.names() if self.description else None)
         self.session = RecordingSession(self._make_recorder, cfg.cameras,
-                                        joint_names=cfg.joint_names or None, default_task=cfg.task,
+                                        joint_names=names, default_task=cfg.task,
                                         on_saved=self._on_saved)
         streams = ReentrantCallbackGroup()
         events = MutuallyExclusiveCallbackGroup()  # start/save/discard in order
@@ -102,8 +106,16 @@ class RecorderNode(common.ConfiguredNode):
         self.session.on_image(cam, image, stamp)
 
     def _on_joint_state(self, msg: JointState) -> None:
-        q, _, stamp = convert.msg_to_joint_state(msg)
-        self.session.on_joint_state(list(msg.name), q, stamp, time.monotonic())
+        if self.description is None:
+            q, _, stamp = convert.msg_to_joint_state(msg)
+            self.session.on_joint_state(list(msg.name), q, stamp, time.monotonic())
+            return
+        try:
+            q, _, stamp = convert.msg_to_joint_state(msg, description=self.description)
+        except ValueError as e:
+            self.get_logger().warning(f"joint state not recorded: {e}", throttle_duration_sec=5.0)
+            return
+        self.session.on_joint_state(self.description.names(), q, stamp, time.monotonic())
 
     def _on_policy_action(self, msg: JointState) -> None:
         q, _, _ = convert.msg_to_joint_state(msg, self.session.joint_names)
