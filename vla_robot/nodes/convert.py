@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import String, UInt8MultiArray
+from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_robot.control.trajectory import chunk_to_trajectory
@@ -38,6 +38,8 @@ __all__ = [
     "trajectory_to_msg",
     "chunk_to_msg",
     "command_to_msg",
+    "arm_trajectory_msg",
+    "gripper_command_msg",
     "msg_to_trajectory",
     "msg_to_command",
     "record_to_msg",
@@ -258,6 +260,43 @@ def command_to_msg(
     q = _vector(q_target, len(list(names)), "command target")
     frame_id = source if chunk is None else f"{source}/c{int(chunk[0])}/s{int(chunk[1])}"
     return chunk_to_msg(q[None], dt, names, stamp, frame_id=frame_id)
+
+
+def arm_trajectory_msg(plan: Any, dt: float, description: RobotDescription, stamp: float, frame_id: str = "",
+                       start_q: Any = None, velocities: bool = True) -> JointTrajectory:
+    """A plan [N, D] of safe commands one ``dt`` apart (policy order and units) -> the message for the
+    arm's joint trajectory controller: its joints only (the description's ``arm_hardware_names``: the
+    gripper is left out unless it travels with the arm), hardware names and units, point i at
+    ``time_from_start = (i + 1)·dt`` after ``stamp`` (the arm is at ``start_q`` at ``stamp``),
+    velocities filled with the last point at rest (``velocities=False``: positions only, for a controller
+    that upsamples positions-only chunks itself). ``stamp`` 0 means "start on arrival"."""
+    plan = np.atleast_2d(np.asarray(plan, dtype=np.float64))
+    names = description.arm_hardware_names()
+    n = len(names)
+    hw = np.stack([description.to_hardware(q)[:n] for q in plan])
+    start = None if start_q is None else description.to_hardware(start_q)[:n]
+    traj = chunk_to_trajectory(hw, dt, names, start_q=start)
+    if not velocities:
+        for p in traj["points"]:
+            p["velocities"] = None
+    return trajectory_to_msg(traj, stamp, frame_id)
+
+
+def gripper_command_msg(q: Any, description: RobotDescription, dt: float) -> Float64MultiArray | JointTrajectory:
+    """The gripper's entry of a command (policy order and units) for its own controller: one value in
+    hardware units for a ``position_controller`` (std_msgs/Float64MultiArray, forward_command_controller's
+    ``~/commands``), a one-point trajectory reached in ``dt`` from arrival (stamp 0) for a
+    ``trajectory_controller``. ValueError for a gripper without a controller of its own."""
+    g = description.gripper
+    if g.interface not in ("position_controller", "trajectory_controller"):
+        raise ValueError(f"{description.label}: the gripper's interface is {g.interface!r}; only a "
+                         "position_controller or trajectory_controller gripper takes commands of its own")
+    q = _vector(q, description.n_joints, "command")
+    value = float(g.to_hardware(q[description.gripper_index]))
+    if g.interface == "position_controller":
+        return Float64MultiArray(data=[value])
+    return trajectory_to_msg({"joint_names": [g.hardware_name], "points": [
+        {"positions": [value], "velocities": [0.0], "time_from_start": float(dt)}]}, 0.0)
 
 
 def command_chunk(frame_id: str) -> tuple[int, int] | None:
