@@ -285,3 +285,52 @@ def test_node_configs_take_a_robot_description_and_refuse_a_bad_one_by_key(tmp_p
     with pytest.raises((ConfigError, ValueError), match="names no twin"):
         from_dict(TwinNodeConfig, {"mode": "mirror", "robot": "panda",
                                    "robot_description": str(ROBOTS_DIR / "ur5e.yaml")})
+
+
+def test_an_arm_without_gripper():
+    spec = _arm2()
+    spec["gripper"] = {"interface": "none"}
+    spec["home"] = [0.0, -1.0]
+    d = load_description(spec)
+    assert d.n_joints == 2 and d.gripper_index is None and not d.gripper.present
+    assert d.hardware_names() == d.arm_hardware_names() == ["hw_shoulder", "hw_elbow"]
+    lim = d.limits()
+    assert lim.gripper_index is None and lim.names == ("shoulder", "elbow")
+    q, _ = d.from_joint_state(["hw_elbow", "hw_finger", "hw_shoulder"], [-0.5, 0.01, 0.25])
+    assert q.tolist() == [0.25, -0.5]
+    spec.pop("gripper")  # no gripper key: no gripper
+    assert load_description(spec).gripper_index is None
+
+
+def test_a_with_arm_gripper_is_one_more_joint_of_the_arm_command():
+    spec = _arm2()
+    spec["gripper"] = {"interface": "with_arm", "hardware_name": "hw_finger", "open": 0.04, "closed": 0.0,
+                       "acceleration": 1.0}
+    spec["home"] = [0.0, -1.0, 0.04]
+    d = load_description(spec)
+    assert d.arm_hardware_names() == ["hw_shoulder", "hw_elbow", "hw_finger"]  # one command for all three
+    assert d.gripper.identity and d.limits().upper[2] == 0.04  # no policy units given: the hardware's
+
+
+def test_urdf_specifics_continuous_joints_and_a_wrong_root():
+    continuous = URDF.replace('name="hw_shoulder" type="revolute"', 'name="hw_shoulder" type="continuous"')
+    # URDF ignores a continuous joint's lower/upper: they must come from YAML
+    with pytest.raises(DescriptionError, match=r"'joints\[0\].lower' \(shoulder\) is not given"):
+        load_description(_arm2(urdf=continuous))
+    spec = _arm2(urdf=continuous)
+    spec["joints"][0].update(lower=-3.0, upper=3.0)
+    assert load_description(spec).joints[0].velocity == 2.0  # the URDF's velocity still counts
+    with pytest.raises(DescriptionError, match=r"has root <sdf>, expected <robot>"):
+        load_description(_arm2(urdf="<sdf version='1.6'/>"))
+
+
+def test_gripper_velocity_maps_with_the_unit_scale_and_home_is_checked_in_policy_units():
+    d = load_description(_arm2())  # finger 0.04 m open .. 0 closed = policy 0 .. 0.8: 20 policy units per metre
+    g = d.policy_joints()[-1]
+    assert (g.lower, g.upper, g.velocity, g.acceleration) == pytest.approx((0.0, 0.8, 4.0, 20.0))
+    spec = _arm2()
+    spec["home"] = [0.0, -1.0, 0.04]  # 0.04 is the open finger in metres, but home is in policy units: fine (inside)
+    assert load_description(spec).home[2] == 0.04
+    spec["home"] = [0.0, -1.0, 0.9]
+    with pytest.raises(DescriptionError, match=r"'home\[2\]' \(gripper\) = 0.9 lies outside its limits \[0.0, 0.8\]"):
+        load_description(spec)

@@ -79,3 +79,24 @@ def test_recorder_records_fr3_joint_states_in_the_policys_names_and_units(ros_co
         np.testing.assert_allclose(node.session._q, q_policy, atol=1e-6)
     finally:
         node.destroy_node()
+
+
+def test_a_bad_description_stops_policy_node_naming_the_key(tmp_path):
+    """As launched: `python -m vla_robot.nodes.policy_node --ros-args --params-file` exits with status 2
+    (bad parameters) and the description's error, before it talks to any server."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    bad = yaml.safe_load(FR3.read_text())
+    bad["joints"][3]["hardware_name"] = "fr3_joint3"  # two joints on one hardware joint
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"policy_node": {"ros__parameters": {
+        "robot": "panda", "robot_description": str(tmp_path / "bad.yaml")}}}))
+    r = subprocess.run([sys.executable, "-m", "vla_robot.nodes.policy_node", "--ros-args", "--params-file",
+                        str(params)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "not starting" in r.stderr
+    assert "'joints[3].hardware_name' 'fr3_joint3' is also 'joints[2].hardware_name'" in r.stderr, r.stderr[-2000:]
