@@ -334,3 +334,16 @@ def test_gripper_velocity_maps_with_the_unit_scale_and_home_is_checked_in_policy
     spec["home"] = [0.0, -1.0, 0.9]
     with pytest.raises(DescriptionError, match=r"'home\[2\]' \(gripper\) = 0.9 lies outside its limits \[0.0, 0.8\]"):
         load_description(spec)
+
+
+def test_the_description_imports_no_ros_torch_or_mujoco():
+    """The robot PC's tools and the core read it without ROS (the brief's rule for core packages)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from vla_robot.robot import load_description, resolve_description; "
+            f"load_description({str(ROBOTS_DIR / 'fr3.yaml')!r}).limits(); resolve_description('so101').limits(); "
+            "print(sorted(m for m in ('rclpy', 'torch', 'mujoco', 'sensor_msgs') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
