@@ -8,10 +8,17 @@ policy node sends there too, made by vla_robot.nodes.convert). Inside the node g
 needed: bringup remaps ``arm/command`` to the controller.
 
 This is the one driver that speaks ROS; it imports rclpy only in ``connect()``, in a private
-context with its own executor thread, so ``import vla_robot.drivers`` stays ROS-free.
+context with its own executor thread, so ``import vla_robot.drivers`` stays ROS-free. Each target is
+stamped 0 ("start on arrival"): a joint trajectory controller never drops it as late.
+
+The graph's policy node drives a ros2_control arm with whole trajectories instead (its
+``arm_command``, docs/ros2_control.md); what it plans for that lives here, ROS-free:
+:func:`remaining_plan` (the rest of the running chunk as the controller would command it),
+:func:`lead_ticks` and :func:`home_path` (the slow move home between episodes).
 """
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +28,52 @@ import numpy as np
 
 from vla_robot.drivers.base import Arm, DriverError, register_arm
 from vla_robot.twin.robots import check_robot, robot_spec
+
+
+def lead_ticks(lead_s: float, dt: float) -> int:
+    """The lead time in whole control periods (rounded up): a trajectory starts this many ticks ahead."""
+    return max(0, int(np.ceil(lead_s / dt - 1e-9)))
+
+
+def remaining_plan(controller, now: float, first) -> np.ndarray:
+    """[N, D]: ``first`` (this tick's safe command) and the safe commands of the ticks after ``now``
+    while no new chunk arrives, one control period apart.
+
+    The executor is stepped on a copy (``step`` keeps bookkeeping: the async executor remembers what it
+    emitted, the ensemble prunes old chunks), and the safety filter previews the actions from this tick's
+    command without changing its state, so the plan is what the coming ticks would send, untouched."""
+    ex = copy.deepcopy(controller.executor)
+    dt = controller.dt
+    actions = []
+    for k in range(1, ex.actions_left(now) + 1):
+        a = ex.step(now + k * dt).action
+        if a is None:
+            break
+        actions.append(a)
+    first = np.asarray(first, dtype=np.float64)[None]
+    if not actions:
+        return first
+    return np.vstack([first, controller.safety.preview(np.asarray(actions), dt)])
+
+
+def home_path(limits, safety, q0, dt: float, max_s: float, fk=None) -> np.ndarray:
+    """[N, D]: a slow move from ``q0`` to ``limits.home``, one safe command per ``dt``: the safety filter
+    (``safety``, a SafetyConfig) at its ramp speed all the way (``velocity_scale`` ×
+    ``ramp_velocity_scale``), within the acceleration limit, ending at rest at home (at most ``max_s``)."""
+    import dataclasses
+
+    from vla_robot.control.safety import SafetyFilter
+
+    slow = dataclasses.replace(safety, velocity_scale=safety.velocity_scale * safety.ramp_velocity_scale)
+    f = SafetyFilter(limits, slow, fk=fk)
+    f.reset(q0)
+    home = np.asarray(limits.home, dtype=np.float64)
+    path = []
+    for _ in range(max(1, int(np.ceil(max_s / dt)))):
+        path.append(f.filter(home, dt))
+        if np.all(np.abs(path[-1] - home) < 1e-9) and not np.any(np.abs(f.velocity) > 1e-9):
+            break
+    return np.asarray(path)
 
 
 @dataclass
@@ -129,7 +182,8 @@ class Ros2ControlArm(Arm):
         from vla_robot.nodes import convert
 
         q = self.spec.clip(self.check_command(q_target))
-        self._pub.publish(convert.command_to_msg(q, self.joint_names, time.time(), self.config.command_dt))
+        # stamp 0: start on arrival (a stamped one-point trajectory is dropped once latency exceeds command_dt)
+        self._pub.publish(convert.command_to_msg(q, self.joint_names, 0.0, self.config.command_dt))
 
     def close(self) -> None:
         import rclpy
