@@ -4,11 +4,26 @@ In: ``cameras/<cam>/image_raw`` (best effort), ``joint_states``, ``teleop/comman
 ``teleop/intervention`` (the operator takes over: teleop commands pass through the same safety
 filter), ``episode/event`` (drive between ``start`` and ``end``), ``estop`` (latched Bool).
 Out: ``arm/command`` (the only arm commander while the policy drives; header.frame_id says
-policy / teleop / hold / estop), ``policy/chunk`` (each chunk as a JointTrajectory, stamped with
+policy / teleop / hold / estop; one target per tick, in the policy's joint names), ``policy/chunk`` (each chunk as a JointTrajectory, stamped with
 the observation it was computed from), ``policy/action`` (raw action per tick), ``policy/record``
 (rl, with ``return_tokens``: each chunk's on-policy record, vla_robot.data.records: the observation
 exactly as sent, the options, tokens, log-probs, version, the server's metadata), ``policy/events``
 (fault, version), ``/diagnostics``.
+
+A ros2_control arm (``arm_command.form`` trajectory or positions; ``auto`` picks them for a robot
+description whose gripper has a controller of its own, see docs/ros2_control.md) also gets, on
+``arm/joint_trajectory`` (bringup remaps it to the joint trajectory controller), the whole remaining
+chunk as one JointTrajectory in the hardware's names and units, stamped ``now + arm_command.lead_s``
+so the controller merges it on arrival (holds, teleop and e-stop: one point, stamped 0 = at once),
+and the gripper's command on its own controller's topic (the description's).
+
+Homing on that path: no arm_node runs there, and this node is the one commander of the arm, with its
+safety filter, the joint states and the episode events already in hand; so it homes the arm itself
+(the thinnest design: no new node, no change to the episode manager, which waits for the operator's
+start as on the arm_node path). On ``reset`` it sends one slow trajectory home through a safety
+filter at the ramp speed (drivers/ros2_control.py home_path), reports ``homed`` on ``policy/events``
+once every measured joint is within ``arm_command.home_tolerance`` of home, and drives an episode
+only after that, whenever its ``start`` comes (a fault if home is not reached in time).
 
 Ticks on a wall-clock timer at ``control.control_hz``, or — ``lockstep`` (sim) — once per new
 observation from the twin, with the sim's stamps as the clock; the chunk request then blocks, so
@@ -23,17 +38,22 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, String, UInt8MultiArray
+from std_msgs.msg import Bool, Float64MultiArray, String, UInt8MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_robot.config import ConfigError
 from vla_robot.control.driver import Arrival, ChunkController
 from vla_robot.data import records
+from vla_robot.drivers.ros2_control import home_path, lead_ticks, remaining_plan
 from vla_robot.nodes import common, convert
 from vla_robot.nodes.config import PolicyNodeConfig
 from vla_robot.robot.description import resolve_description
 from vla_robot.serving.client import PolicyClient, PolicyTimeout, load_curve_key
 from vla_robot.twin.robots import robot_spec
+
+
+#: the gripper's own controller takes these (robot description gripper.interface -> message type)
+GRIPPER_MSG = {"position_controller": Float64MultiArray, "trajectory_controller": JointTrajectory}
 
 
 class _LockstepClient:
@@ -62,7 +82,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
     config_class = PolicyNodeConfig
     #: what passes the safety filter before it is published: policy, hold and teleop commands alike
     #: (tests/test_arm_safety.py)
-    ARM_SAFETY = {common.ARM_COMMAND: "controller.safety"}
+    ARM_SAFETY = {common.ARM_COMMAND: "controller.safety", "arm/joint_trajectory": "controller.safety"}
 
     def __init__(self, node_name: str = "policy_node", *, client=None, **kwargs):
         super().__init__(node_name, **kwargs)
@@ -118,6 +138,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
                                  callback_group=inputs)
         common.subscribe_estop(self, self._on_estop, inputs)  # latched and plain `ros2 topic pub` publishers alike
         self.command_pub = self.create_publisher(JointTrajectory, common.ARM_COMMAND, common.COMMAND_QOS)
+        self._init_trajectory_commands()
         self.chunk_pub = self.create_publisher(JointTrajectory, common.POLICY_CHUNK, common.COMMAND_QOS)
         self.action_pub = self.create_publisher(JointState, common.POLICY_ACTION, common.STATE_QOS)
         self.record_pub = self.create_publisher(UInt8MultiArray, common.POLICY_RECORD, common.RECORD_QOS)
@@ -194,6 +215,8 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             q = self._q
         if q is not None and self._active:
             self.command_pub.publish(convert.command_to_msg(q[0], self.names, q[1], self.dt, source="hold"))
+            if self.form != "point":
+                self._send_now(q[0], "hold")
         self.get_logger().warning("policy node deactivated: holding the arm, not commanding it")
         return super().on_deactivate(state)
 
@@ -223,6 +246,8 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         with self._lock:
             self._q = (q, stamp)
         self.mon["joint_states"].tick()
+        if self._homing is not None:
+            self._check_homing(q)  # (and starts one that waited for this joint state)
         if self.config.lockstep:
             self._maybe_lockstep_tick()
 
@@ -260,6 +285,8 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
                 self._last_ticked_stamp = -1.0
             elif ev["type"] in ("end", "reset", "done"):
                 self._active = False
+        if ev["type"] == "reset" and self.form != "point" and self.config.arm_command.home_on_reset:
+            self._start_homing()
         if self.config.lockstep and ev["type"] == "start":
             self._maybe_lockstep_tick()
 
@@ -306,8 +333,9 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
 
     def _tick(self, now: float) -> None:
         with self._lock:
-            if not self._lifecycle_active or not self._active or self._q is None or self._q[1] < self._min_stamp - 1e-6:
-                return
+            if (not self._lifecycle_active or not self._active or self._q is None or self._homing is not None
+                    or self._q[1] < self._min_stamp - 1e-6):
+                return  # (while homing the arm is on its way home: the policy starts from there)
             q, q_stamp = self._q
             images = dict(self._images)
             teleop = self._teleop[0] if (self._intervention and self._teleop is not None) else None
@@ -353,8 +381,100 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             self.action_pub.publish(convert.joint_state_to_msg(self.names, r.raw, q_stamp))
         self.command_pub.publish(
             convert.command_to_msg(r.command, self.names, q_stamp, self.dt, source=r.source, chunk=ref))
+        if self.form != "point":
+            self._send_trajectory(r, now, ref)
         if r.watchdog_hold:
             self._report_fault(f"watchdog: {r.reason}")
+
+    # --- a ros2_control arm: trajectories, the gripper, homing -----------------------------------
+    def _init_trajectory_commands(self) -> None:
+        cfg = self.config.arm_command
+        g = self.description.gripper
+        self.form = cfg.form if cfg.form != "auto" else ("point" if g.interface == "with_arm" else "trajectory")
+        self._lead = lead_ticks(cfg.lead_s, self.dt)
+        # (started, give up at) on the monotonic clock while homing; started None: waiting for a joint state
+        self._homing: tuple[float | None, float] | None = None
+        self.homings = 0
+        self.trajectory_pub = self.gripper_pub = None
+        if self.form == "point":
+            return
+        self.trajectory_pub = self.create_publisher(JointTrajectory, "arm/joint_trajectory", common.COMMAND_QOS)
+        if g.interface in GRIPPER_MSG:
+            self.gripper_pub = self.create_publisher(GRIPPER_MSG[g.interface], g.topic, common.COMMAND_QOS)
+        self.get_logger().info(f"arm commands: {self.form} to the joint trajectory controller, "
+                               f"{self._lead} tick(s) ({self._lead * self.dt * 1000:.0f} ms) ahead; gripper "
+                               f"{g.interface}" + (f" on {g.topic}" if self.gripper_pub else ""))
+
+    def _send_trajectory(self, r, now: float, ref) -> None:
+        """The controller's message for this tick: the remaining plan from ``now + lead``, or (hold,
+        teleop, e-stop) this command at once."""
+        if r.source != "policy":
+            self._send_now(r.command, r.source)
+            return
+        plan = remaining_plan(self.controller, now, r.command)  # plan[k]: the command for now + k·dt
+        k0 = min(self._lead, len(plan) - 1)
+        points = plan[self._lead + 1:] if len(plan) > self._lead + 1 else plan[-1:]
+        frame = "policy" if ref is None else f"policy/c{int(ref[0])}/s{int(ref[1])}"
+        self.trajectory_pub.publish(convert.arm_trajectory_msg(
+            points, self.dt, self.description, now + self._lead * self.dt, frame, start_q=plan[k0],
+            velocities=self.form == "trajectory"))
+        self._send_gripper(r.command)
+
+    def _send_now(self, q, source: str) -> None:
+        """``q`` reached one control period after the controller gets it (stamp 0: never late, and it
+        replaces the running trajectory at once)."""
+        self.trajectory_pub.publish(convert.arm_trajectory_msg(
+            np.asarray(q)[None], self.dt, self.description, 0.0, source, velocities=self.form == "trajectory"))
+        self._send_gripper(q)
+
+    def _send_gripper(self, q) -> None:
+        if self.gripper_pub is not None:
+            self.gripper_pub.publish(convert.gripper_command_msg(q, self.description, self.dt))
+
+    def _start_homing(self) -> None:
+        """A slow trajectory home (stamp 0: from where the arm is, at once); done in :meth:`_check_homing`.
+        Until then no episode drives the arm (a reset before the first joint state homes on that one)."""
+        if not self._lifecycle_active or self.controller.watchdog.estopped:
+            self.get_logger().warning("not homing: the node is deactivated or the e-stop is latched")
+            return
+        with self._lock:
+            q = self._q
+            self._homing = (None, float("inf")) if q is None else self._homing
+        if q is None:
+            return
+        cfg = self.config
+        path = home_path(self.description.limits(), cfg.control.safety, q[0], self.dt,
+                         cfg.arm_command.home_timeout_s, fk=common.workspace_fk(cfg.robot, cfg.control.safety))
+        self.trajectory_pub.publish(convert.arm_trajectory_msg(
+            path, self.dt, self.description, 0.0, "reset", start_q=q[0], velocities=self.form == "trajectory"))
+        self._send_gripper(self.description.home)
+        t = time.monotonic()
+        with self._lock:
+            self._homing = (t, t + len(path) * self.dt + cfg.arm_command.home_timeout_s)
+        self.homings += 1
+        self.get_logger().info(f"homing the arm from {np.round(q[0], 3).tolist()} ({len(path) * self.dt:.1f} s)")
+
+    def _check_homing(self, q: np.ndarray) -> None:
+        with self._lock:
+            homing = self._homing
+        if homing is None:
+            return
+        started, give_up = homing
+        if started is None:  # the reset came before any joint state
+            self._start_homing()
+            return
+        err = float(np.max(np.abs(q - self.description.home)))
+        now = time.monotonic()
+        if err <= self.config.arm_command.home_tolerance:
+            with self._lock:
+                self._homing = None
+            self.get_logger().info(f"the arm is home (within {err:.3f})")
+            self.events_pub.publish(convert.event_to_msg({"type": "homed", "error": err, "seconds": now - started}))
+        elif now > give_up:  # said once; no episode drives until the arm is home (or the next reset)
+            with self._lock:
+                self._homing = (started, float("inf"))
+            self._report_fault(f"homing: the arm is still {err:.3f} from home after {now - started:.1f} s "
+                               f"(arm_command.home_tolerance {self.config.arm_command.home_tolerance})")
 
     def _publish_chunk(self, arrival: Arrival) -> None:
         reply, stamp = arrival.reply, arrival.obs_time
