@@ -66,7 +66,7 @@ def test_ros2_control_arm_gets_commands_on_the_controller_topic():
     g = bringup.graph("evaluate", arm_driver="ros2_control")
     assert "arm_node" not in [s.name for s in g]
     policy = next(s for s in g if s.name == "policy_node")
-    assert ("arm/command", bringup.JTC_TOPIC) in policy.remappings
+    assert ("arm/joint_trajectory", bringup.JTC_TOPIC) in policy.remappings  # its trajectories (docs/ros2_control.md)
     demos = bringup.graph("record_demos", arm_driver="ros2_control")
     teleop = next(s for s in demos if s.name == "teleop_node")
     assert ("teleop/command", bringup.JTC_TOPIC) in teleop.remappings

@@ -104,8 +104,12 @@ def graph(
             remappings=tuple(remappings),
         )
 
-    # Where arm commands go: arm/command (arm_node or the twin), or a ros2_control JTC.
-    to_arm = () if (use_sim or arm_driver == "lerobot") else (("arm/command", JTC_TOPIC),)
+    # Where arm commands go: arm/command (arm_node or the twin), or a ros2_control JTC. policy_node sends a
+    # ros2_control arm whole trajectories on arm/joint_trajectory (its arm/command, one target per tick in
+    # the policy's names, stays for the recorder); teleop_node's single targets go to the JTC as they are.
+    ros2_control = not use_sim and arm_driver == "ros2_control"
+    to_arm = (("arm/command", JTC_TOPIC),) if ros2_control else ()
+    policy_to_arm = (("arm/joint_trajectory", JTC_TOPIC),) if ros2_control else ()
     hardware: list[NodeSpec] = []
     if use_sim:
         twin_o = robot_o + ((("task", task),) if task else ()) + (("mode", "sim"),)
@@ -119,7 +123,7 @@ def graph(
 
     if name == "rl_finetune" or name == "evaluate":
         return hardware + [
-            node("policy_node", remappings=to_arm, overrides=policy_o),
+            node("policy_node", remappings=policy_to_arm, overrides=policy_o),
             node("teleop_node", overrides=robot_o),
             node("episode_manager_node", overrides=em_o),
             node("recorder_node"),
