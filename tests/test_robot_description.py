@@ -220,9 +220,18 @@ def test_a_urdf_that_does_not_parse_names_the_line():
         load_description(_arm2(urdf=xacro))
 
 
-def test_missing_files_are_named(tmp_path):
+def test_missing_files_are_named_and_a_urdf_is_not_a_description(tmp_path):
     with pytest.raises(DescriptionError, match="does not exist: give the path of a description YAML"):
         load_description(tmp_path / "nope.yaml")
+    (tmp_path / "arm2.urdf").write_text(URDF)  # ROS's robot_description is URDF; ours names one in urdf:
+    with pytest.raises(DescriptionError, match="is a URDF, not a description: write a description YAML"):
+        load_description(tmp_path / "arm2.urdf")
+    with pytest.raises(DescriptionError, match="not URDF XML: write a description whose urdf: key holds the URDF"):
+        load_description(URDF * 50)
+    nameless = _arm2()
+    del nameless["name"]
+    with pytest.raises(DescriptionError, match="'name' is missing"):
+        load_description(nameless)
     with pytest.raises(DescriptionError, match=r"'urdf' file .*nope.urdf does not exist"):
         load_description(_arm2(urdf="nope.urdf"))
 

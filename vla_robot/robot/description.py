@@ -300,13 +300,14 @@ def _check_description(d: RobotDescription) -> None:
         _check_joint(label, f"joints[{i}]", j)
     _check_gripper(label, d.gripper)
     keys = [f"joints[{i}]" for i in range(len(d.joints))] + (["gripper"] if d.gripper.present else [])
-    for attr, what in (("name", "policy joint"), ("hardware_name", "hardware joint")):
+    for attr, rule in (("name", "each policy joint has a name of its own"),
+                       ("hardware_name", "one hardware joint cannot stand for two policy joints")):
         seen: dict[str, str] = {}
         for key, j in zip(keys, d.joints + ((d.gripper,) if d.gripper.present else ())):
             v = getattr(j, attr)
             if v in seen:
-                raise DescriptionError(f"{label}: '{key}.{attr}' {v!r} is also '{seen[v]}.{attr}': each {what} "
-                                       "maps to exactly one joint; fix one of the two")
+                raise DescriptionError(f"{label}: '{key}.{attr}' {v!r} is also '{seen[v]}.{attr}': {rule}; "
+                                       "fix one of the two")
             seen[v] = key
     if d.twin is not None:
         _check_twin(label, d)
@@ -367,7 +368,10 @@ def _find(path: Path) -> Path:
     from any directory and in a colcon install."""
     from vla_robot.config import config_dir
 
-    if path.is_file() or path.is_absolute() or not (config_dir() / path).is_file():
+    try:
+        if path.is_file() or path.is_absolute() or not (config_dir() / path).is_file():
+            return path
+    except OSError:  # a name too long for the file system: not a file either way
         return path
     return config_dir() / path
 
@@ -377,22 +381,31 @@ def load_description(source: "str | Path | Mapping[str, Any]") -> RobotDescripti
     the config folder: ``robots/fr3.yaml``) or a mapping of the same form (see the module's doc and
     config/robots/*.yaml); :class:`DescriptionError` naming the key and the fix."""
     if isinstance(source, Mapping):
-        data, label, base = dict(source), str(source.get("name", "<dict>")), Path.cwd()
-    else:
-        path = _find(Path(source))
-        label = str(path)
-        if not path.is_file():
-            raise DescriptionError(f"robot description {label} does not exist: give the path of a description YAML "
-                                   "(examples in config/robots/)")
-        data, base = _read_yaml(path, f"robot description {label}", "robot_description"), path.parent
-        if not isinstance(data, Mapping):
-            raise DescriptionError(f"robot description {label}: expected a mapping with keys {', '.join(_TOP_KEYS)}, "
-                                   f"got {type(data).__name__}")
-    return _build(dict(data), label, base)
+        return _build(dict(source), str(source.get("name", "<dict>")), Path.cwd(), default_name=None)
+    text = str(source)
+    if text.lstrip().startswith("<"):  # ROS's robot_description parameter holds URDF XML; ours is a path
+        raise DescriptionError("robot_description here is the path of a description YAML (config/robots/*.yaml), "
+                               "not URDF XML: write a description whose urdf: key holds the URDF (file or XML)")
+    path = _find(Path(text))
+    label = f"robot description {str(path)!r}"
+    if not path.is_file():
+        raise DescriptionError(f"{label} does not exist: give the path of a description YAML (examples in "
+                               "config/robots/)")
+    if path.suffix.lower() in (".urdf", ".xacro", ".xml"):
+        raise DescriptionError(f"{label} is a URDF, not a description: write a description YAML that names it in "
+                               "urdf: and maps its joints (config/robots/fr3.yaml shows the form)")
+    data = _read_yaml(path, label, "robot_description")
+    if not isinstance(data, Mapping):
+        raise DescriptionError(f"{label}: expected a mapping with keys {', '.join(_TOP_KEYS)}, "
+                               f"got {type(data).__name__}")
+    return _build(dict(data), str(path), path.parent, default_name=path.stem)
 
 
-def _build(data: dict, source: str, base: Path) -> RobotDescription:
+def _build(data: dict, source: str, base: Path, default_name: Optional[str]) -> RobotDescription:
     label = f"robot description {source!r}"
+    name = data.get("name") or default_name
+    if not name:
+        raise DescriptionError(f"{label}: 'name' is missing: name the robot (e.g. name: fr3)")
     unknown = sorted(set(data) - set(_TOP_KEYS))
     if unknown:
         raise DescriptionError(f"{label}: unknown key(s) {unknown}; the keys are {', '.join(_TOP_KEYS)}")
@@ -406,7 +419,7 @@ def _build(data: dict, source: str, base: Path) -> RobotDescription:
                                f"{joints_in!r}")
     joints = tuple(_joint(entry, f"joints[{i}]", _JOINT_KEYS, urdf, block, label) for i, entry in enumerate(joints_in))
     gripper = _gripper(data.get("gripper"), twin, urdf, block, label)
-    return RobotDescription(name=str(data.get("name") or Path(source).stem), joints=joints, gripper=gripper,
+    return RobotDescription(name=str(name), joints=joints, gripper=gripper,
                             home=_home(data.get("home"), label), twin=twin, source=source)
 
 
