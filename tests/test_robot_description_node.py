@@ -100,3 +100,23 @@ def test_a_bad_description_stops_policy_node_naming_the_key(tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "not starting" in r.stderr
     assert "'joints[3].hardware_name' 'fr3_joint3' is also 'joints[2].hardware_name'" in r.stderr, r.stderr[-2000:]
+
+
+def test_twin_mirror_follows_fr3_joint_states(ros_context):
+    pytest.importorskip("mujoco")
+    from vla_robot.nodes.twin_node import TwinNode
+
+    fr3 = load_description(FR3)
+    P = rclpy.parameter.Parameter
+    twin = TwinNode("twin_node", context=ros_context, parameter_overrides=[
+        P("mode", value="mirror"), P("robot", value="panda"), P("robot_description", value="robots/fr3.yaml"),
+        P("image_size", value=[32, 32]), P("cameras", value=["front"])])
+    try:
+        q_policy = np.array([0.1, -0.5, 0.0, -2.0, 0.0, 1.6, 0.7, 0.4])
+        names, values = fr3.hardware_names()[::-1], fr3.to_hardware(q_policy)[::-1]
+        twin._on_real_joint_state(convert.joint_state_to_msg(names, values, 1.0, velocity=np.zeros(8)))
+        assert twin.steps_total == 1 and twin.mirror.updates == 1
+        np.testing.assert_allclose(twin.mirror._q, q_policy)  # in the twin's units: the gripper 0.4, not 0.02 m
+    finally:
+        twin.close()
+        twin.destroy_node()
