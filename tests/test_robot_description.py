@@ -113,23 +113,30 @@ def test_limits_come_from_the_urdf_and_yaml_overrides_per_key(tmp_path):
 
 
 def test_a_ros2_control_joint_limits_block_gives_acceleration(tmp_path):
-    # the form of ros2_control's joint_limits.yaml (UR's, with its !degrees tag); a false has_* flag
-    # means the value beside it is not a limit
+    # the form of ros2_control's joint_limits.yaml (UR's, with its !degrees tag). As ros2_control's
+    # get_joint_limits (joint_limits/include/joint_limits/joint_limits_rosparam.hpp) reads it, a value
+    # counts only where its has_*_limits flag is true, position limits only with both ends.
     (tmp_path / "joint_limits.yaml").write_text(
         "joint_limits:\n"
-        "  hw_shoulder: {has_acceleration_limits: true, max_acceleration: !degrees 180.0, max_velocity: 1.0}\n"
+        "  hw_shoulder: {has_acceleration_limits: true, max_acceleration: !degrees 180.0,\n"
+        "                has_velocity_limits: true, max_velocity: 1.0,\n"
+        "                has_position_limits: true, max_position: 1.0}\n"
         "  hw_elbow: {has_acceleration_limits: true, max_acceleration: 4.0,\n"
-        "             has_velocity_limits: false, max_velocity: 0.0}\n"
-        "  hw_finger: {has_acceleration_limits: true, max_acceleration: 0.5}\n")
+        "             has_velocity_limits: false, max_velocity: 0.0, max_position: 0.1}\n"
+        "  hw_finger: {has_acceleration_limits: true, max_acceleration: 0.5,\n"
+        "              has_position_limits: true, min_position: 0.0, max_position: 0.03}\n")
     spec = _arm2()
     spec["joint_limits"] = str(tmp_path / "joint_limits.yaml")
     for j in spec["joints"]:
         del j["acceleration"]
     del spec["gripper"]["acceleration"]
+    spec["home"] = [0.0, -1.0, 0.4]  # the finger opens 0.03 m at most now: policy 0.2 .. 0.8
     d = load_description(spec)
     assert d.joints[0].acceleration == pytest.approx(math.pi) and d.joints[0].velocity == 1.0
+    assert d.joints[0].upper == 1.5  # a max_position without min_position: the URDF's range stands
     assert d.joints[1].acceleration == 4.0 and d.joints[1].velocity == 3.0  # has_velocity_limits: false -> URDF's
-    assert d.gripper.acceleration == 0.5
+    assert d.joints[1].upper == 0.5  # no has_position_limits: not a limit
+    assert (d.gripper.acceleration, d.gripper.upper) == (0.5, 0.03)
 
 
 # --- joint states in hardware names ---------------------------------------------------------------------

@@ -534,6 +534,7 @@ def _urdf_limits(value: Any, label: str, base: Path) -> dict[str, dict[str, floa
     return out
 
 
+# ros2_control's key -> ours, and the flag that must be true for it to count
 _BLOCK_KEYS = {"min_position": ("lower", "has_position_limits"), "max_position": ("upper", "has_position_limits"),
                "max_velocity": ("velocity", "has_velocity_limits"),
                "max_acceleration": ("acceleration", "has_acceleration_limits")}
@@ -541,7 +542,11 @@ _BLOCK_KEYS = {"min_position": ("lower", "has_position_limits"), "max_position":
 
 def _joint_limits_block(value: Any, label: str, base: Path) -> dict[str, dict[str, float]]:
     """hardware joint name -> limits from a ros2_control ``joint_limits`` block (a mapping, or a file
-    holding one, optionally under a top-level ``joint_limits:``)."""
+    holding one, optionally under a top-level ``joint_limits:``).
+
+    Read as ros2_control reads it (``joint_limits/include/joint_limits/joint_limits_rosparam.hpp``,
+    ``get_joint_limits``): a value counts only where its ``has_*_limits`` flag is true, position
+    limits only with both ``min_position`` and ``max_position``."""
     if value is None:
         return {}
     if isinstance(value, str):
@@ -551,14 +556,17 @@ def _joint_limits_block(value: Any, label: str, base: Path) -> dict[str, dict[st
         value = value["joint_limits"]
     if not isinstance(value, Mapping):
         raise DescriptionError(f"{label}: 'joint_limits' must map hardware joint names to ros2_control limits "
-                               "({max_velocity: 2.6, has_acceleration_limits: true, max_acceleration: 10, ...}), "
-                               f"got {value!r}")
+                               "({has_velocity_limits: true, max_velocity: 2.6, has_acceleration_limits: true, "
+                               f"max_acceleration: 10}}), got {value!r}")
     out: dict[str, dict[str, float]] = {}
     for name, lim in value.items():
         if not isinstance(lim, Mapping):
             continue  # MoveIt's default_velocity_scaling_factor and the like
-        out[str(name)] = {ours: lim[theirs] for theirs, (ours, flag) in _BLOCK_KEYS.items()
-                          if theirs in lim and lim.get(flag, True) is not False}
+        got = {ours: lim[theirs] for theirs, (ours, flag) in _BLOCK_KEYS.items()
+               if theirs in lim and lim.get(flag) is True}
+        if not ("lower" in got and "upper" in got):
+            got.pop("lower", None), got.pop("upper", None)
+        out[str(name)] = got
     return out
 
 
