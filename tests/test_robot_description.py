@@ -330,7 +330,9 @@ def test_a_with_arm_gripper_is_one_more_joint_of_the_arm_command():
 
 def test_urdf_specifics_continuous_joints_and_a_wrong_root():
     continuous = URDF.replace('name="hw_shoulder" type="revolute"', 'name="hw_shoulder" type="continuous"')
-    # URDF ignores a continuous joint's lower/upper: they must come from YAML
+    # a continuous joint has no position limits (ros2_control's getJointLimits,
+    # joint_limits/include/joint_limits/joint_limits_urdf.hpp, takes lower/upper of revolute and
+    # prismatic joints only): they must come from YAML
     with pytest.raises(DescriptionError, match=r"'joints\[0\].lower' \(shoulder\) is not given"):
         load_description(_arm2(urdf=continuous))
     spec = _arm2(urdf=continuous)

@@ -496,8 +496,10 @@ def _gripper(entry: Any, twin: Optional[str], urdf: Optional[dict], block: dict,
 
 
 def _urdf_limits(value: Any, label: str, base: Path) -> dict[str, dict[str, float]]:
-    """hardware joint name -> the limits its URDF ``<limit>`` gives (lower, upper, velocity; only
-    those present: URDF's default of 0 for a missing lower/upper would make a joint that cannot move)."""
+    """hardware joint name -> the limits its URDF ``<limit>`` gives, as ros2_control takes them
+    (``joint_limits/include/joint_limits/joint_limits_urdf.hpp``, ``getJointLimits``): lower/upper
+    of revolute and prismatic joints only, |velocity|, no acceleration. Unlike urdfdom, a missing
+    lower/upper is not read as 0 (a joint that could not move): it must then come from YAML."""
     if not isinstance(value, str):
         raise DescriptionError(f"{label}: 'urdf' must be a file path or the robot_description XML text, got {value!r}")
     if value.lstrip().startswith("<"):
@@ -524,9 +526,9 @@ def _urdf_limits(value: Any, label: str, base: Path) -> dict[str, dict[str, floa
         if limit is None:
             continue
         for k in ("lower", "upper", "velocity"):
-            if k in limit.attrib and not (k != "velocity" and joint.get("type") == "continuous"):
+            if k in limit.attrib and (k == "velocity" or joint.get("type") in ("revolute", "prismatic")):
                 try:
-                    out[name][k] = float(limit.attrib[k])
+                    out[name][k] = abs(float(limit.attrib[k])) if k == "velocity" else float(limit.attrib[k])
                 except ValueError:
                     raise DescriptionError(f"{label}: 'urdf': {where}: joint {name!r} <limit {k}="
                                            f"\"{limit.attrib[k]}\"> is not a number (a xacro expression? expand "
