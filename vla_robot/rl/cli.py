@@ -93,7 +93,9 @@ preprocessing) are refused by name, as are (by default) episodes an operator too
 Restart-safe: with OUT/checkpoint present, learn carries on from it (version, optimiser, the episodes
 already used), so a learner killed at any moment loses and repeats nothing.
 
-The 7B: --preset oft-7b --device cuda --dtype bfloat16 (the dtype the server runs in).
+The 7B: --preset oft-7b --device cuda --dtype bfloat16 (the dtype the server runs in). It trains a
+LoRA adapter (OFT's rank 32) and each update pushes the adapter, not the model; --lora-rank 0 is full
+fine-tuning (docs/lora.md).
 """
 
 
@@ -122,6 +124,10 @@ def learn_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intervened", choices=("skip", "keep"), default=None,
                         help="episodes an operator took over: skip (default: the outcome is not the policy's) "
                              "or keep (train on their policy-executed chunks)")
+    parser.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                        help="train a peft LoRA adapter of rank R on OFT's target modules (oft-7b: 32) instead of "
+                             "every weight; 0: full fine-tuning (tiny's default). Resuming needs the rank it was "
+                             "trained with")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a GRPO hyper-parameter, e.g. --set group_size=4")
     parser.add_argument("--since", type=int, default=0, help="first episode index to read")
@@ -174,9 +180,9 @@ def _publisher(args: argparse.Namespace):
     publisher = WeightPublisher(args.weights, curve_server_key=args.curve_server_key or None,
                                 curve_client_key=args.curve_client_key or None)
 
-    def publish(state: dict, version: int) -> None:
+    def publish(state: dict, version: int, **lora) -> None:
         try:
-            r = publisher.push(state, version)
+            r = publisher.push(state, version, **lora)  # lora: the adapter's base name and W0 (rl/lora.py)
             print(f"learn: version {version} serving ({r['bytes'] / 1e6:.1f} MB in {r['seconds']:.2f} s)", flush=True)
         except (PolicyServerError, PolicyTimeout) as e:
             # a server that restarted or is away: the next update sends all weights again
@@ -234,6 +240,8 @@ def _learn_config(args: argparse.Namespace):
         overrides["mode"] = args.mode
     if args.intervened:
         overrides["intervened"] = args.intervened
+    if args.lora_rank is not None:
+        overrides["lora_rank"] = args.lora_rank
     cfg = preset(args.preset, **overrides)
     if args.resume and not Path(args.resume).is_dir():
         raise ValueError(f"--resume {args.resume} is not a folder (expected a learner's OUT/checkpoint)")
@@ -251,7 +259,7 @@ def _make_learner(args: argparse.Namespace, cfg, **kw):
         print(f"learn: resuming from {resume}: version {learner.version}, {len(learner.consumed)} episodes "
               "already used" + (f" (--checkpoint {args.checkpoint} ignored)" if args.checkpoint else ""), flush=True)
         if kw["publish"] is not None and learner.version > 0:
-            kw["publish"](learner.runtime.state_dict(), learner.version)  # a server that restarted serves it again
+            learner.publish_weights()  # a server that restarted serves it again
     else:
         runtime = load_policy(preset=None if args.checkpoint else "tiny", checkpoint=args.checkpoint or None,
                               device=args.device, dtype=args.dtype)

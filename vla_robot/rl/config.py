@@ -9,7 +9,19 @@ clip 0.8/1.28, lr 5e-6 for the 7B); what changes is the update rate, which a rea
     start condition, about 8-10 minutes of robot time at 30-s episodes plus resets and labels.
     SimpleVLA-RL's 64 prompts x 8 samples per update is 512 episodes, some 8 hours of one robot
     per update, during which the served policy would never change. One optimiser step per update
-    (``mini_batch_size=8``, the group) at the launcher's lr 5e-6. The learner micro-batches by
+    (``mini_batch_size=8``, the group) at the launcher's lr 5e-6.
+
+    **LoRA by default** (``lora_rank=32``, OFT's rank, alpha and target modules: ``rl/lora.py``):
+    full AdamW on one GPU peaked at 70.1 GiB (benchmarks/rl_update.py, mini-batch 2 x 2 chunks),
+    the edge of an 80 GB card, and every update hot-swapped the whole model, about 15 GB over ZMQ;
+    a rank-32 adapter is 110 M values, with the fully trained proprio projector a 253 MB push in
+    bfloat16 (arithmetic from the shapes, docs/lora.md), and OFT's published policies were
+    fine-tuned this way. ``lora_rank=0``
+    (``learn --lora-rank 0``) is SimpleVLA-RL's full fine-tuning, the recipe its lr 5e-6 was
+    measured with. That lr is kept for LoRA and is NOT tuned for it: at one lr Adam moves a
+    LoRA-merged weight by about alpha/r / sqrt(r) = 1/11 of what it moves a fully trained one
+    (arithmetic, at A's initial scale), so LoRA GRPO likely wants a larger lr (OFT's LoRA SFT used
+    5e-4 where OpenVLA's full fine-tuning used 2e-5). No 7B LoRA GRPO run has measured it yet. The learner micro-batches by
     chunks (``micro_batch_chunks=4``: a 30-s episode has 100-200 chunks; 4 chunks of the 7B in
     bf16 is what fitted beside AdamW on one 80 GB GPU, benchmarks/rl_update.py), so memory does not
     grow with the episode length. Run it with ``vla-robot learn --dtype bfloat16 --device cuda``,
@@ -17,7 +29,8 @@ clip 0.8/1.28, lr 5e-6 for the 7B); what changes is the update rate, which a rea
 ``tiny``
     The 100k-parameter CPU policy of the demo and the rehearsal: the same rate (one update per
     complete group of 8, ``batch_groups=1``), a larger step size (3e-4) for a small model, 64 chunks
-    per micro-batch (float32 on the CPU).
+    per micro-batch (float32 on the CPU). Full fine-tuning (``lora_rank=0``): the demo's behaviour,
+    measured that way.
 
 The group size is shared with the graph: the episode manager's scheduler
 (``episode_manager.group_size``, default 8) must run groups of exactly the learner's ``group_size``,
@@ -61,6 +74,10 @@ class GRPOConfig:
     micro_batch_chunks: int = 4         # chunks per forward/backward; gradients accumulate over a mini-batch
     ratio_tolerance: float = 1e-2       # median |r - 1| of acting-version tokens above this is an error
     intervened: Literal["skip", "keep"] = "skip"  # episodes an operator took over: skip = no RL update
+    # --- LoRA (rl/lora.py; OFT's vla-scripts/finetune.py: r 32, alpha min(r, 16), dropout 0) ---------
+    lora_rank: int = 0                  # 0: full fine-tuning; > 0: a peft LoRA adapter of this rank
+    lora_alpha: float = 0.0             # 0: OFT's min(lora_rank, 16)
+    lora_dropout: float = 0.0
 
     def validate(self) -> None:
         if self.group_size < 2:
@@ -86,13 +103,17 @@ class GRPOConfig:
             raise ValueError(f"mode must be 'rl', 'sft' or 'hybrid', got {self.mode!r}")
         if self.intervened not in ("skip", "keep"):
             raise ValueError(f"intervened must be 'skip' or 'keep', got {self.intervened!r}")
+        if self.lora_rank < 0 or self.lora_alpha < 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_rank must be >= 0 (0: full fine-tuning), lora_alpha >= 0 (0: min(rank, 16)) and "
+                             f"lora_dropout in [0, 1); got {self.lora_rank}, {self.lora_alpha}, {self.lora_dropout}")
         if not self.ratio_tolerance > 0:
             raise ValueError(f"ratio_tolerance must be > 0 (median |r - 1|), got {self.ratio_tolerance}")
 
 
 PRESETS: dict[str, GRPOConfig] = {
     # SimpleVLA-RL's algorithm at a robot's rate: an update per complete group (module docstring)
-    "oft-7b": GRPOConfig(batch_groups=1, mini_batch_size=8, micro_batch_chunks=4),
+    # and LoRA at OFT's rank 32 (module docstring: why, and what is not tuned)
+    "oft-7b": GRPOConfig(batch_groups=1, mini_batch_size=8, micro_batch_chunks=4, lora_rank=32),
     # The tiny CPU policy of the demo: same rate, bigger steps on a small model.
     "tiny": GRPOConfig(group_size=8, lr=3e-4, mini_batch_size=32, batch_groups=1, max_staleness=2,
                        micro_batch_chunks=64),

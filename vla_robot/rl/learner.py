@@ -17,6 +17,13 @@ learner turns the groups' episodes, and the demonstrations drawn for hybrid grou
 runs them in micro-batches of ``micro_batch_chunks`` chunks, so memory does not grow with the
 episode length.
 
+With ``cfg.lora_rank > 0`` the learner trains a peft LoRA adapter (:mod:`vla_robot.rl.lora`, OFT's
+rank and target modules) instead of every weight: the hot-swap sends the adapter's factors, which the
+server merges from the base it holds (``runtime.load_weights(..., lora_base=...)``), and the
+checkpoint holds the adapter (``lora_adapter/``, peft's files), the base weights once
+(``lora_base.safetensors``, a hard link in each checkpoint) and the merged policy in the OFT layout,
+which ``load_policy(checkpoint=...)`` serves as it is.
+
 The on-policy contract is checked on every update. Before its first optimiser step the weights are
 the learner's ``version``; the tokens that version sampled must get back their behaviour log-probs,
 so the first mini-batch's ratios r = exp(logp_now - logp_behaviour) of those tokens are reported as
@@ -30,6 +37,7 @@ tokens never arrived (skipped with a logged reason; an episode left without any 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,13 +50,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vla_robot.rl import distributed
 from vla_robot.rl.config import GRPOConfig
 from vla_robot.rl.episodes import Episode
 from vla_robot.rl.grpo import RolloutBatch, acting_ratio, group_modes, grpo_update
+from vla_robot.rl.lora import ADAPTER_DIR, BASE_FILE, LoraAdapter, read_base
 
 STATE_FILE = "learner_state.pt"  # written last: a checkpoint folder holding it is complete
 UPDATES_LOG = "updates.jsonl"    # one line per update, for people and the rehearsal
-Publish = Callable[[dict, int], None]
+Publish = Callable[..., None]  # publish(state, version) or, LoRA, publish(adapter, version, lora_base=, base=)
 # metadata that may differ between the server that acted and the learner without changing a log-prob
 _NOT_IDENTITY = {"version", "protocol_version", "max_message_bytes", "max_batch"}
 _log = logging.getLogger(__name__)
@@ -69,6 +79,13 @@ class Learner:
         self.demos = {k: list(v) for k, v in (demos or {}).items()}
         self.log = log
         self.note = note or _log.warning
+        # LoRA: peft's adapter injected into the runtime's model, everything else frozen (rl/lora.py)
+        self.adapter = (LoraAdapter(runtime.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, seed=seed)
+                        if cfg.lora_rank else None)
+        self.dist = distributed.from_env(runtime)  # under torchrun: FSDP across the processes, else None
+        if self.dist is not None and not self.dist.is_main:  # one process writes and publishes; none republishes
+            self.out_dir, self.publish = None, None
+        self.republish_s = float("inf") if self.dist is not None else 30.0
         self.params = [p for p in runtime.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
                                            weight_decay=cfg.weight_decay)
@@ -80,7 +97,7 @@ class Learner:
         self.skipped: Counter[str] = Counter()  # refused episodes / skipped chunks, by reason
         # refused members of each group: the scheduler counted them, so the group completes without them
         self.refused: dict[tuple[str, Hashable], list[str]] = defaultdict(list)
-        self.republish_s = 30.0  # at most this often, serve our version again when a stale episode arrives
+        # at most this often, serve our version again when a stale episode arrives (FSDP: never, set above)
         self._republished_at = -float("inf")
 
     # ---- episodes in ------------------------------------------------------------------------
@@ -122,9 +139,14 @@ class Learner:
         self._republished_at = now
         self.note(f"an episode acted by version {acted}, {self.version - acted} behind this learner: "
                   f"serving version {self.version} again (a restarted server?)")
-        self._publish_weights()
+        self.publish_weights()
 
-    def _publish_weights(self) -> None:
+    def publish_weights(self) -> None:
+        """Hand this version to ``publish``: all weights, or with LoRA the adapter (and, should the server
+        not hold it, the base) that the server merges."""
+        if self.adapter is not None:
+            self.publish(self.adapter.update(), self.version, lora_base=self.adapter.base_id, base=self.adapter.base)
+            return
         # a copy on the CPU: what the publisher sends from, and no second model on the GPU
         self.publish({k: v.detach().to("cpu", copy=True) for k, v in self.runtime.model.state_dict().items()},
                      self.version)
@@ -195,7 +217,8 @@ class Learner:
             per_task={t: float(np.mean([e.label for e in episodes if e.task == t])) for t in {e.task for e in episodes}},
             skipped=dict(self.skipped),
         )
-        self._record(stats)
+        with self.dist.full_weights(self.runtime.model) if self.dist else contextlib.nullcontext():
+            self._record(stats)  # checkpoint and publish read the whole model, also under FSDP
         return stats
 
     def _take_groups(self, keys: list[tuple[str, Hashable]]) -> tuple[list[Episode], list[int]]:
@@ -270,7 +293,7 @@ class Learner:
 
         def logprob_fn(idx: torch.Tensor, temperature: float) -> torch.Tensor:
             return model.token_logprobs(to_batch([observations[i] for i in idx.tolist()]), batch.tokens[idx], temperature)
-        return batch, logprob_fn
+        return batch, logprob_fn if self.dist is None else self.dist.split(logprob_fn)  # FSDP: each process its rows
 
     def _record(self, stats: dict) -> None:
         """History, the log, the checkpoint and updates.jsonl; then the new version to the server."""
@@ -283,7 +306,7 @@ class Learner:
             self.save(self.out_dir)
             self._append_updates_log([stats])
         if stats["opt_steps"] and self.publish is not None:
-            self._publish_weights()
+            self.publish_weights()
 
     def _check_on_policy(self, ratio: dict) -> None:
         """The learner at the acting version must reproduce the behaviour log-probs; say why if not."""
@@ -341,7 +364,10 @@ class Learner:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = out_dir / f".checkpoint-{self.version}.tmp"
         tmp.mkdir(parents=True)
-        save_checkpoint(self.runtime, tmp, step=self.version)
+        if self.adapter is None:
+            save_checkpoint(self.runtime, tmp, step=self.version)
+        else:
+            self._save_lora(out_dir, tmp)
         (tmp / "learner_history.json").write_text(json.dumps(self.history, default=float))
         torch.save({
             "version": self.version,
@@ -349,6 +375,7 @@ class Learner:
             "generator": self.generator.get_state(),
             "consumed": sorted(self.consumed),
             "cfg": {k: getattr(self.cfg, k) for k in self.cfg.__dataclass_fields__},
+            "lora_base": self.adapter.base_id if self.adapter is not None else None,
         }, tmp / (STATE_FILE + ".part"))
         os.replace(tmp / (STATE_FILE + ".part"), tmp / STATE_FILE)
         if final.exists():
@@ -356,6 +383,23 @@ class Learner:
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def _save_lora(self, out_dir: Path, tmp: Path) -> None:
+        """The merged policy in the OFT layout, peft's adapter files and the base: written once per base in
+        ``out_dir``, hard-linked into the checkpoint (a 7B base is 13 GB; each checkpoint stays whole)."""
+        from vla_robot.policy import save_checkpoint
+
+        with self.adapter.merged():
+            save_checkpoint(self.runtime, tmp, step=self.version)
+        self.adapter.save(tmp / ADAPTER_DIR)
+        base = out_dir / BASE_FILE
+        if not base.is_file() or read_base(base)[0] != self.adapter.base_id:
+            self.adapter.save_base(out_dir / (BASE_FILE + ".part"))
+            os.replace(out_dir / (BASE_FILE + ".part"), base)
+        try:
+            os.link(base, tmp / BASE_FILE)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(base, tmp / BASE_FILE)
 
     @classmethod
     def resume(cls, checkpoint_dir: str | Path, cfg: GRPOConfig, *, device: str = "cpu", dtype: str = "float32",
@@ -370,7 +414,7 @@ class Learner:
                                     "(expected the 'checkpoint' folder a Learner saved)")
         runtime = load_policy(checkpoint=str(checkpoint_dir), device=device, dtype=dtype)
         state = torch.load(checkpoint_dir / STATE_FILE, weights_only=True, map_location="cpu")
-        learner = cls(runtime, cfg, **kwargs)
+        learner = _resumed(cls, runtime, cfg, checkpoint_dir, state, kwargs)
         learner.optimizer.load_state_dict(state["optimizer"])  # cast to each parameter's device and dtype
         learner.generator.set_state(state["generator"])
         learner.version = int(state["version"])
@@ -401,6 +445,28 @@ class Learner:
                     f.write("\n")
                 for e in new:
                     f.write(json.dumps(e, default=float) + "\n")
+
+
+def _resumed(cls, runtime, cfg: GRPOConfig, checkpoint_dir: Path, state: dict, kwargs: dict) -> Learner:
+    """A learner on ``runtime`` (the checkpoint's merged weights); for a LoRA checkpoint the adapted weights go
+    back to the base W0 and the adapter is loaded, so training carries on from the same factors."""
+    saved_rank = int((state.get("cfg") or {}).get("lora_rank", 0))
+    if bool(saved_rank) != bool(cfg.lora_rank) or (saved_rank and saved_rank != cfg.lora_rank):
+        raise ValueError(f"{checkpoint_dir} was trained with lora_rank={saved_rank} (0: full fine-tuning); resume it "
+                         f"with the same (learn --lora-rank {saved_rank}), not {cfg.lora_rank}")
+    if not saved_rank:
+        return cls(runtime, cfg, **kwargs)
+    base_id, base = read_base(checkpoint_dir / BASE_FILE)
+    own = runtime.model.state_dict()
+    with torch.no_grad():
+        for name, w0 in base.items():
+            if name not in own or own[name].shape != w0.shape:
+                raise ValueError(f"{checkpoint_dir / BASE_FILE}: '{name}' is not a weight of this model's shape")
+            own[name].copy_(w0)
+    learner = cls(runtime, cfg, **kwargs)
+    learner.adapter.base_id = base_id or state["lora_base"]
+    learner.adapter.load(checkpoint_dir / ADAPTER_DIR)
+    return learner
 
 
 def find_checkpoint(out_dir: str | Path) -> Path | None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import zmq
 
+from vla_robot.policy.lora import LoraBaseUnknown
 from vla_robot.serving import protocol
 from vla_robot.serving.batching import Batcher, Job, ServerStats
 from vla_robot.serving.client import load_curve_key
@@ -361,10 +362,12 @@ class PolicyServer:
                 continue
             reply, update = receiver.handle(msg)
             if update is not None:
-                state, version, delta = update
+                state, version, delta, lora_base = update
                 try:
-                    self.batcher.swap(state, version, delta=delta, timeout_s=600.0)
+                    self.batcher.swap(state, version, delta=delta, timeout_s=600.0, lora_base=lora_base)
                     log.info("now serving weights version %d", version)
+                except LoraBaseUnknown as e:  # the publisher sends the base with the adapter again
+                    reply = protocol.error_reply("lora_base_unknown", str(e), msg.get("id"))
                 except Exception as e:  # noqa: BLE001 - refused; the old version keeps serving
                     reply = protocol.error_reply("bad_request", f"weights version {version} refused, version "
                                                  f"{self.version} keeps serving: {type(e).__name__}: {e}", msg.get("id"))

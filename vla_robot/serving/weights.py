@@ -5,6 +5,7 @@
     pub = WeightPublisher("tcp://127.0.0.1:5556")
     pub.push(runtime.state_dict(), version=7)          # all weights, or a subset of them
     pub.push(update, version=8, delta=True)            # tensors added to the serving ones
+    pub.push(adapter, version=9, lora_base=base_id, base=base_tensors)  # a LoRA adapter (policy/lora.py)
 
 A server bound beyond loopback encrypts its weights socket with CurveZMQ, as its policy socket:
 ``WeightPublisher(address, curve_server_key="keys/server.key", curve_client_key="keys/learner.key_secret")``
@@ -21,6 +22,12 @@ finite, and only then hands the whole update to the batcher, which calls
 half-way, a wrong digest, a stale version or weights the runtime refuses all leave the serving
 version as it was; the publisher gets an error that says why.
 
+A LoRA push (``lora_base``) carries the adapter's factors, not merged weights: for OFT's rank-32
+adapter on the 7B some 110 M values instead of 7.5 G. The server merges them from the base of that
+name (``runtime.load_weights(..., lora_base=...)``); a server that does not hold it (it restarted)
+refuses with the code ``lora_base_unknown`` and the publisher sends the push again with ``base()``'s
+tensors (``W:lora_base``) in it, once.
+
 Tensors travel as numpy buffers; ``bfloat16`` (which numpy lacks) travels as its 16-bit pattern with
 a tag, and comes back as a ``torch.bfloat16`` tensor. The server hands torch tensors to the runtime.
 """
@@ -30,7 +37,7 @@ import hashlib
 import itertools
 import time
 import uuid
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import zmq
@@ -101,12 +108,14 @@ class WeightPublisher:
         self._sock.connect(address)
         self._ids = itertools.count(1)
 
-    def push(self, state_dict_or_delta: Mapping[str, Any], version: int, delta: bool = False) -> dict:
+    def push(self, state_dict_or_delta: Mapping[str, Any], version: int, delta: bool = False,
+             lora_base: str | None = None, base: Callable[[], Mapping[str, Any]] | None = None) -> dict:
         """Send ``state_dict_or_delta`` as policy ``version``; return once it serves.
 
         A state dict may hold all tensors or a subset; with ``delta=True`` the tensors are added to
         the serving ones (``runtime.load_weights(..., delta=True)``). ``version`` must be newer than
-        the serving one.
+        the serving one. With ``lora_base`` it is a LoRA adapter push (module docstring); ``base()``
+        gives the base's ``W:lora_base`` tensors, sent only when the server does not hold that base.
 
         Returns ``{"version", "bytes", "tensors", "seconds"}``. Raises :class:`PolicyServerError`
         when the server refuses the update (the old version keeps serving) and
@@ -116,7 +125,20 @@ class WeightPublisher:
             raise ValueError("push needs a non-empty mapping of parameter name -> tensor")
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise ValueError(f"version must be a non-negative integer, got {version!r}")
+        if lora_base is not None and (delta or not isinstance(lora_base, str) or not lora_base):
+            raise ValueError(f"lora_base must be a non-empty string and excludes delta, got {lora_base!r}, delta={delta}")
         t0 = time.monotonic()
+        try:
+            reply = self._transfer(state_dict_or_delta, version, delta, lora_base)
+        except PolicyServerError as e:
+            if e.code != "lora_base_unknown" or base is None:
+                raise
+            reply = self._transfer({**base(), **state_dict_or_delta}, version, delta, lora_base)
+        return {**reply, "seconds": time.monotonic() - t0}
+
+    def _transfer(self, state_dict_or_delta: Mapping[str, Any], version: int, delta: bool,
+                  lora_base: str | None) -> dict:
+        """One begin/part.../commit transfer; ``{"version", "bytes", "tensors"}`` once it serves."""
         sizes = []
         for name, t in state_dict_or_delta.items():
             if not isinstance(name, str):
@@ -126,7 +148,7 @@ class WeightPublisher:
         n_parts = max(1, -(-total // self.part_bytes))  # pieces fill each part up to part_bytes
         transfer = uuid.uuid4().hex
         self._call({"type": "begin", "transfer": transfer, "version": version, "delta": bool(delta),
-                    "n_tensors": len(sizes), "n_parts": n_parts, "total_bytes": total})
+                    "lora_base": lora_base, "n_tensors": len(sizes), "n_parts": n_parts, "total_bytes": total})
         seq, pieces, room = 0, [], self.part_bytes
 
         def send_part() -> None:
@@ -154,8 +176,7 @@ class WeightPublisher:
         if seq != n_parts:  # only if the mapping changed under us
             raise RuntimeError(f"sent {seq} parts, announced {n_parts}; was the state dict modified during push?")
         reply = self._call({"type": "commit", "transfer": transfer})
-        return {"version": int(reply["version"]), "bytes": total, "tensors": len(sizes),
-                "seconds": time.monotonic() - t0}
+        return {"version": int(reply["version"]), "bytes": total, "tensors": len(sizes)}
 
     def _call(self, msg: dict) -> dict:
         rid = next(self._ids)
@@ -189,8 +210,8 @@ class WeightPublisher:
 class WeightReceiver:
     """Server side: stages one transfer at a time and returns the finished update on ``commit``.
 
-    ``handle(header)`` returns ``(reply, update)``; ``update`` is ``None`` or ``(state, version, delta)``
-    with torch tensors, ready for ``runtime.load_weights``.
+    ``handle(header)`` returns ``(reply, update)``; ``update`` is ``None`` or ``(state, version, delta,
+    lora_base)`` with torch tensors, ready for ``runtime.load_weights``.
     """
 
     def __init__(self, max_total_bytes: int = 64 * 1024**3, stale_after_s: float = 300.0):
@@ -227,11 +248,14 @@ class WeightReceiver:
                 fail(f"'begin' fields {ints} must be non-negative integers")
             if not isinstance(msg.get("delta", False), bool):
                 fail(f"'begin' field 'delta' must be true or false, got {msg.get('delta')!r}")
+            if msg.get("lora_base") is not None and not (isinstance(msg["lora_base"], str) and msg["lora_base"]):
+                fail(f"'begin' field 'lora_base' must be a base name (a non-empty string) or null, got {msg['lora_base']!r}")
             if msg["total_bytes"] > self.max_total_bytes:
                 fail(f"update of {msg['total_bytes']} bytes is over this server's limit of {self.max_total_bytes}")
             if msg["n_parts"] < 1 or msg["n_tensors"] < 1:
                 fail("an update needs at least one part and one tensor")
             self._t = {"id": msg["transfer"], "version": msg["version"], "delta": msg.get("delta", False),
+                       "lora_base": msg.get("lora_base"),
                        "n_tensors": msg["n_tensors"],
                        "n_parts": msg["n_parts"], "total_bytes": msg["total_bytes"], "next": 0,
                        "tensors": {}, "bytes": 0, "bytes_announced": 0, "touched": time.monotonic()}
@@ -270,7 +294,7 @@ class WeightReceiver:
             if e["tag"] is None and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
                 fail(f"parameter '{name}' has non-finite values; refusing to serve it")
             state[name] = _to_torch(a, e["tag"])
-        return {"v": protocol.PROTOCOL_VERSION, "type": "swapped", "id": rid, "version": t["version"]}, (state, t["version"], t["delta"])
+        return {"v": protocol.PROTOCOL_VERSION, "type": "swapped", "id": rid, "version": t["version"]}, (state, t["version"], t["delta"], t["lora_base"])
 
 
     def _add_piece(self, t: dict, p: dict) -> None:
