@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from test_rl_learner import make_group, observation
 
-from vla_robot.policy import load_policy
+from vla_robot.policy import CheckpointError, load_policy, save_checkpoint
 from vla_robot.policy.lora import LoraBaseUnknown, adapter_key, merged_weight
 from vla_robot.rl.config import preset
 from vla_robot.rl.grpo import RolloutBatch, grpo_update
@@ -226,6 +226,9 @@ def test_checkpoint_round_trip_holds_the_adapter_the_base_and_a_merged_oft_expor
     for k in merged:
         if not k.startswith("proprio_projector."):  # OFT keeps it in proprio_projector--*_checkpoint.pt
             torch.testing.assert_close(merged_by_peft[k], merged[k], rtol=1e-6, atol=1e-6)
+
+    with pytest.raises(CheckpointError, match="carries a LoRA adapter"):  # peft's layer names are no OFT layout
+        save_checkpoint(rt, tmp_path / "unmerged")
 
     back = Learner.resume(ckpt, lora_cfg())
     assert back.adapter.base_id == learner.adapter.base_id and back.version == 1

@@ -222,6 +222,10 @@ def save_checkpoint(runtime, directory: str | os.PathLike, step: int = 0, max_sh
         proprio = None if model.proprio_projector is None else {k: v.detach().cpu().clone() for k, v in model.proprio_projector.state_dict().items()}
         head = None if model.action_head is None else {k: v.detach().cpu().clone() for k, v in model.action_head.state_dict().items()}
         vision = {k: v.detach().cpu().clone() for k, v in model.vision_state_dict().items()} if runtime.cfg.film else None
+    adapted = [k for k in main if ".lora_A." in k or ".base_layer." in k]
+    if adapted:  # peft's layers in place (rl/lora.py): OFT's tools and load_checkpoint need plain, merged weights
+        raise CheckpointError(f"the model carries a LoRA adapter ('{adapted[0]}'); save its merged weights (Learner.save, "
+                              "or save_checkpoint inside vla_robot.rl.lora.LoraAdapter.merged())")
     for stale in list(d.glob("model*.safetensors")) + list(d.glob("*--*checkpoint.pt")) + [d / INDEX_FILE]:
         stale.unlink(missing_ok=True)
     shards: list[dict[str, torch.Tensor]] = [{}]

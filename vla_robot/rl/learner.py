@@ -79,6 +79,9 @@ class Learner:
         self.demos = {k: list(v) for k, v in (demos or {}).items()}
         self.log = log
         self.note = note or _log.warning
+        if cfg.lora_rank and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # FSDP shards a plain model only
+            raise ValueError(f"lora_rank={cfg.lora_rank} under torchrun: FSDP (rl/distributed.py) is for full "
+                             "fine-tuning; give --lora-rank 0 for FSDP, or run LoRA in one process (it fits one GPU)")
         # LoRA: peft's adapter injected into the runtime's model, everything else frozen (rl/lora.py)
         self.adapter = (LoraAdapter(runtime.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, seed=seed)
                         if cfg.lora_rank else None)
