@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import cv2
+import torch
 import numpy as np
 import pytest
 
@@ -86,3 +87,56 @@ def test_the_whole_pipeline_is_within_one_level_of_oft():
     no_jpeg = preprocess_image(picture(f"{name}/input"), size, jpeg=False)
     assert_close(no_jpeg, center_crop(picture(f"{case}/resize_only")), f"{case} resize+crop", 0.005)
     assert not np.array_equal(no_jpeg, preprocess_image(picture(f"{name}/input"), size))
+
+
+# --- OFT's get_processor on our checkpoints ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny checkpoint as save_checkpoint writes it, and its runtime."""
+    from vla_robot.policy.checkpoint import save_checkpoint
+    from vla_robot.policy.runtime import load_policy
+
+    rt = load_policy(preset="tiny", seed=0)
+    return rt, save_checkpoint(rt, tmp_path_factory.mktemp("hf") / "tiny_ck")
+
+
+def observation(seed: int = 0, instruction: str = "Put the red cube in the bowl") -> dict:
+    frame = picture("frame/input")
+    return {"images": {"front": frame, "wrist": np.ascontiguousarray(frame[::-1])}, "state": np.zeros(6), "instruction": instruction}
+
+
+def test_ofts_get_processor_loads_our_checkpoint_and_agrees_with_our_processor(saved):
+    """OFT's get_processor is ``AutoProcessor.from_pretrained(ckpt, trust_remote_code=True)``; its
+    get_vla_action calls ``processor(prompt, image)`` per camera and concatenates pixel_values on dim 1."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    rt, ckpt = saved
+    proc = AutoProcessor.from_pretrained(str(ckpt), trust_remote_code=True)
+    assert type(proc).__name__ == "PrismaticProcessor" and type(proc.image_processor).__name__ == "PrismaticImageProcessor"
+    obs = observation(instruction="Put the red cube in the bowl, schnell über")  # non-ASCII: the byte tokenizer
+    ours = rt.processor([obs])
+    images = rt.processor.images(obs)  # OFT's deploy preprocessing (JPEG trip, resize, crop), done by us
+    prompt = f"In: What action should the robot take to {obs['instruction'].lower()}?\nOut:"
+    inputs = [proc(prompt, Image.fromarray(img)) for img in images]
+    pixel_values = torch.cat([x["pixel_values"] for x in inputs], dim=1)
+    assert pixel_values.shape == ours.pixel_values.shape
+    torch.testing.assert_close(pixel_values, ours.pixel_values, atol=1e-6, rtol=0)
+    # OFT's predict_action appends the empty token 29871; ours has it already
+    assert inputs[0]["input_ids"][0].tolist() + [29871] == ours.input_ids[0, : int(ours.prompt_lengths[0])].tolist()
+    # a frame of another size is resized to the tower's size (resize-naive, bicubic), as OFT's processor does
+    big = proc.image_processor(picture("frame/input"), return_tensors="pt")["pixel_values"]
+    S = rt.cfg.vision.image_size
+    assert big.shape == (1, 6, S, S) and torch.isfinite(big).all()
+
+
+def test_the_hf_processor_says_what_is_wrong(saved):
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(str(saved[1]), trust_remote_code=True)
+    with pytest.raises(ValueError, match="image 0 must be a PIL image or a uint8 HxWx3 RGB array, got float32"):
+        proc.image_processor(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="2 prompt\\(s\\) but 1 image\\(s\\)"):
+        proc(["a", "b"], picture("square/input"), padding=False)
+    with pytest.raises(ValueError, match="image_resize_strategy 'letterbox' is not supported"):
+        type(proc.image_processor)(image_resize_strategy="letterbox")

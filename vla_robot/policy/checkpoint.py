@@ -21,6 +21,7 @@ import torch
 from vla_robot.config import ConfigError, from_dict
 from vla_robot.policy import normalization
 from vla_robot.policy.config import PolicyModelConfig
+from vla_robot.policy.hf_export import write_hf_processor
 from vla_robot.policy.modeling import OFTModel
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_model_config", "check_state_dict", "find_component"]
@@ -259,28 +260,8 @@ def save_checkpoint(runtime, directory: str | os.PathLike, step: int = 0, max_sh
     cfg = dataclasses.replace(runtime.cfg, norm_key=runtime.processor.norm_key, tokenizer="", dataset_statistics="")
     (d / CONFIG_FILE).write_text(json.dumps(_oft_config(cfg, stats, torch_dtype), indent=2))
     runtime.processor.tokenizer.save(d)
-    (d / PREPROCESSOR_FILE).write_text(json.dumps(_preprocessor_config(runtime), indent=2))
+    write_hf_processor(runtime, d, PREPROCESSOR_FILE)  # + processing_prismatic.py: OFT's get_processor loads it
     return d
-
-
-def _preprocessor_config(runtime) -> dict[str, Any]:
-    """OFT's ``PrismaticImageProcessor`` settings (per-tower normalisation, resize-naive)."""
-    S = runtime.cfg.vision.image_size
-    mean, std = runtime.processor.tower_mean_std
-    return {
-        "auto_map": {
-            "AutoImageProcessor": "processing_prismatic.PrismaticImageProcessor",
-            "AutoProcessor": "processing_prismatic.PrismaticProcessor",
-        },
-        "image_processor_type": "PrismaticImageProcessor",
-        "processor_class": "PrismaticProcessor",
-        "image_resize_strategy": "resize-naive",
-        "use_fused_vision_backbone": True,
-        "input_sizes": [[3, S, S], [3, S, S]],
-        "interpolations": ["bicubic", "bicubic"],
-        "means": [list(m) for m in mean],
-        "stds": [list(s) for s in std],
-    }
 
 
 def _read_mean_std(d: Path, default):

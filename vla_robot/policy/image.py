@@ -91,9 +91,10 @@ def lanczos3_resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _crop_taps(n: int, area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _crop_taps(n: int, area: float, channels: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each output index along an axis of length ``n``: the two source indices and the lerp weight,
-    in float32 as TF's ``crop_and_resize`` CPU kernel computes them."""
+    in float32 as TF's ``crop_and_resize`` CPU kernel computes them. ``channels`` > 1: the same for
+    the interleaved values of a row (``x·channels + c``), so a row is gathered as one flat array."""
     f32 = np.float32
     side = np.clip(np.sqrt(f32(area)), f32(0), f32(1))  # tf.sqrt on a float32 tensor
     lo = (f32(1) - side) / f32(2)
@@ -101,21 +102,33 @@ def _crop_taps(n: int, area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     step = (hi - lo) * f32(n - 1) / f32(max(n - 1, 1))
     pos = lo * f32(n - 1) + np.arange(n, dtype=f32) * step
     first = np.floor(pos)
-    return first.astype(np.intp), np.ceil(pos).astype(np.intp), (pos - first).astype(f32)
+    i0, i1, t = first.astype(np.intp), np.ceil(pos).astype(np.intp), (pos - first).astype(f32)
+    if channels > 1:
+        c = np.arange(channels)
+        i0, i1, t = (i0[:, None] * channels + c).ravel(), (i1[:, None] * channels + c).ravel(), np.repeat(t, channels)
+    return i0, i1, t
 
 
 def center_crop(image: np.ndarray, area: float = CROP_AREA) -> np.ndarray:
     """The centre crop covering ``area`` of the image, resized back to the same size (bilinear),
     with TF's ``crop_and_resize`` + ``convert_image_dtype`` arithmetic (module docstring)."""
-    h, w = image.shape[:2]
+    h, w, c = image.shape
     y0, y1, ty = _crop_taps(h, area)
-    x0, x1, tx = _crop_taps(w, area)
-    x = image.astype(np.float32) * np.float32(1.0 / 255.0)  # convert_image_dtype(uint8 -> float32)
-    left, right = x[:, x0], x[:, x1]
-    rows = left + (right - left) * tx[None, :, None]  # TF's top/bottom: lerp along x on each source row
-    top, bottom = rows[y0], rows[y1]
-    out = np.clip(top + (bottom - top) * ty[:, None, None], 0.0, 1.0)
-    return (out * np.float32(255.5)).astype(np.uint8)  # convert_image_dtype(float32 -> uint8): truncates
+    x0, x1, tx = _crop_taps(w, area, c)
+    x = image.reshape(h, w * c).astype(np.float32)
+    x *= np.float32(1.0 / 255.0)  # convert_image_dtype(uint8 -> float32)
+    # TF's top/bottom: the lerp along x of each source row, computed once per row (in place: no temporaries)
+    left, rows = np.take(x, x0, axis=1), np.take(x, x1, axis=1)
+    rows -= left
+    rows *= tx
+    rows += left
+    top, out = np.take(rows, y0, axis=0), np.take(rows, y1, axis=0)
+    out -= top
+    out *= ty[:, None]
+    out += top
+    np.clip(out, 0.0, 1.0, out=out)
+    out *= np.float32(255.5)
+    return out.astype(np.uint8).reshape(h, w, c)  # convert_image_dtype(float32 -> uint8) truncates
 
 
 def preprocess_image(image: np.ndarray, size: int, crop: bool = True, jpeg: bool = True, name: str = "image") -> np.ndarray:
