@@ -140,3 +140,130 @@ def test_votes_config_errors(kw, match):
         from_dict(EpisodeManagerNodeConfig, {**BASE, **kw})
     # the twin counts as a voter where it mirrors the arm; votes need no twin reset
     from_dict(EpisodeManagerNodeConfig, {**BASE, "detectors": ["a.onnx"], "vote_twin": True})
+
+
+# ---- over real rclpy: the episode manager node with label_source votes -------------------------
+@pytest.fixture(scope="module")
+def detector_dirs(tmp_path_factory):
+    """Two real detector files (one small detector trained on a few twin episodes, and a copy of it as
+    the second voter): what the node loads and runs is the real onnxruntime detector."""
+    import shutil
+
+    from vla_robot.detector import record_twin_dataset, train_detector
+    from vla_robot.detector.train import TrainConfig
+
+    tmp = tmp_path_factory.mktemp("votes_detector")
+    record_twin_dataset(tmp / "ds", episodes=4, seed=1, image_size=(32, 32))
+    train_detector([tmp / "ds"], tmp / "a", seed=0, progress=False, log=lambda text: None,
+                   config=TrainConfig(steps=2, batch_size=4, width=4, hidden=8, image_size=(32, 32), val_share=0.5))
+    shutil.copytree(tmp / "a", tmp / "b")
+    return [str(tmp / "a"), str(tmp / "b")]
+
+
+def _graph(ros_context, probe, cfg):
+    pytest.importorskip("rclpy")
+    from rclpy.executors import MultiThreadedExecutor
+
+    from vla_robot.nodes.episode_manager_node import EpisodeManagerNode
+
+    manager = EpisodeManagerNode(config=cfg, use_terminal=False, context=ros_context)
+    ex = MultiThreadedExecutor(num_threads=3, context=ros_context)
+    ex.add_node(manager)
+    ex.add_node(probe.node)
+    spinner = threading.Thread(target=ex.spin, daemon=True)
+    spinner.start()
+    ex.spinner = spinner
+    return manager, ex
+
+
+def _publish_episode(probe, manager, joint_names, frames=20):
+    """Start an episode, show the cameras and joint states to the manager while it runs, stop it."""
+    import numpy as np
+    from sensor_msgs.msg import Image, JointState
+
+    from vla_robot.nodes import common, convert
+
+    pubs = {c: probe.node.create_publisher(Image, common.image_topic(c), common.IMAGE_QOS) for c in ("front", "wrist")}
+    js = probe.node.create_publisher(JointState, common.JOINT_STATES, common.STATE_QOS)
+    assert probe.wait_for(lambda: all(p.get_subscription_count() for p in pubs.values()) and js.get_subscription_count())
+    manager.core.start()
+    manager.core.start()
+    assert manager.core.running
+    image = np.full((48, 48, 3), 90, np.uint8)  # one constant scene: every frame the detector reads is the same
+    for k in range(frames):
+        js.publish(convert.joint_state_to_msg(joint_names, np.linspace(0, 0.5, len(joint_names)), stamp=100 + k / 30))
+        for c, p in pubs.items():
+            p.publish(convert.image_to_msg(image, 100 + k / 30))
+        probe.wait_for(lambda: False, timeout=0.03)
+    assert probe.wait_for(lambda: len(manager.voter.frames) >= 3)
+    manager.core.stop()
+    return image
+
+
+@pytest.mark.ros
+def test_node_with_votes_labels_alone_from_its_cameras_when_the_detectors_agree(ros_context, probe, detector_dirs):
+    import numpy as np
+
+    from vla_robot.detector import SuccessDetector
+
+    det = SuccessDetector.load(detector_dirs[0])
+    names = list(det.spec.state_names)
+    # what the detector says of this constant scene decides the threshold that makes the two copies agree
+    p = det.predict_episode({c: np.full((5, 48, 48, 3), 90, np.uint8) for c in ("front", "wrist")},
+                            np.tile(np.linspace(0, 0.5, len(names), dtype=np.float32), (5, 1)))
+    sure = max(p, 1 - p)
+    assert sure > 0.5 + 1e-3, p
+    cfg = from_dict(EpisodeManagerNodeConfig, {**BASE, "detectors": detector_dirs,
+                                              "vote_threshold": max(0.5005, sure - 1e-3)})
+    manager, ex = _graph(ros_context, probe, cfg)
+    try:
+        assert not manager.voter.errors and manager.voter.frames.cameras == ["front", "wrist"]
+        _publish_episode(probe, manager, names)
+        assert probe.wait_for(lambda: probe.events(lambda e: e["type"] == "save"))
+        (save,) = probe.events(lambda e: e["type"] == "save")
+        assert save["label_source"] == "votes" and save["label"] == ("success" if p > 0.5 else "failure")
+        assert set(save["votes"]) == set(detector_dirs)
+        assert all(v == pytest.approx(p, abs=1e-3) for v in save["votes"].values())
+        assert save["label_confidence"] == pytest.approx(sure, abs=1e-3)
+    finally:
+        ex.shutdown(timeout_sec=5)
+        ex.spinner.join(timeout=5)
+        manager.core.wait_for_votes(5)
+        manager.destroy_node()
+
+
+@pytest.mark.ros
+def test_node_with_a_missing_detector_file_logs_it_asks_and_the_persons_label_is_saved(ros_context, probe,
+                                                                                        detector_dirs, tmp_path, capfd):
+    import json
+
+    from std_msgs.msg import String
+
+    from vla_robot.nodes import common
+
+    missing = str(tmp_path / "gone" / "detector.onnx")
+    cfg = from_dict(EpisodeManagerNodeConfig, {**BASE, "detectors": [detector_dirs[0], missing]})
+    manager, ex = _graph(ros_context, probe, cfg)
+    try:
+        logged = capfd.readouterr().err  # what the node logged at start, as the operator reads it
+        assert "[ERROR]" in logged and "gone/detector.onnx could not be loaded" in logged and "missing" in logged
+        assert "every episode waits for a person's label" in logged
+        from vla_robot.detector import SuccessDetector
+
+        _publish_episode(probe, manager, list(SuccessDetector.load(detector_dirs[0]).spec.state_names))
+        assert probe.wait_for(lambda: probe.events(lambda e: e["type"] == "ask"))
+        (ask,) = probe.events(lambda e: e["type"] == "ask")
+        assert "could not vote" in ask["reason"] and "gone/detector.onnx" in ask["reason"]
+        assert list(ask["votes"]) == [detector_dirs[0]]  # the detector that loaded still says what it thinks
+        assert manager.core.state == "labelling"
+        labels = probe.node.create_publisher(String, common.EPISODE_LABEL, common.EVENT_QOS)
+        assert probe.wait_for(lambda: labels.get_subscription_count())
+        labels.publish(String(data=json.dumps({"episode": 0, "label": "success"})))
+        assert probe.wait_for(lambda: probe.events(lambda e: e["type"] == "save"))
+        (save,) = probe.events(lambda e: e["type"] == "save")
+        assert (save["label"], save["label_source"], save["label_confidence"]) == ("success", "human", 1.0)
+    finally:
+        ex.shutdown(timeout_sec=5)
+        ex.spinner.join(timeout=5)
+        manager.core.wait_for_votes(5)
+        manager.destroy_node()
