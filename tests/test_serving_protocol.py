@@ -229,8 +229,8 @@ def test_weight_parts_reassemble_exactly(part_bytes):
     ack = pub.push(state, 4, delta=True)
     pub.close()
     assert ack["bytes"] == sum(a.nbytes for a in state.values())
-    (got, version, delta), = updates
-    assert version == 4 and delta is True and set(got) == set(state)
+    (got, version, delta, lora_base), = updates
+    assert version == 4 and delta is True and lora_base is None and set(got) == set(state)
     for k, a in state.items():
         assert tuple(got[k].shape) == a.shape
         np.testing.assert_array_equal(got[k].numpy(), a)
