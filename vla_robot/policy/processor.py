@@ -40,7 +40,7 @@ class PolicyProcessor:
         self.tower_mean_std = ([tuple(map(float, m)) for m, _ in tower_mean_std], [tuple(map(float, s)) for _, s in tower_mean_std])
         mean = np.concatenate([np.asarray(m, np.float32) for m, _ in tower_mean_std])
         std = np.concatenate([np.asarray(s, np.float32) for _, s in tower_mean_std])
-        self._mean, self._std = mean.reshape(1, 6, 1, 1), std.reshape(1, 6, 1, 1)
+        self._mean, self._std = mean.reshape(1, 1, 2, 3, 1, 1), std.reshape(1, 1, 2, 3, 1, 1)  # [.., tower, rgb, ..]
         self.norm_stats: dict[str, Any] | None = None
         self.norm_key = ""
         if norm_stats:
@@ -137,11 +137,19 @@ class PolicyProcessor:
         )
 
     def pixel_values(self, images: np.ndarray) -> np.ndarray:
-        """uint8 ``[B, N, S, S, 3]`` → float32 ``[B, 6·N, S, S]`` (each image twice, per-tower normalised)."""
+        """uint8 ``[B, N, S, S, 3]`` → float32 ``[B, 6·N, S, S]`` (each image twice, per-tower normalised).
+
+        torchvision's ``to_tensor`` + ``normalize`` arithmetic (x/255, minus mean, over std, in float32),
+        as OFT's processor does, bit for bit; in place in one buffer, ~10x faster at 224 px than with
+        temporaries (fresh pages for each one cost more than the arithmetic)."""
         B, N, S = images.shape[:3]
-        x = images.astype(np.float32).transpose(0, 1, 4, 2, 3) / 255.0  # [B, N, 3, S, S]
-        x = np.concatenate([x, x], axis=2)  # [B, N, 6, S, S]
-        x = (x - self._mean[:, None]) / self._std[:, None]
+        x = np.empty((B, N, 2, 3, S, S), np.float32)  # [B, camera, tower, rgb, S, S]
+        first = x[:, :, 0]
+        first[...] = images.transpose(0, 1, 4, 2, 3)
+        first /= np.float32(255)
+        x[:, :, 1] = first
+        x -= self._mean
+        x /= self._std
         return x.reshape(B, N * 6, S, S)
 
     def __call__(self, observations: Sequence[Mapping[str, Any]]) -> PolicyBatch:
