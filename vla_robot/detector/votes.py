@@ -16,10 +16,10 @@ The rule (:func:`vote`), with ``threshold`` t and ``quorum`` q from config:
   sends the episode to a person too: the quorum was chosen for the voters configured, and a broken
   one must be seen and fixed, not voted around.
 
-Why this strict: SCRL (reference on test-time RL) shows that majority votes amplify their own
-errors when the consensus is weak: a wrong label the learner trusts pushes the policy toward
-the mistake, and the next votes are made on its episodes. A question to the person costs seconds;
-a wrong label costs an update. HIL-SERL's classifier threshold is 0.85; the default here is 0.9
+Why this strict: SCRL (arXiv 2603.19880, test-time RL with majority-vote pseudo-labels) shows that
+votes amplify their own errors when the consensus is weak, and keeps only strict-consensus labels.
+A wrong label the learner trusts pushes the policy toward the mistake, and the next votes are made
+on its episodes; a question to the person costs seconds, a wrong label costs an update. HIL-SERL's classifier threshold is 0.85; the default here is 0.9
 with a quorum of 2, and ``benchmarks/votes.py`` measures what share that labels alone, and how
 accurately, on twin episodes with ground truth.
 
