@@ -82,3 +82,17 @@ def test_two_gloo_processes_make_the_one_process_update(tmp_path, monkeypatch):
     print(f"FSDP against one process: max |dw| {float(dw.max()):.3g}, {int((dw > CLOSE).sum())} of {len(dw)} "
           f"weights beyond {CLOSE:g}; largest move {moved:.3g}")
     assert float((dw > CLOSE).float().mean()) < FEW and float(dw.max()) < WORST * moved
+
+
+def test_torchrun_variables_missing_say_how_to_start(monkeypatch):
+    from vla_robot.rl import distributed
+
+    runtime = load_policy(preset="tiny", seed=0)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.from_env(runtime) is None  # one process: nothing changes
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(RuntimeError, match="start several learner processes with torchrun"):
+        distributed.from_env(runtime)
+    assert not torch.distributed.is_initialized()
+    # LoRA under torchrun is refused by the learner itself (tests/test_rl_lora.py)
