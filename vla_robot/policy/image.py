@@ -8,8 +8,9 @@ OpenVLA-OFT's checkpoints were trained on TensorFlow's pipeline, and its deploy 
   accurate integer forward DCT: OpenCV's encoder at quality 95 writes the same entropy-coded scan byte
   for byte. ``tf.io.decode_image`` then decodes with the *fast* integer IDCT (JDCT_IFAST, "the
   TensorFlow-chosen default": tensorflow/core/kernels/image/decode_image_op.cc) and fancy chroma
-  upsampling (jpeg_mem.h ``UncompressFlags``). OpenCV and Pillow decode with the accurate IDCT and
-  neither can be told otherwise: that is where the old OpenCV round trip differed by up to 10 levels.
+  upsampling (jpeg_mem.h ``UncompressFlags``). OpenCV decodes with the accurate IDCT and cannot be
+  told otherwise (Pillow takes the fast one only in draft mode, which also drops fancy upsampling):
+  that is where the old OpenCV round trip differed by up to 11 levels.
   simplejpeg (libjpeg-turbo's TurboJPEG API) takes ``fastdct=True, fastupsample=False``, which is
   TF's decoder bit for bit.
 - ``lanczos3_resize``: ``tf.image.resize(method="lanczos3", antialias=True)`` is ``scale_and_translate``
