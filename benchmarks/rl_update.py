@@ -19,6 +19,11 @@ over every chunk of the mini-batch), each in a fresh process, figures side by si
 update's peak resident memory above the process's before it. --skip-long leaves it out.
 Measured on the 2-core CI machine (``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rl_update.py
 --repeats 1``), 8 x 150 chunks: micro-batched 7.2 s and 184 MiB, one graph 13.7 s and 2606 MiB.
+
+The same case with a LoRA adapter (``--lora-rank``, default OFT's 32; issue 19) is a third row, and
+the 7B's LoRA and full figures that need no GPU are printed beside it as arithmetic from the preset's
+shapes (trained values, AdamW state, bytes per hot-swap). The 7B's memory and time on a GPU are not
+measured by this run unless a GPU is present; the arithmetic is not a measurement.
 """
 from __future__ import annotations
 
@@ -106,14 +111,14 @@ def bench(runtime, episodes: list[Episode], group_size: int, repeats: int, prese
             "sft_tokens_per_s": toks.numel() / np.median(base)}
 
 
-def long_episode_update(one_graph: bool, episodes: int, chunks: int, threads: int) -> dict:
+def long_episode_update(one_graph: bool, episodes: int, chunks: int, threads: int, lora_rank: int = 0) -> dict:
     """One GRPO update of a group of long episodes on the tiny policy; run in a fresh process."""
     from vla_robot.rl.grpo import grpo_loss
 
     torch.set_num_threads(threads)
     rt = load_policy(preset="tiny", seed=0)
     eps = synthetic_episodes(rt, episodes, chunks, episodes, np.random.default_rng(0))
-    cfg = preset("tiny", group_size=episodes, mode="rl")
+    cfg = preset("tiny", group_size=episodes, mode="rl", lora_rank=lora_rank)
     learner = Learner(rt, cfg)
     for e in eps:
         learner.add(e)
@@ -132,7 +137,10 @@ def long_episode_update(one_graph: bool, episodes: int, chunks: int, threads: in
         assert learner.step()["opt_steps"] == 1
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": seconds, "peak_mib": peak - base, "micro_batch_chunks": cfg.micro_batch_chunks}
+    push = sum(t.numel() * t.element_size() for t in learner.adapter.update().values()) if lora_rank else \
+        sum(t.numel() * t.element_size() for t in rt.model.state_dict().values())
+    return {"seconds": seconds, "peak_mib": peak - base, "micro_batch_chunks": cfg.micro_batch_chunks,
+            "trained": sum(p.numel() for p in learner.params), "push_bytes": push}
 
 
 def _rss_mib() -> float:
@@ -140,19 +148,47 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def long_episode_case(episodes: int, chunks: int, threads: int) -> None:
+def long_episode_case(episodes: int, chunks: int, threads: int, lora_rank: int) -> None:
     import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")  # a fresh process each: ru_maxrss is a high-water mark
-    with ctx.Pool(1, maxtasksperchild=1) as pool:
-        micro = pool.apply(long_episode_update, (False, episodes, chunks, threads))
-    with ctx.Pool(1, maxtasksperchild=1) as pool:
-        whole = pool.apply(long_episode_update, (True, episodes, chunks, threads))
+    runs = {}
+    for label, args in (("full", (False, episodes, chunks, threads)), ("one graph", (True, episodes, chunks, threads)),
+                        ("lora", (False, episodes, chunks, threads, lora_rank))):
+        with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:  # fresh: ru_maxrss is a high-water mark
+            runs[label] = pool.apply(long_episode_update, args)
     print(f"\n30-s episodes, tiny on the CPU ({threads} thread(s)): one update of {episodes} episodes x {chunks} chunks")
-    print(f"{'update':40} {'seconds':>8} {'peak memory above start':>24}")
-    print(f"{'micro-batched (' + str(micro['micro_batch_chunks']) + ' chunks per graph)':40} {micro['seconds']:8.2f} "
-          f"{micro['peak_mib']:20.0f} MiB")
-    print(f"{'one graph (before issue 14)':40} {whole['seconds']:8.2f} {whole['peak_mib']:20.0f} MiB")
+    print(f"{'update':44} {'seconds':>8} {'peak memory above start':>24} {'trained values':>15} {'hot-swap':>10}")
+    n = runs["full"]["micro_batch_chunks"]
+    for label, name in (("full", f"full, micro-batched ({n} chunks per graph)"), ("one graph", "full, one graph (before issue 14)"),
+                        ("lora", f"LoRA rank {lora_rank}, micro-batched ({n} chunks)")):
+        r = runs[label]
+        print(f"{name:44} {r['seconds']:8.2f} {r['peak_mib']:20.0f} MiB {r['trained']:15,d} {r['push_bytes'] / 1e6:7.2f} MB")
+
+
+def lora_arithmetic(preset_name: str, rank: int) -> None:
+    """The big preset's LoRA and full figures that follow from its shapes alone (no GPU, no weights)."""
+    from vla_robot.policy.modeling import OFTModel
+    from vla_robot.policy.runtime import load_preset
+    from vla_robot.rl.lora import adapter_bytes
+
+    with torch.device("meta"):  # shapes only
+        model = OFTModel(load_preset(preset_name, {"head": "discrete"}))
+    a = adapter_bytes(model, rank, 2)
+    n, adapter, proprio = a["model_values"], a["adapter_values"], a["fully_trained_values"]
+    # bytes per value. Full: bf16 weights, gradients and AdamW's two moments (torch keeps them in the
+    # parameter's dtype). LoRA: bf16 weights; the adapter's own float32 values, gradients and moments
+    # (rl/lora.py trains it in float32); the proprio projector's bf16 gradients and moments
+    full_state = n * (2 + 2 + 4)
+    lora_state = n * 2 + adapter * (4 + 4 + 8) + proprio * (2 + 4)
+    print(f"\n{preset_name}, discrete head, bf16: ARITHMETIC from the preset's shapes, not a measurement "
+          "(its GPU memory and time are unmeasured here; activations come on top, about the same for both)")
+    print(f"{'learner':18} {'trained values':>15} {'weights+grads+AdamW':>20} {'hot-swap per update':>20}")
+    print(f"{'full fine-tuning':18} {n / 1e9:14.2f}G {full_state / 2**30:16.1f} GiB {a['full_push_bytes'] / 1e9:17.1f} GB")
+    print(f"{'LoRA rank ' + str(rank):18} {(adapter + proprio) / 1e6:14.1f}M {lora_state / 2**30:16.1f} GiB "
+          f"{a['push_bytes'] / 1e6:17.0f} MB")
+    print(f"  LoRA: adapter {adapter / 1e6:.1f}M values (the push carries them in bf16) + the fully trained proprio "
+          f"projector {proprio / 1e6:.1f}M; the first push to a server that lacks the base also sends the adapted "
+          f"weights' base once ({a['base_values'] / 1e9:.2f}G values, {a['base_values'] * 2 / 1e9:.1f} GB)")
 
 
 def main() -> None:
@@ -169,10 +205,16 @@ def main() -> None:
     ap.add_argument("--long-episodes", type=int, default=8, help="30-s case: episodes (one group)")
     ap.add_argument("--long-chunks", type=int, default=150, help="30-s case: chunks per episode")
     ap.add_argument("--skip-long", action="store_true", help="leave out the 30-s-episode case")
+    ap.add_argument("--lora-rank", type=int, default=32, help="the LoRA row of the 30-s case (OFT's rank: 32)")
+    ap.add_argument("--only-long", action="store_true", help="only the 30-s case and the 7B arithmetic")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
 
+    if args.only_long:
+        long_episode_case(args.long_episodes, args.long_chunks, args.threads, args.lora_rank)
+        lora_arithmetic(args.gpu_preset, args.lora_rank)
+        return
     rows = []
     rt = load_policy(preset="tiny", seed=0)
     eps = synthetic_episodes(rt, args.episodes, args.steps, 8, rng)
@@ -199,7 +241,8 @@ def main() -> None:
         print(f"{name:8} {dev:22} {r['episodes']:8d} {r['tokens']:7.0f} {r['grpo_tokens_per_s']:11.0f} "
               f"{r['grpo_episodes_per_s']:10.2f} {r['sft_tokens_per_s']:21.0f} {r['grpo_s'] / r['sft_s']:14.2f}  {mem}")
     if not args.skip_long:
-        long_episode_case(args.long_episodes, args.long_chunks, args.threads)
+        long_episode_case(args.long_episodes, args.long_chunks, args.threads, args.lora_rank)
+    lora_arithmetic(args.gpu_preset, args.lora_rank)
 
 
 if __name__ == "__main__":

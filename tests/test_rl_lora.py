@@ -238,3 +238,18 @@ def test_checkpoint_round_trip_holds_the_adapter_the_base_and_a_merged_oft_expor
     assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
     with pytest.raises(ValueError, match="lora_rank=32"):
         Learner.resume(ckpt, lora_cfg(lora_rank=0))
+
+
+def test_learn_flags_choose_lora_or_full_fine_tuning():
+    import argparse
+
+    from vla_robot.rl.cli import _learn_config, learn_args
+
+    parser = argparse.ArgumentParser()
+    learn_args(parser)
+    cfg = lambda *a: _learn_config(parser.parse_args(["--dataset", "d", *a]))  # noqa: E731
+    assert cfg("--preset", "oft-7b").lora_rank == 32  # OFT's rank, the 7B's default
+    assert cfg("--preset", "oft-7b", "--lora-rank", "0").lora_rank == 0
+    assert cfg().lora_rank == 0 and cfg("--lora-rank", "8").lora_rank == 8  # tiny: full unless asked
+    with pytest.raises(ValueError, match="lora_rank must be >= 0"):
+        cfg("--lora-rank", "-1")

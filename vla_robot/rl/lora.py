@@ -195,12 +195,14 @@ def read_base(path: str | Path) -> tuple[str, dict[str, torch.Tensor]]:
 
 def adapter_bytes(model: nn.Module, rank: int, dtype_bytes: int) -> dict[str, int]:
     """What one hot-swap of a rank-``rank`` adapter on ``model`` carries (arithmetic, from the shapes;
-    ``model`` may live on the meta device): adapter values, fully trained values, and bytes."""
-    factor = 0
+    ``model`` may live on the meta device): adapter, fully trained, whole-model and adapted-base values, and
+    the bytes of an adapter push and of a full one."""
+    factor = base = 0
     for name in target_modules(model):
         m = model.get_submodule(name)
         factor += rank * (m.in_features + m.out_features)
+        base += m.in_features * m.out_features
     full = sum(p.numel() for n, p in model.named_parameters() if _fully_trained(n))
     total = sum(p.numel() for p in model.parameters())
-    return {"adapter_values": factor, "fully_trained_values": full, "model_values": total,
+    return {"adapter_values": factor, "fully_trained_values": full, "model_values": total, "base_values": base,
             "push_bytes": (factor + full) * dtype_bytes, "full_push_bytes": total * dtype_bytes}
