@@ -253,3 +253,18 @@ def test_learn_flags_choose_lora_or_full_fine_tuning():
     assert cfg().lora_rank == 0 and cfg("--lora-rank", "8").lora_rank == 8  # tiny: full unless asked
     with pytest.raises(ValueError, match="lora_rank must be >= 0"):
         cfg("--lora-rank", "-1")
+
+
+def test_hybrid_sft_trains_the_adapter_where_a_group_never_succeeds():
+    rng = np.random.default_rng(9)
+    rt = load_policy(preset="tiny", seed=0)
+    demo = make_group(rt, "demo", [1], rng, steps=2)
+    learner = Learner(rt, lora_cfg(mode="hybrid"), demos={"reach": demo})
+    before = {k: v.detach().clone() for k, v in rt.model.state_dict().items()}
+    for e in make_group(rt, 0, [0, 0, 0, 0], rng):
+        learner.add(e)
+    stats = learner.step()
+    assert stats["groups_sft"] == 1 and stats["sft_trajectories"] == 4 and stats["opt_steps"] == 2
+    after = rt.model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(".lora_" in k or k.startswith("proprio_projector.") for k in moved)  # nothing frozen moved
