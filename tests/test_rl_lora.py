@@ -268,3 +268,29 @@ def test_hybrid_sft_trains_the_adapter_where_a_group_never_succeeds():
     after = rt.model.state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(".lora_" in k or k.startswith("proprio_projector.") for k in moved)  # nothing frozen moved
+
+
+def test_learn_lora_serves_the_adapter_and_a_resumed_learner_serves_a_fresh_server_too(tmp_path, capsys):
+    """`vla-robot learn --lora-rank 32` on a recorded dataset pushes its update to a server; resumed later
+    against a new server (which lacks the base) it serves the same weights there (the base goes once)."""
+    from test_rl_learn_cli import record_groups
+
+    from vla_robot.cli import main
+    from vla_robot.serving import PolicyServer
+
+    ds, out = tmp_path / "ds", tmp_path / "learner"
+    record_groups(ds, 1)
+    servers = [load_policy(preset="tiny", seed=0) for _ in range(2)]
+    argv = ["learn", "--dataset", str(ds), "--out", str(out), "--set", "group_size=2", "--mode", "rl",
+            "--lora-rank", "32", "--idle-timeout", "2"]
+    for rt in servers:
+        with PolicyServer(rt, bind="tcp://127.0.0.1:*", weights_bind="tcp://127.0.0.1:*") as server:
+            assert main([*argv, "--weights", server.weights_address]) == 0
+    text = capsys.readouterr().out
+    assert "version 1 serving" in text and "resuming from" in text
+    assert servers[0].version == servers[1].version == 1
+    a, b = servers[0].model.state_dict(), servers[1].model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["projector.fc3.weight"], load_policy(preset="tiny", seed=0).model.state_dict()["projector.fc3.weight"])
+    assert main([*argv[:-4], "--lora-rank", "0", "--idle-timeout", "1"]) == 2
+    assert "learn --lora-rank 32" in capsys.readouterr().err
