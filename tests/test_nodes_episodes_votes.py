@@ -267,3 +267,64 @@ def test_node_with_a_missing_detector_file_logs_it_asks_and_the_persons_label_is
         ex.spinner.join(timeout=5)
         manager.core.wait_for_votes(5)
         manager.destroy_node()
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("agree", [True, False])
+def test_the_standin_person_answers_only_when_the_votes_ask(ros_context, probe, detector_dirs, tmp_path, agree):
+    """rehearse --label-source votes: the stand-in person (answer: asked) labels an episode only after
+    an ``ask`` event, and counts the questions; when the votes label it, it only starts the next one."""
+    import json
+
+    import numpy as np
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Bool, String
+
+    from vla_robot.detector import SuccessDetector
+    from vla_robot.nodes import common, convert
+    from vla_robot.nodes.standin_person import StandinPerson, StandinPersonConfig
+
+    det = SuccessDetector.load(detector_dirs[0])
+    names = list(det.spec.state_names)
+    p = det.predict_episode({c: np.full((5, 48, 48, 3), 90, np.uint8) for c in ("front", "wrist")},
+                            np.tile(np.linspace(0, 0.5, len(names), dtype=np.float32), (5, 1)))
+    detectors = detector_dirs if agree else [detector_dirs[0], str(tmp_path / "missing")]
+    cfg = from_dict(EpisodeManagerNodeConfig, {**BASE, "detectors": detectors, "episodes": 1,
+                                              "vote_threshold": max(0.5005, max(p, 1 - p) - 1e-3)})
+    manager, ex = _graph(ros_context, probe, cfg)
+    person = StandinPerson(config=StandinPersonConfig(answer="asked", min_delay_s=0.0, max_delay_s=0.05,
+                                                      log=str(tmp_path / "person.jsonl")), context=ros_context)
+    ex.add_node(person)
+    ready = probe.node.create_publisher(String, common.SCENE_READY, common.LATCHED_QOS)
+    success = probe.node.create_publisher(Bool, common.SCENE_SUCCESS, common.STATE_QOS)
+    cams = {c: probe.node.create_publisher(Image, common.image_topic(c), common.IMAGE_QOS) for c in ("front", "wrist")}
+    js = probe.node.create_publisher(JointState, common.JOINT_STATES, common.STATE_QOS)
+    try:
+        ready.publish(String(data=json.dumps({"episode": 0})))  # the scene of episode 0 is set up
+        assert probe.wait_for(lambda: manager.core.running)  # the person pressed start twice
+        image = np.full((48, 48, 3), 90, np.uint8)
+        for k in range(10):
+            js.publish(convert.joint_state_to_msg(names, np.linspace(0, 0.5, len(names)), stamp=100 + k / 30))
+            for c, pub in cams.items():
+                pub.publish(convert.image_to_msg(image, 100 + k / 30))
+            probe.wait_for(lambda: False, timeout=0.03)
+        assert probe.wait_for(lambda: len(manager.voter.frames) >= 3)
+        success.publish(Bool(data=True))  # the person sees the task done and presses stop
+        assert probe.wait_for(lambda: probe.events(lambda e: e["type"] == "save"))
+        (save,) = probe.events(lambda e: e["type"] == "save")
+        asks = probe.events(lambda e: e["type"] == "ask")
+        if agree:
+            assert save["label_source"] == "votes" and not asks and person.questions == 0 and person.labelled == 0
+        else:
+            assert len(asks) == 1 and person.questions == 1 and person.labelled == 1
+            assert (save["label"], save["label_source"]) == ("success", "human")  # what the person saw
+        log = [json.loads(line) for line in (tmp_path / "person.jsonl").read_text().splitlines()]
+        assert {"action": "saw", "episode": 0, "succeeded": True} in [
+            {k: r[k] for k in ("action", "episode", "succeeded")} for r in log if r.get("action") == "saw"]
+    finally:
+        ex.shutdown(timeout_sec=5)
+        ex.spinner.join(timeout=5)
+        manager.core.wait_for_votes(5)
+        person.close()
+        person.destroy_node()
+        manager.destroy_node()
