@@ -263,19 +263,24 @@ def command_to_msg(
 
 
 def arm_trajectory_msg(plan: Any, dt: float, description: RobotDescription, stamp: float, frame_id: str = "",
-                       start_q: Any = None, velocities: bool = True) -> JointTrajectory:
+                       start_q: Any = None, velocities: bool = True, hold_s: float = 0.0) -> JointTrajectory:
     """A plan [N, D] of safe commands one ``dt`` apart (policy order and units) -> the message for the
     arm's joint trajectory controller: its joints only (the description's ``arm_hardware_names``: the
     gripper is left out unless it travels with the arm), hardware names and units, point i at
     ``time_from_start = (i + 1)·dt`` after ``stamp`` (the arm is at ``start_q`` at ``stamp``),
     velocities filled with the last point at rest (``velocities=False``: positions only, for a controller
-    that upsamples positions-only chunks itself). ``stamp`` 0 means "start on arrival"."""
+    that upsamples positions-only chunks itself). ``stamp`` 0 means "start on arrival". ``hold_s`` > 0
+    repeats the last point that much later: the arm holds it either way, but the trajectory ends later,
+    so a controller that drops trajectories ending in the past keeps one delayed beyond its lead."""
     plan = np.atleast_2d(np.asarray(plan, dtype=np.float64))
     names = description.arm_hardware_names()
     n = len(names)
     hw = np.stack([description.to_hardware(q)[:n] for q in plan])
     start = None if start_q is None else description.to_hardware(start_q)[:n]
     traj = chunk_to_trajectory(hw, dt, names, start_q=start)
+    if hold_s > 0:
+        last = traj["points"][-1]
+        traj["points"].append({**last, "time_from_start": last["time_from_start"] + float(hold_s)})
     if not velocities:
         for p in traj["points"]:
             p["velocities"] = None
