@@ -90,7 +90,10 @@ def test_torchrun_variables_missing_say_how_to_start(monkeypatch):
     runtime = load_policy(preset="tiny", seed=0)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert distributed.from_env(runtime) is None  # one process: nothing changes
+    assert distributed.process_device("cuda") == "cuda"
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert [distributed.process_device(d) for d in ("cuda", "cuda:0", "cpu")] == ["cuda:1", "cuda:0", "cpu"]
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(RuntimeError, match="start several learner processes with torchrun"):
         distributed.from_env(runtime)

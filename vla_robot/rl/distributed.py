@@ -23,11 +23,19 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.distributed as dist
 
-__all__ = ["Distributed", "from_env", "FORWARD_METHODS"]
+__all__ = ["Distributed", "from_env", "process_device", "FORWARD_METHODS"]
 
 _log = logging.getLogger(__name__)
 # OFTModel methods the learner calls instead of forward(): FSDP must gather the root's weights around them
 FORWARD_METHODS = ("token_logprobs", "action_logits", "sft_loss", "l1_loss", "l1_actions", "token_entropy")
+
+
+def process_device(device: str) -> str:
+    """The device this process's learner loads on: under torchrun each process has its own GPU, so a
+    plain ``cuda`` becomes ``cuda:LOCAL_RANK`` (and every process does not load onto GPU 0)."""
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
 
 
 def from_env(runtime) -> Distributed | None:
@@ -44,7 +52,7 @@ def from_env(runtime) -> Distributed | None:
     if not dist.is_initialized():
         backend = "nccl" if runtime.device.type == "cuda" else "gloo"
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(runtime.device)  # process_device(): this process's own GPU
         dist.init_process_group(backend)
     d = Distributed()
     d.shard(runtime.model)
