@@ -251,8 +251,10 @@ def _learn_config(args: argparse.Namespace):
 def _make_learner(args: argparse.Namespace, cfg, **kw):
     """The learner resumed from --resume or OUT/checkpoint, else new on --checkpoint (or the tiny preset)."""
     from vla_robot.policy import load_policy
+    from vla_robot.rl.distributed import process_device
     from vla_robot.rl.learner import Learner, find_checkpoint
 
+    args.device = process_device(args.device)  # under torchrun: this process's own GPU (rl/distributed.py)
     resume = Path(args.resume) if args.resume else find_checkpoint(args.out)
     if resume is not None:
         learner = Learner.resume(resume, cfg, device=args.device, dtype=args.dtype, **kw)
