@@ -143,6 +143,9 @@ def test_votes_config_errors(kw, match):
 
 
 # ---- over real rclpy: the episode manager node with label_source votes -------------------------
+SCENE = 90  # every camera shows one constant grey scene: whichever frames the detector reads, P is the same
+
+
 @pytest.fixture(scope="module")
 def detector_dirs(tmp_path_factory):
     """Two real detector files (one small detector trained on a few twin episodes, and a copy of it as
@@ -160,6 +163,20 @@ def detector_dirs(tmp_path_factory):
     return [str(tmp / "a"), str(tmp / "b")]
 
 
+def _scene(detector_dir):
+    """(joint names, P(success) the detector gives the constant scene, its vote_threshold for agreement)."""
+    import numpy as np
+
+    from vla_robot.detector import SuccessDetector
+
+    det = SuccessDetector.load(detector_dir)
+    names = list(det.spec.state_names)
+    p = det.predict_episode({c: np.full((5, 48, 48, 3), SCENE, np.uint8) for c in ("front", "wrist")},
+                            np.tile(np.linspace(0, 0.5, len(names), dtype=np.float32), (5, 1)))
+    assert abs(p - 0.5) > 1e-3, p
+    return names, p, max(0.5005, max(p, 1 - p) - 1e-3)
+
+
 def _graph(ros_context, probe, cfg):
     pytest.importorskip("rclpy")
     from rclpy.executors import MultiThreadedExecutor
@@ -170,66 +187,65 @@ def _graph(ros_context, probe, cfg):
     ex = MultiThreadedExecutor(num_threads=3, context=ros_context)
     ex.add_node(manager)
     ex.add_node(probe.node)
-    spinner = threading.Thread(target=ex.spin, daemon=True)
-    spinner.start()
-    ex.spinner = spinner
+    ex.spinner = threading.Thread(target=ex.spin, daemon=True)
+    ex.spinner.start()
     return manager, ex
 
 
-def _publish_episode(probe, manager, joint_names, frames=20):
-    """Start an episode, show the cameras and joint states to the manager while it runs, stop it."""
+def _stop(ex, *nodes):
+    ex.shutdown(timeout_sec=5)
+    ex.spinner.join(timeout=5)
+    for node in nodes:
+        if hasattr(node, "core"):
+            node.core.wait_for_votes(5)
+        node.destroy_node()
+
+
+def _show_scene(probe, manager, joint_names, frames=10):
+    """What the cameras and the arm show the manager while its episode runs."""
     import numpy as np
     from sensor_msgs.msg import Image, JointState
 
     from vla_robot.nodes import common, convert
 
-    pubs = {c: probe.node.create_publisher(Image, common.image_topic(c), common.IMAGE_QOS) for c in ("front", "wrist")}
+    cams = {c: probe.node.create_publisher(Image, common.image_topic(c), common.IMAGE_QOS) for c in ("front", "wrist")}
     js = probe.node.create_publisher(JointState, common.JOINT_STATES, common.STATE_QOS)
-    assert probe.wait_for(lambda: all(p.get_subscription_count() for p in pubs.values()) and js.get_subscription_count())
-    manager.core.start()
-    manager.core.start()
-    assert manager.core.running
-    image = np.full((48, 48, 3), 90, np.uint8)  # one constant scene: every frame the detector reads is the same
+    assert probe.wait_for(lambda: all(p.get_subscription_count() for p in cams.values()) and js.get_subscription_count())
+    assert probe.wait_for(lambda: manager.core.running)
+    image = np.full((48, 48, 3), SCENE, np.uint8)
     for k in range(frames):
         js.publish(convert.joint_state_to_msg(joint_names, np.linspace(0, 0.5, len(joint_names)), stamp=100 + k / 30))
-        for c, p in pubs.items():
-            p.publish(convert.image_to_msg(image, 100 + k / 30))
+        for pub in cams.values():
+            pub.publish(convert.image_to_msg(image, 100 + k / 30))
         probe.wait_for(lambda: False, timeout=0.03)
     assert probe.wait_for(lambda: len(manager.voter.frames) >= 3)
-    manager.core.stop()
-    return image
+
+
+def _the(probe, kind):
+    """The one episode event of ``kind``, once it came."""
+    assert probe.wait_for(lambda: probe.events(lambda e: e["type"] == kind)), probe.events()
+    (ev,) = probe.events(lambda e: e["type"] == kind)
+    return ev
 
 
 @pytest.mark.ros
 def test_node_with_votes_labels_alone_from_its_cameras_when_the_detectors_agree(ros_context, probe, detector_dirs):
-    import numpy as np
-
-    from vla_robot.detector import SuccessDetector
-
-    det = SuccessDetector.load(detector_dirs[0])
-    names = list(det.spec.state_names)
-    # what the detector says of this constant scene decides the threshold that makes the two copies agree
-    p = det.predict_episode({c: np.full((5, 48, 48, 3), 90, np.uint8) for c in ("front", "wrist")},
-                            np.tile(np.linspace(0, 0.5, len(names), dtype=np.float32), (5, 1)))
-    sure = max(p, 1 - p)
-    assert sure > 0.5 + 1e-3, p
-    cfg = from_dict(EpisodeManagerNodeConfig, {**BASE, "detectors": detector_dirs,
-                                              "vote_threshold": max(0.5005, sure - 1e-3)})
+    names, p, threshold = _scene(detector_dirs[0])
+    cfg = from_dict(EpisodeManagerNodeConfig, {**BASE, "detectors": detector_dirs, "vote_threshold": threshold})
     manager, ex = _graph(ros_context, probe, cfg)
     try:
         assert not manager.voter.errors and manager.voter.frames.cameras == ["front", "wrist"]
-        _publish_episode(probe, manager, names)
-        assert probe.wait_for(lambda: probe.events(lambda e: e["type"] == "save"))
-        (save,) = probe.events(lambda e: e["type"] == "save")
+        manager.core.start()
+        manager.core.start()
+        _show_scene(probe, manager, names)
+        manager.core.stop()
+        save = _the(probe, "save")
         assert save["label_source"] == "votes" and save["label"] == ("success" if p > 0.5 else "failure")
         assert set(save["votes"]) == set(detector_dirs)
         assert all(v == pytest.approx(p, abs=1e-3) for v in save["votes"].values())
-        assert save["label_confidence"] == pytest.approx(sure, abs=1e-3)
+        assert save["label_confidence"] == pytest.approx(max(p, 1 - p), abs=1e-3)
     finally:
-        ex.shutdown(timeout_sec=5)
-        ex.spinner.join(timeout=5)
-        manager.core.wait_for_votes(5)
-        manager.destroy_node()
+        _stop(ex, manager)
 
 
 @pytest.mark.ros
@@ -248,25 +264,21 @@ def test_node_with_a_missing_detector_file_logs_it_asks_and_the_persons_label_is
         logged = capfd.readouterr().err  # what the node logged at start, as the operator reads it
         assert "[ERROR]" in logged and "gone/detector.onnx could not be loaded" in logged and "missing" in logged
         assert "every episode waits for a person's label" in logged
-        from vla_robot.detector import SuccessDetector
-
-        _publish_episode(probe, manager, list(SuccessDetector.load(detector_dirs[0]).spec.state_names))
-        assert probe.wait_for(lambda: probe.events(lambda e: e["type"] == "ask"))
-        (ask,) = probe.events(lambda e: e["type"] == "ask")
+        manager.core.start()
+        manager.core.start()
+        _show_scene(probe, manager, _scene(detector_dirs[0])[0])
+        manager.core.stop()
+        ask = _the(probe, "ask")
         assert "could not vote" in ask["reason"] and "gone/detector.onnx" in ask["reason"]
         assert list(ask["votes"]) == [detector_dirs[0]]  # the detector that loaded still says what it thinks
         assert manager.core.state == "labelling"
         labels = probe.node.create_publisher(String, common.EPISODE_LABEL, common.EVENT_QOS)
         assert probe.wait_for(lambda: labels.get_subscription_count())
         labels.publish(String(data=json.dumps({"episode": 0, "label": "success"})))
-        assert probe.wait_for(lambda: probe.events(lambda e: e["type"] == "save"))
-        (save,) = probe.events(lambda e: e["type"] == "save")
+        save = _the(probe, "save")
         assert (save["label"], save["label_source"], save["label_confidence"]) == ("success", "human", 1.0)
     finally:
-        ex.shutdown(timeout_sec=5)
-        ex.spinner.join(timeout=5)
-        manager.core.wait_for_votes(5)
-        manager.destroy_node()
+        _stop(ex, manager)
 
 
 @pytest.mark.ros
@@ -276,42 +288,26 @@ def test_the_standin_person_answers_only_when_the_votes_ask(ros_context, probe, 
     an ``ask`` event, and counts the questions; when the votes label it, it only starts the next one."""
     import json
 
-    import numpy as np
-    from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Bool, String
 
-    from vla_robot.detector import SuccessDetector
-    from vla_robot.nodes import common, convert
+    from vla_robot.nodes import common
     from vla_robot.nodes.standin_person import StandinPerson, StandinPersonConfig
 
-    det = SuccessDetector.load(detector_dirs[0])
-    names = list(det.spec.state_names)
-    p = det.predict_episode({c: np.full((5, 48, 48, 3), 90, np.uint8) for c in ("front", "wrist")},
-                            np.tile(np.linspace(0, 0.5, len(names), dtype=np.float32), (5, 1)))
+    names, p, threshold = _scene(detector_dirs[0])
     detectors = detector_dirs if agree else [detector_dirs[0], str(tmp_path / "missing")]
     cfg = from_dict(EpisodeManagerNodeConfig, {**BASE, "detectors": detectors, "episodes": 1,
-                                              "vote_threshold": max(0.5005, max(p, 1 - p) - 1e-3)})
+                                              "vote_threshold": threshold})
     manager, ex = _graph(ros_context, probe, cfg)
     person = StandinPerson(config=StandinPersonConfig(answer="asked", min_delay_s=0.0, max_delay_s=0.05,
                                                       log=str(tmp_path / "person.jsonl")), context=ros_context)
     ex.add_node(person)
-    ready = probe.node.create_publisher(String, common.SCENE_READY, common.LATCHED_QOS)
-    success = probe.node.create_publisher(Bool, common.SCENE_SUCCESS, common.STATE_QOS)
-    cams = {c: probe.node.create_publisher(Image, common.image_topic(c), common.IMAGE_QOS) for c in ("front", "wrist")}
-    js = probe.node.create_publisher(JointState, common.JOINT_STATES, common.STATE_QOS)
     try:
+        ready = probe.node.create_publisher(String, common.SCENE_READY, common.LATCHED_QOS)
         ready.publish(String(data=json.dumps({"episode": 0})))  # the scene of episode 0 is set up
-        assert probe.wait_for(lambda: manager.core.running)  # the person pressed start twice
-        image = np.full((48, 48, 3), 90, np.uint8)
-        for k in range(10):
-            js.publish(convert.joint_state_to_msg(names, np.linspace(0, 0.5, len(names)), stamp=100 + k / 30))
-            for c, pub in cams.items():
-                pub.publish(convert.image_to_msg(image, 100 + k / 30))
-            probe.wait_for(lambda: False, timeout=0.03)
-        assert probe.wait_for(lambda: len(manager.voter.frames) >= 3)
+        _show_scene(probe, manager, names)  # once the person pressed start, and start again to confirm
+        success = probe.node.create_publisher(Bool, common.SCENE_SUCCESS, common.STATE_QOS)
         success.publish(Bool(data=True))  # the person sees the task done and presses stop
-        assert probe.wait_for(lambda: probe.events(lambda e: e["type"] == "save"))
-        (save,) = probe.events(lambda e: e["type"] == "save")
+        save = _the(probe, "save")
         asks = probe.events(lambda e: e["type"] == "ask")
         if agree:
             assert save["label_source"] == "votes" and not asks and person.questions == 0 and person.labelled == 0
@@ -319,12 +315,7 @@ def test_the_standin_person_answers_only_when_the_votes_ask(ros_context, probe, 
             assert len(asks) == 1 and person.questions == 1 and person.labelled == 1
             assert (save["label"], save["label_source"]) == ("success", "human")  # what the person saw
         log = [json.loads(line) for line in (tmp_path / "person.jsonl").read_text().splitlines()]
-        assert {"action": "saw", "episode": 0, "succeeded": True} in [
-            {k: r[k] for k in ("action", "episode", "succeeded")} for r in log if r.get("action") == "saw"]
+        assert [(r["episode"], r["succeeded"]) for r in log if r.get("action") == "saw"] == [(0, True)]
     finally:
-        ex.shutdown(timeout_sec=5)
-        ex.spinner.join(timeout=5)
-        manager.core.wait_for_votes(5)
         person.close()
-        person.destroy_node()
-        manager.destroy_node()
+        _stop(ex, person, manager)
