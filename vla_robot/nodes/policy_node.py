@@ -52,6 +52,10 @@ from vla_robot.serving.client import PolicyClient, PolicyTimeout, load_curve_key
 from vla_robot.twin.robots import robot_spec
 
 
+#: a policy trajectory's last point is held this much longer (s): the arm stays there either way, but a
+#: trajectory near the end of its chunk that a loaded machine delays beyond the lead still ends in the
+#: future, so the controller takes it instead of dropping it as late
+HOLD_S = 0.5
 #: the gripper's own controller takes these (robot description gripper.interface -> message type)
 GRIPPER_MSG = {"position_controller": Float64MultiArray, "trajectory_controller": JointTrajectory}
 
@@ -412,12 +416,15 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             self._send_now(r.command, r.source)
             return
         plan = remaining_plan(self.controller, now, r.command)  # plan[k]: the command for now + k·dt
-        k0 = min(self._lead, len(plan) - 1)
-        points = plan[self._lead + 1:] if len(plan) > self._lead + 1 else plan[-1:]
+        lead = self._lead
+        if len(plan) > lead + 1:  # from now + lead on; the controller keeps what it has until then
+            points, stamp, start = plan[lead + 1:], now + lead * self.dt, plan[lead]
+        else:  # the plan ends within the lead: the rest of it from arrival (stamp 0 is never late)
+            points, stamp, start = (plan[1:] if len(plan) > 1 else plan), 0.0, None
         frame = "policy" if ref is None else f"policy/c{int(ref[0])}/s{int(ref[1])}"
         self.trajectory_pub.publish(convert.arm_trajectory_msg(
-            points, self.dt, self.description, now + self._lead * self.dt, frame, start_q=plan[k0],
-            velocities=self.form == "trajectory"))
+            points, self.dt, self.description, stamp, frame, start_q=start, velocities=self.form == "trajectory",
+            hold_s=HOLD_S))
         self._send_gripper(r.command)
 
     def _send_now(self, q, source: str) -> None:

@@ -229,6 +229,7 @@ class StandinJtc(common.ConfiguredNode):
         self._last_cmd = d.to_hardware(self._target)[: self._n_arm]  # the controller's last command
         self.stats = Counter()
         self.rejected: Counter = Counter()
+        self._margins: deque = deque(maxlen=1000)  # start time - delivery time of stamped trajectories (s)
         self.last_error = ""
         self._stats_dirty = True
 
@@ -281,8 +282,9 @@ class StandinJtc(common.ConfiguredNode):
                 else:
                     self.stats["accepted"] += 1
                     stamp = convert.from_stamp(msg.header.stamp)
-                    if stamp != 0.0 and stamp < time.time():
-                        self.stats["started_late"] += 1  # taken, but its start had passed (merged from now)
+                    if stamp != 0.0:  # how long before its start it came (< 0: started late, merged from now)
+                        self._margins.append(stamp - time.time())
+                        self.stats["started_late"] += self._margins[-1] < 0
                     self._new = msg
                     self._holding = False
                 self._stats_dirty = True
@@ -384,6 +386,8 @@ class StandinJtc(common.ConfiguredNode):
             return {**{k: self.stats[k] for k in ("received", "accepted", "merged", "started_late",
                                                    "gripper_commands")},
                     "rejected": dict(self.rejected), "late": self.rejected.get("late", 0),
+                    "margin_ms": {k: round(1000 * float(f(self._margins)), 1) for k, f in
+                                  (("min", np.min), ("median", np.median))} if self._margins else {},
                     "last_error": self.last_error}
 
     def close(self) -> None:
