@@ -25,7 +25,7 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
 pytest.importorskip("torch")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
@@ -35,7 +35,7 @@ from vla_robot.config import config_dir  # noqa: E402
 from vla_robot.nodes import common, convert  # noqa: E402
 from vla_robot.robot.description import load_description  # noqa: E402
 
-pytestmark = [pytest.mark.ros, pytest.mark.slow]
+pytestmark = pytest.mark.ros
 FR3 = str(config_dir() / "robots" / "fr3.yaml")
 LATENCY_S = 0.05
 TWIN = {"robot": "panda", "task": "reach", "cubes": 1, "image_size": [64, 64], "cameras": ["front", "wrist"],
@@ -140,7 +140,7 @@ def wait(cond, timeout):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory):  # (the tests that use it are slow: a policy server and four processes, ~45 s)
     from vla_robot.nodes.processes import ProcessGraph, start_server
 
     tmp = tmp_path_factory.mktemp("jtc")
@@ -197,17 +197,20 @@ def episode(op, graph, tmp) -> dict:
             "stats": op.seen("stats")[-1][1], "logs": logs}
 
 
+@pytest.mark.slow
 def test_the_arm_is_homed_through_the_jtc_before_the_episode(run):
     d, homed = run["d"], [e for e in run["policy"] if e["type"] == "homed"]
     assert homed and homed[0]["error"] <= 0.03, run["policy"]
     assert np.max(np.abs(run["q_homed"] - d.home)) <= 0.05, run["q_homed"]  # measured: physics, not the command
-    # the homing trajectory (frame 'reset') came first; no policy trajectory before the arm was home
+    # on the controller's topic the homing trajectory (frame 'reset') came first, the policy's only after
+    # the arm was home (the operator confirmed the reset once it was, as at a robot)
     frames = [(t, m.header.frame_id) for t, m in run["jtc"]]
-    first_policy = min(t for t, f in frames if f.startswith("policy"))
-    assert any(f == "reset" for t, f in frames if t < run["homed_at"]), (run["homed_at"], frames[:5])
-    assert first_policy > run["homed_at"]
+    kinds = [f.split("/")[0] for _, f in frames]
+    assert "reset" in kinds and kinds.index("reset") < kinds.index("policy"), kinds[:8]
+    assert min(t for t, f in frames if f.startswith("policy")) > run["homed_at"]
 
 
+@pytest.mark.slow
 def test_commands_are_accepted_and_none_is_late_at_50_ms_latency(run):
     stats, logs = run["stats"], run["logs"]
     print("stand-in JTC:", json.dumps(stats))  # (pytest -s: the margins the lead left)
@@ -224,9 +227,107 @@ def test_commands_are_accepted_and_none_is_late_at_50_ms_latency(run):
     assert all(len(p.velocities) == 7 for p in m.points) and list(m.points[-1].velocities) == [0.0] * 7
 
 
+@pytest.mark.slow
 def test_the_episode_runs_to_its_end_and_is_labelled(run):
     ends = [e for e in run["events"] if e["type"] == "end"]
     assert [e["reason"] for e in ends] == ["timeout"], (run["events"], run["logs"]())
     assert not [e for e in run["policy"] if e["type"] == "fault"], run["policy"]
     saves = [e for e in run["events"] if e["type"] == "save"]
     assert saves and saves[0]["label"] == "failure"
+
+
+# --- the policy node's ros2_control path in one process (fast) ------------------------------------
+class InProcess:
+    """policy_node (a simulated policy server in-process) and the stand-in JTC in one context; this
+    test publishes the camera and the episode events."""
+
+    def __init__(self, ctx, chunk, **arm_command):
+        from vla_robot.control.config import ControlConfig
+        from vla_robot.control.sim import Latency, SimServer
+        from vla_robot.nodes.config import ArmCommandConfig, PolicyNodeConfig
+        from vla_robot.nodes.policy_node import PolicyNode
+        from vla_robot.nodes.standin_jtc import StandinJtc, StandinJtcConfig
+
+        twin = {"robot": "panda", "control_hz": 100.0, "image_size": [16, 16]}
+        self.jtc = StandinJtc(context=ctx, config=StandinJtcConfig(
+            robot_description=FR3, arm={"session": f"fr3-{id(self)}", "realtime": True, "twin": twin}))
+        server = SimServer(time.time, lambda obs: chunk, Latency(0.03))
+        cfg = PolicyNodeConfig(robot="panda", robot_description=FR3, cameras=["front"],
+                               control=ControlConfig(control_hz=30.0), arm_command=ArmCommandConfig(**arm_command))
+        self.policy = PolicyNode(context=ctx, config=cfg, client=server,
+                                 cli_args=["--ros-args", "-r", f"arm/joint_trajectory:={bringup.JTC_TOPIC}"])
+        self.op = Operator(ctx)
+        self.image_pub = self.op.node.create_publisher(Image,
+                                                       "/cameras/front/image_raw", common.IMAGE_QOS)
+        self.event_pub = self.op.node.create_publisher(String, "/episode/event", common.EPISODE_EVENT_QOS)
+        self.op.node.create_timer(1 / 30, lambda: self.image_pub.publish(
+            convert.image_to_msg(np.zeros((16, 16, 3), np.uint8), time.time())))
+        self.ex = rclpy.executors.MultiThreadedExecutor(num_threads=3, context=ctx)
+        for n in (self.jtc, self.policy):
+            self.ex.add_node(n)
+        self.stop = False
+        self.thread = threading.Thread(target=lambda: [self.ex.spin_once(timeout_sec=0.02)
+                                                       for _ in iter(lambda: self.stop, True)], daemon=True)
+        self.thread.start()
+        assert wait(lambda: self.op.seen("js") and self.event_pub.get_subscription_count() > 0, 20)
+
+    def event(self, **ev):
+        self.event_pub.publish(convert.event_to_msg(ev))
+
+    def close(self):
+        self.stop = True
+        self.thread.join(timeout=5)
+        self.ex.shutdown()
+        self.op.close()
+        for n in (self.policy, self.jtc):
+            getattr(n, "close", lambda: None)()
+            n.destroy_node()
+
+
+def test_no_policy_command_before_home_then_chunks_in_hardware_names_stamped_ahead(ros_context):
+    """A start that comes while the arm is still on its way home waits for it; then each tick's
+    trajectory is the rest of the chunk in fr3_joint names, stamped now + lead (3 ticks at 30 Hz),
+    points one control period apart, velocities filled, at rest at the end; the gripper goes to its
+    own controller and never into the arm's trajectory."""
+    d = load_description(FR3)
+    target = d.home + np.array([0.15, 0, 0, 0, 0, 0, 0, 0.4])
+    rig = InProcess(ros_context, np.tile(target, (8, 1)).astype(np.float32))
+    try:
+        q0 = rig.op.q(d)
+        assert np.max(np.abs(q0 - d.home)) > 0.03  # the twin starts off the FR3's home: homing has work
+        rig.event(type="reset", episode=0)
+        rig.event(type="start", episode=0, instruction="reach")  # at once: the arm is not home yet
+        assert wait(lambda: any(e["type"] == "homed" for _, e in rig.op.seen("policy")), 20), rig.op.seen("policy")
+        homed_at = next(t for t, e in rig.op.seen("policy") if e["type"] == "homed")
+        assert wait(lambda: abs(rig.op.q(d)[0] - target[0]) < 0.03, 20), rig.op.q(d)
+        msgs = rig.op.seen("jtc")
+        policy = [(t, m) for t, m in msgs if m.header.frame_id.startswith("policy")]
+        assert policy and min(t for t, _ in policy) > homed_at
+        assert [m.header.frame_id for _, m in msgs][0] == "reset"
+        t, m = policy[len(policy) // 2]
+        assert list(m.joint_names) == [f"fr3_joint{i}" for i in range(1, 8)]
+        stamp = convert.from_stamp(m.header.stamp)
+        assert stamp == 0.0 or 0.08 < stamp - t + 0.03 < 0.2  # ~ now + 0.1 s (received a little after now)
+        times = [convert.from_duration(p.time_from_start) for p in m.points]
+        assert np.allclose(np.diff(times[:-1]), 1 / 30) and list(m.points[-1].velocities) == [0.0] * 7
+        counts = rig.jtc.counts()
+        assert counts["rejected"] == {} and counts["gripper_commands"] > 0, counts
+        # the gripper, through its own controller (hardware metres there, the twin's angle here)
+        assert wait(lambda: abs(rig.op.q(d)[7] - target[7]) < 0.1, 10), rig.op.q(d)
+    finally:
+        rig.close()
+
+
+def test_auto_form_keeps_one_target_per_tick_for_an_arm_whose_gripper_travels_with_it(ros_context):
+    """arm_command.form auto: the twin's description (gripper with_arm) keeps the arm_node/twin path's
+    one target per tick on arm/command and sends no trajectory."""
+    from vla_robot.control.sim import Latency, SimServer
+    from vla_robot.nodes.config import PolicyNodeConfig
+    from vla_robot.nodes.policy_node import PolicyNode
+
+    node = PolicyNode(context=ros_context, config=PolicyNodeConfig(robot="panda", cameras=["front"]),
+                      client=SimServer(time.time, lambda obs: np.zeros((8, 8)), Latency(0.0)))
+    try:
+        assert node.form == "point" and node.trajectory_pub is None and node.gripper_pub is None
+    finally:
+        node.destroy_node()
