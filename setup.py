@@ -14,6 +14,7 @@ NODES = [
     "teleop_node",
     "episode_manager_node",
     "standin_person",
+    "standin_jtc",
     "recorder_node",
     "twin_node",
 ]
