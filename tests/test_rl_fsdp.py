@@ -25,24 +25,25 @@ CFG = dict(group_size=4, batch_groups=2, mini_batch_size=4, mode="rl", lr=1e-3, 
 CLOSE, FEW, WORST = 1e-6, 1e-3, 0.02
 
 
-def update(out: dict) -> Learner:
-    """One GRPO update of the tiny policy on two groups of real sampled episodes (the same in every process)."""
+def update(out: dict, out_dir=None) -> Learner:
+    """One GRPO update of the tiny policy on two groups of real sampled episodes (the same in every process),
+    checkpointed in ``out_dir`` (under FSDP by rank 0, from the gathered weights)."""
     runtime = load_policy(preset="tiny", seed=0)
     rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
     episodes = make_group(runtime, 0, [1, 0, 0, 1], rng, gen=gen) + make_group(runtime, 1, [0, 0, 1, 0], rng, gen=gen)
-    learner = Learner(runtime, preset("tiny", **CFG))  # under torchrun (WORLD_SIZE 2): shards the policy
+    learner = Learner(runtime, preset("tiny", **CFG), out_dir=out_dir)  # under torchrun (WORLD_SIZE 2): sharded
     for e in episodes:
         learner.add(e)
     out["stats"] = learner.step()
     return learner
 
 
-def _rank(rank: int, port: int, path: str) -> None:
+def _rank(rank: int, port: int, path: str, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     out = {}
-    learner = update(out)
+    learner = update(out, out_dir)
     model = learner.runtime.model
     out["local"] = sum(p.to_local().numel() for p in model.parameters())
     out["total"] = sum(p.numel() for p in model.parameters())
@@ -61,7 +62,7 @@ def free_port() -> int:
 @pytest.mark.slow  # three processes load torch, timm and transformers: 45-75 s on the 2 shared cores
 def test_two_gloo_processes_make_the_one_process_update(tmp_path, monkeypatch):
     path = str(tmp_path / "fsdp.pt")
-    mp.spawn(_rank, args=(free_port(), path), nprocs=WORLD, join=True)
+    mp.spawn(_rank, args=(free_port(), path, str(tmp_path / "out")), nprocs=WORLD, join=True)
     fsdp = torch.load(path, weights_only=False)
     for k in ("WORLD_SIZE", "RANK"):
         monkeypatch.delenv(k, raising=False)
@@ -82,6 +83,9 @@ def test_two_gloo_processes_make_the_one_process_update(tmp_path, monkeypatch):
     print(f"FSDP against one process: max |dw| {float(dw.max()):.3g}, {int((dw > CLOSE).sum())} of {len(dw)} "
           f"weights beyond {CLOSE:g}; largest move {moved:.3g}")
     assert float((dw > CLOSE).float().mean()) < FEW and float(dw.max()) < WORST * moved
+    # rank 0's checkpoint holds the whole updated model, as the gathered state dict does
+    saved = load_policy(checkpoint=str(tmp_path / "out" / "checkpoint")).model.state_dict()
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], fsdp["state"][k]) for k in state)
 
 
 def test_torchrun_variables_missing_say_how_to_start(monkeypatch):

@@ -121,20 +121,24 @@ class Distributed:
         return torch.stack(parts, dim=1).reshape(per * self.world_size, *own.shape[1:])[:n]
 
     @contextlib.contextmanager
-    def full_weights(self, model: torch.nn.Module) -> Iterator[None]:
-        """Every process gathers the whole model (a collective: all processes enter together); inside,
-        ``model.state_dict()`` and the parameters are ordinary full tensors, so checkpointing and
-        publishing (on the main process) read them as in one process."""
-        from torch.distributed.fsdp import FSDPModule
+    def full_weights(self, runtime) -> Iterator[None]:
+        """Inside, ``runtime.model`` on the main process is a plain model holding the whole, current weights
+        (on the CPU), so checkpointing and publishing read it as in one process; the sharded model is back
+        afterwards. A collective: every process enters together (the others only help gather)."""
+        from vla_robot.policy.runtime import build_model
 
-        units = [m for m in model.modules() if isinstance(m, FSDPModule)]
-        for unit in units:
-            unit.unshard()
+        state = self.full_state_dict(runtime.model)
+        if state is None:
+            yield
+            return
+        sharded = runtime.model
+        plain = build_model(sharded.cfg, device="meta")  # no memory: the gathered tensors are assigned
+        plain.load_state_dict(state, strict=True, assign=True)
+        runtime.model = plain
         try:
             yield
         finally:
-            for unit in units:
-                unit.reshard()
+            runtime.model = sharded
 
     def full_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
         """The whole model's weights on the CPU on the main process (None on the others); a collective."""
