@@ -83,8 +83,7 @@ class Learner:
             raise ValueError(f"lora_rank={cfg.lora_rank} under torchrun: FSDP (rl/distributed.py) is for full "
                              "fine-tuning; give --lora-rank 0 for FSDP, or run LoRA in one process (it fits one GPU)")
         # LoRA: peft's adapter injected into the runtime's model, everything else frozen (rl/lora.py)
-        self.adapter = (LoraAdapter(runtime.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, seed=seed)
-                        if cfg.lora_rank else None)
+        self.adapter = LoraAdapter(runtime.model, cfg.lora_rank, cfg.lora_alpha, seed=seed) if cfg.lora_rank else None
         self.dist = distributed.from_env(runtime)  # under torchrun: FSDP across the processes, else None
         if self.dist is not None and not self.dist.is_main:  # one process writes and publishes; none republishes
             self.out_dir, self.publish = None, None
@@ -220,7 +219,7 @@ class Learner:
             per_task={t: float(np.mean([e.label for e in episodes if e.task == t])) for t in {e.task for e in episodes}},
             skipped=dict(self.skipped),
         )
-        with self.dist.full_weights(self.runtime.model) if self.dist else contextlib.nullcontext():
+        with self.dist.full_weights(self.runtime) if self.dist else contextlib.nullcontext():
             self._record(stats)  # checkpoint and publish read the whole model, also under FSDP
         return stats
 
