@@ -35,6 +35,8 @@ from vla_robot.config import config_dir  # noqa: E402
 from vla_robot.nodes import common, convert  # noqa: E402
 from vla_robot.robot.description import load_description  # noqa: E402
 
+from conftest import Probe  # noqa: E402
+
 pytestmark = pytest.mark.ros
 FR3 = str(config_dir() / "robots" / "fr3.yaml")
 LATENCY_S = 0.05
@@ -78,51 +80,42 @@ def tiny_fr3_policy(folder: Path) -> Path:
     return folder
 
 
-class Operator:
-    """The person at the robot, as a plain rclpy node in this process."""
+class Operator(Probe):
+    """The person at the robot: conftest's Probe (its own node in this process) with the topics they
+    watch, each message kept with the time it came, and the episode manager's start button."""
+
+    KEYS = {"js": "/joint_states", "jtc": bringup.JTC_TOPIC, "events": "/episode/event", "policy": "/policy/events",
+            "stats": "/joint_trajectory_controller/stats"}
 
     def __init__(self, ctx):
-        self.node = rclpy.create_node("operator", context=ctx)
-        self.lock = threading.Lock()
-        self.got = {k: [] for k in ("js", "jtc", "events", "policy", "stats")}
-        n = self.node
-        n.create_subscription(JointState, "/joint_states", self._put("js"), common.STATE_QOS)
-        n.create_subscription(JointTrajectory, bringup.JTC_TOPIC, self._put("jtc"), 100)
-        n.create_subscription(String, "/episode/event", self._put("events", convert.msg_to_event),
-                              common.EPISODE_EVENT_QOS)
-        n.create_subscription(String, "/policy/events", self._put("policy", convert.msg_to_event), common.EVENT_QOS)
-        n.create_subscription(String, "/joint_trajectory_controller/stats", self._put("stats", lambda m: json.loads(m.data)),
-                              common.LATCHED_QOS)
-        self.jtc_pub = n.create_publisher(JointTrajectory, bringup.JTC_TOPIC, 10)
-        self.label_pub = n.create_publisher(String, "/episode/label", common.EVENT_QOS)
-        self.start_cli = n.create_client(Trigger, "/episode_manager_node/start")
+        super().__init__(ctx, "operator")
+        stamped = lambda conv=None: (lambda m: (time.time(), conv(m) if conv else m))  # noqa: E731
+        self.collect(self.KEYS["js"], JointState, common.STATE_QOS, stamped())
+        self.collect(self.KEYS["jtc"], JointTrajectory, 100, stamped())
+        self.collect(self.KEYS["events"], String, common.EPISODE_EVENT_QOS, stamped(convert.msg_to_event))
+        self.collect(self.KEYS["policy"], String, common.EVENT_QOS, stamped(convert.msg_to_event))
+        self.collect(self.KEYS["stats"], String, common.LATCHED_QOS, stamped(lambda m: json.loads(m.data)))
+        self.jtc_pub = self.node.create_publisher(JointTrajectory, bringup.JTC_TOPIC, 10)
+        self.label_pub = self.node.create_publisher(String, "/episode/label", common.EVENT_QOS)
+        self.start_cli = self.node.create_client(Trigger, "/episode_manager_node/start")
         self.ex = SingleThreadedExecutor(context=ctx)
-        self.ex.add_node(n)
+        self.ex.add_node(self.node)
         self.stop = False
-        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread = threading.Thread(target=lambda: [self.ex.spin_once(timeout_sec=0.02)
+                                                       for _ in iter(lambda: self.stop, True)], daemon=True)
         self.thread.start()
 
-    def _put(self, key, conv=None):
-        def cb(m):
-            with self.lock:
-                self.got[key].append((time.time(), conv(m) if conv else m))
-        return cb
-
-    def _spin(self):
-        while not self.stop:
-            self.ex.spin_once(timeout_sec=0.02)
-
-    def seen(self, key):
-        with self.lock:
-            return list(self.got[key])
+    def seen(self, key, pred=None):
+        return super().seen(self.KEYS.get(key, key), pred)
 
     def q(self, description):
-        return description.from_joint_state(self.seen("js")[-1][1].name, self.seen("js")[-1][1].position)[0]
+        js = self.seen("js")[-1][1]
+        return description.from_joint_state(js.name, js.position)[0]
 
     def press_start(self) -> str:
         assert self.start_cli.wait_for_service(timeout_sec=30), "no ~/start service"
         future = self.start_cli.call_async(Trigger.Request())
-        assert wait(lambda: future.done(), 10)
+        assert wait(future.done, 10)
         return future.result().message
 
     def close(self):
@@ -132,11 +125,7 @@ class Operator:
         self.node.destroy_node()
 
 
-def wait(cond, timeout):
-    deadline = time.monotonic() + timeout
-    while not cond() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return bool(cond())
+wait = Probe.wait_for
 
 
 @pytest.fixture(scope="module")
