@@ -61,9 +61,9 @@ def test_static_l1_actions_within_1e5(overrides):
     eager, static = both_paths(rt, obs)
     for e, s in zip(eager, static, strict=True):
         assert np.abs(e["actions"] - s["actions"]).max() < 1e-5
-    # and the padding is really there: the static pass ran at bucket 8 with a padded prompt
-    (rows, prompt), = rt.serving._runners
-    assert rows == 8 and prompt % 16 == 0 and prompt > int(rt.batch(obs).prompt_lengths.max())
+    # and the padding is really there: the static pass ran at bucket 8 with a padded sequence
+    (rows, seq_len), = rt.serving._runners
+    assert rows == 8 and seq_len % 16 == 0 and seq_len > rt.model.seq_len_for(int(rt.batch(obs).prompt_lengths.max()))
 
 
 class HostSyncs(TorchDispatchMode):

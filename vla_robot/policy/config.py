@@ -129,20 +129,22 @@ class ServingConfig:
     """How the runtime runs inference for a server (the ``serving`` keys of ``config/policy_server.yaml``).
 
     Static shapes: a request's prefix (image patches, proprio) and action slots have fixed lengths;
-    only the prompt varies, so prompts are padded up to a multiple of ``prompt_multiple`` tokens and
-    batches up to the next of ``batch_buckets`` (rows copied from the first). Each (batch bucket,
-    prompt bucket) then always has the same shapes, which is what a CUDA graph needs."""
+    only the prompt varies, so prompts are padded until the sequence is a multiple of ``seq_multiple``
+    positions, and batches up to the next of ``batch_buckets`` (rows copied from the first). Each
+    (batch bucket, sequence length) then always has the same shapes, which is what a CUDA graph needs."""
 
     graphs: Literal["auto", "off"] = "auto"  # a CUDA graph per bucket; auto: on when the runtime is on CUDA
     static_shapes: Literal["auto", "on", "off"] = "auto"  # auto: on when graphs are; on: also without graphs
     batch_buckets: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    prompt_multiple: int = 16  # prompt ids padded up to a multiple of this (bounds the number of graphs)
+    # the sequence padded to a multiple of this: bounds the number of graphs, and 16 keeps the attention
+    # mask's rows aligned as memory-efficient SDPA wants them (else it pads the mask in every layer)
+    seq_multiple: int = 16
 
     def validate(self) -> None:
         b = self.batch_buckets
         if not b or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in b) or sorted(set(b)) != list(b):
             raise ValueError(f"batch_buckets must be increasing distinct batch sizes >= 1, like [1, 2, 4, 8], got {b}")
-        if self.prompt_multiple < 1:
-            raise ValueError(f"prompt_multiple must be >= 1 token, got {self.prompt_multiple}")
+        if self.seq_multiple < 1:
+            raise ValueError(f"seq_multiple must be >= 1 position, got {self.seq_multiple}")
         if self.graphs == "auto" and self.static_shapes == "off":
             raise ValueError("graphs 'auto' needs static shapes: set static_shapes to auto or on, or graphs to off")

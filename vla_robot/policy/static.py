@@ -3,10 +3,11 @@
 A chunk of the 7B model is launch-bound (issue 19: 1,387 kernel launches, 39 ms of CPU for 23 ms of
 GPU). A CUDA graph replays all of them with one launch, but only for fixed shapes and fixed tensor
 addresses. The shapes are known per request: the prefix (BOS, image patches, proprio) and the
-action slots have fixed lengths, only the prompt varies. So the prompt is padded up to a multiple of
-``prompt_multiple`` ids and the batch up to the next of ``batch_buckets`` (padding rows are copies of
-the first row, so they compute ordinary numbers and are dropped); the attention mask hides the
-padding as it hides any right padding, and stays bidirectional over the action slots.
+action slots have fixed lengths, only the prompt varies. So the prompt is padded until the sequence
+is a multiple of ``seq_multiple`` positions (16: aligned mask rows, which memory-efficient SDPA
+wants) and the batch up to the next of ``batch_buckets`` (padding rows are copies of the first row,
+so they compute ordinary numbers and are dropped); the attention mask hides the padding as it hides
+any right padding, and stays bidirectional over the action slots.
 
 Why hand-captured ``torch.cuda.CUDAGraph`` rather than ``torch.compile(mode="reduce-overhead")``:
 - the replayed kernels are exactly the eager ones (same SDPA kernel, same GEMMs), so graphed
@@ -52,9 +53,10 @@ def round_up(n: int, multiple: int) -> int:
 class _StaticRunner:
     """One bucket: input buffers of its fixed shapes, and the model's pass over them."""
 
-    def __init__(self, model: OFTModel, example: PolicyBatch, rows: int, prompt_len: int, pad_id: int):
-        self.rows, self.prompt_len, self.pad_id = rows, prompt_len, pad_id
-        self.seq_len = model.seq_len_for(prompt_len)
+    def __init__(self, model: OFTModel, example: PolicyBatch, rows: int, seq_len: int, pad_id: int):
+        self.rows, self.seq_len, self.pad_id = rows, seq_len, pad_id
+        # the longest prompt (ids incl. BOS) that fits: S = prefix + (prompt - 1) + action slots + </s>
+        prompt_len = seq_len - model.num_prefix_tokens - model.num_action_tokens
         self.inputs = PolicyBatch(
             pixel_values=example.pixel_values.new_zeros((rows, *example.pixel_values.shape[1:])),
             input_ids=example.input_ids.new_full((rows, prompt_len), pad_id),
@@ -87,8 +89,8 @@ class _StaticRunner:
 class _GraphRunner(_StaticRunner):
     """A bucket whose pass is a captured CUDA graph: ``run`` replays it into a fixed output tensor."""
 
-    def __init__(self, model: OFTModel, example: PolicyBatch, rows: int, prompt_len: int, pad_id: int, pool):
-        super().__init__(model, example, rows, prompt_len, pad_id)
+    def __init__(self, model: OFTModel, example: PolicyBatch, rows: int, seq_len: int, pad_id: int, pool):
+        super().__init__(model, example, rows, seq_len, pad_id)
         self.load(example)  # real numbers in the buffers while warming up and capturing
         side = torch.cuda.Stream(device=example.input_ids.device)
         side.wait_stream(torch.cuda.current_stream())
@@ -130,8 +132,8 @@ class StaticServing:
             _log.info("CUDA graphs: unavailable (no CUDA: the policy runs on %s); serving %s", self.device,
                       "static shapes without graphs" if self.cfg.static_shapes == "on" else "eager")
             return False
-        _log.info("CUDA graphs: on, one per batch bucket %s and prompt bucket (multiples of %d ids), captured on first use",
-                  self.cfg.batch_buckets, self.cfg.prompt_multiple)
+        _log.info("CUDA graphs: on, one per batch bucket %s and sequence length (multiples of %d), captured on first use",
+                  self.cfg.batch_buckets, self.cfg.seq_multiple)
         return True
 
     def describe(self) -> str:
@@ -150,26 +152,27 @@ class StaticServing:
 
     def _run(self, part: PolicyBatch) -> torch.Tensor:
         n = len(part)
-        key = (bucket_for(n, self.cfg.batch_buckets), round_up(int(part.prompt_lengths.max()), self.cfg.prompt_multiple))
+        need = self.model.seq_len_for(int(part.prompt_lengths.max()))
+        key = (bucket_for(n, self.cfg.batch_buckets), round_up(need, self.cfg.seq_multiple))
         runner = self._runners.get(key)
         if runner is None:
             runner = self._runners[key] = self._make_runner(part, *key)
         return runner(part)[:n]
 
-    def _make_runner(self, example: PolicyBatch, rows: int, prompt_len: int) -> _StaticRunner:
+    def _make_runner(self, example: PolicyBatch, rows: int, seq_len: int) -> _StaticRunner:
         if self.graphs:
             try:
                 if self._pool is None:
                     self._pool = torch.cuda.graph_pool_handle()  # one memory pool: buckets never run at once
-                runner = _GraphRunner(self.model, example, rows, prompt_len, self.pad_id, self._pool)
-                _log.info("CUDA graph captured: batch %d, prompt %d ids (sequence %d)", rows, prompt_len, runner.seq_len)
+                runner = _GraphRunner(self.model, example, rows, seq_len, self.pad_id, self._pool)
+                _log.info("CUDA graph captured: batch %d, sequence %d", rows, seq_len)
                 return runner
             except Exception as e:  # noqa: BLE001 - any capture failure: serve, slower, and say why
-                _log.warning("CUDA graph capture failed for batch %d, prompt %d (%s: %s); serving static shapes "
-                             "without graphs from now on", rows, prompt_len, type(e).__name__, e)
+                _log.warning("CUDA graph capture failed for batch %d, sequence %d (%s: %s); serving static shapes "
+                             "without graphs from now on", rows, seq_len, type(e).__name__, e)
                 self.graphs = False
                 self._runners.clear()
-        return _StaticRunner(self.model, example, rows, prompt_len, self.pad_id)
+        return _StaticRunner(self.model, example, rows, seq_len, self.pad_id)
 
     def _fingerprint(self) -> tuple[int, ...]:
         return tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
