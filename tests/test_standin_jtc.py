@@ -26,10 +26,13 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E
 from vla_robot.nodes import common, convert  # noqa: E402
 from vla_robot.nodes.standin_jtc import StandinJtc, StandinJtcConfig  # noqa: E402
 
+from conftest import Probe  # noqa: E402
+
 pytestmark = pytest.mark.ros
 TOPIC = "/joint_trajectory_controller/joint_trajectory"
 FR3_JOINTS = [f"fr3_joint{i}" for i in range(1, 8)]  # config/robots/fr3.yaml, the stand-in's default
 GRIPPER_TOPIC = "/fr3_gripper_position_controller/commands"
+STATS = "/joint_trajectory_controller/stats"
 
 
 def traj(names, points, stamp=0.0, velocities=True):
@@ -45,53 +48,40 @@ def traj(names, points, stamp=0.0, velocities=True):
     return msg
 
 
-class Rig:
-    """The stand-in JTC and a client node in one context, spun in a thread."""
+class Rig(Probe):
+    """The stand-in JTC, and conftest's Probe as its client, in one context spun in a thread."""
 
     def __init__(self, ctx, **cfg):
+        super().__init__(ctx, "client")
         twin = {"robot": "panda", "control_hz": 100.0, "image_size": [16, 16]}
         config = StandinJtcConfig(arm={"session": f"jtc-{uuid.uuid4().hex[:6]}", "realtime": True, "twin": twin}, **cfg)
         self.jtc = StandinJtc(context=ctx, config=config)
-        self.client = rclpy.create_node("client", context=ctx)
-        self.pub = self.client.create_publisher(JointTrajectory, TOPIC, 10)
-        self.grip = self.client.create_publisher(Float64MultiArray, GRIPPER_TOPIC, 10)
-        self.states, self.stats, self.lock = [], [], threading.Lock()
-        self.client.create_subscription(JointState, "/joint_states", self._keep(self.states), common.STATE_QOS)
-        self.client.create_subscription(String, "/joint_trajectory_controller/stats",
-                                        self._keep(self.stats, lambda m: json.loads(m.data)), common.LATCHED_QOS)
+        self.pub = self.node.create_publisher(JointTrajectory, TOPIC, 10)
+        self.grip = self.node.create_publisher(Float64MultiArray, GRIPPER_TOPIC, 10)
+        self.collect("/joint_states", JointState, common.STATE_QOS)
+        self.collect(STATS, String, common.LATCHED_QOS, lambda m: json.loads(m.data))
         self.ex = SingleThreadedExecutor(context=ctx)
         self.ex.add_node(self.jtc)
-        self.ex.add_node(self.client)
+        self.ex.add_node(self.node)
         self.stop = False
-        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread = threading.Thread(target=lambda: [self.ex.spin_once(timeout_sec=0.02)
+                                                       for _ in iter(lambda: self.stop, True)], daemon=True)
         self.thread.start()
-        assert self.wait(lambda: self.pub.get_subscription_count() > 0 and self.states, 10), "no connection"
+        assert self.wait(lambda: self.pub.get_subscription_count() > 0 and self.seen("/joint_states"), 10), "no link"
 
-    def _keep(self, store, conv=None):
-        def cb(m):
-            with self.lock:
-                store.append(conv(m) if conv else m)
-        return cb
+    wait = staticmethod(Probe.wait_for)
 
-    def _spin(self):
-        while not self.stop:
-            self.ex.spin_once(timeout_sec=0.02)
-
-    @staticmethod
-    def wait(cond, timeout):
-        deadline = time.monotonic() + timeout
-        while not cond() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return bool(cond())
+    @property
+    def states(self):
+        return self.seen("/joint_states")
 
     def q(self):
-        with self.lock:
-            msg = self.states[-1]
+        msg = self.states[-1]
         return dict(zip(msg.name, msg.position))
 
     def counts(self):
-        with self.lock:
-            return self.stats[-1] if self.stats else {}
+        stats = self.seen(STATS)
+        return stats[-1] if stats else {}
 
     def close(self):
         self.stop = True
@@ -99,7 +89,7 @@ class Rig:
         self.ex.shutdown()
         self.jtc.close()
         self.jtc.destroy_node()
-        self.client.destroy_node()
+        self.node.destroy_node()
 
 
 @pytest.fixture
@@ -125,7 +115,7 @@ def test_joint_states_carry_hardware_names_and_the_arm_moves_by_physics(rig):
     assert rig.wait(lambda: rig.counts().get("accepted") == 1, 5), rig.counts()
     assert rig.wait(lambda: abs(arm_q(rig)[0] - goal[0]) < 0.02, 5), arm_q(rig)
     # physics, not the command echoed: a moving arm reports a velocity
-    assert any(abs(m.velocity[0]) > 0.05 for m in list(rig.states)[-200:])
+    assert any(abs(m.velocity[0]) > 0.05 for m in rig.states[-200:])
 
 
 def test_unknown_and_missing_joints_are_rejected(rig):
