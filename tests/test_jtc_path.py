@@ -320,3 +320,35 @@ def test_auto_form_keeps_one_target_per_tick_for_an_arm_whose_gripper_travels_wi
         assert node.form == "point" and node.trajectory_pub is None and node.gripper_pub is None
     finally:
         node.destroy_node()
+
+
+def test_the_ros2_control_arm_driver_reads_and_commands_through_the_description(ros_context):
+    """make_arm("ros2_control", robot_description=fr3.yaml) (tools: calibration, scripts): joint states in
+    fr3 names come back in the policy's order and units; a target goes to the JTC in fr3 names (the
+    gripper not among them) and the gripper to its own controller; the stand-in takes both."""
+    from vla_robot.drivers.base import make_arm
+    from vla_robot.nodes.standin_jtc import StandinJtc, StandinJtcConfig
+
+    d = load_description(FR3)
+    jtc = StandinJtc(context=ros_context, config=StandinJtcConfig(arm={
+        "session": "fr3-driver", "realtime": True, "twin": {"robot": "panda", "control_hz": 100.0, "image_size": [16, 16]}}))
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(jtc)
+    stop = threading.Event()
+    t = threading.Thread(target=lambda: [ex.spin_once(timeout_sec=0.02) for _ in iter(stop.is_set, True)], daemon=True)
+    t.start()
+    arm = make_arm("ros2_control", robot="panda", robot_description=FR3, timeout_s=15.0)
+    try:
+        arm.connect()
+        assert arm.joint_names == d.names()
+        target = d.home + np.array([0.1, 0, 0, 0, 0, 0, 0, 0.5])
+        assert wait(lambda: (arm.command(target), np.allclose(arm.read()[0], target, atol=0.03))[1], 15), arm.read()
+        counts = jtc.counts()
+        assert counts["rejected"] == {} and counts["accepted"] > 0 and counts["gripper_commands"] > 0, counts
+    finally:
+        arm.close()
+        stop.set()
+        t.join(timeout=2)
+        ex.shutdown()
+        jtc.close()
+        jtc.destroy_node()

@@ -83,6 +83,9 @@ class Ros2ControlArmConfig:
     command_topic: str = "/joint_trajectory_controller/joint_trajectory"
     # the controller's joint names, in our order (robot spec order); empty: the robot spec's names
     joint_names: list[str] = field(default_factory=list)
+    # or the arm's robot description (config/robots/*.yaml): joint states in its hardware names and units,
+    # the arm's joints to command_topic and the gripper to its own controller (then joint_names is unused)
+    robot_description: str = ""
     command_dt: float = 0.1  # time_from_start of each target (s)
     timeout_s: float = 5.0  # wait this long for the first joint state in connect()
     stale_after_s: float = 0.5  # read() fails when the newest joint state is older than this
@@ -102,7 +105,13 @@ class Ros2ControlArm(Arm):
     def __init__(self, config: Optional[Ros2ControlArmConfig] = None):
         self.config = c = config or Ros2ControlArmConfig()
         self.spec = robot_spec(c.robot)
-        self.joint_names = list(c.joint_names or self.spec.joint_names)
+        self.description = None
+        if c.robot_description:
+            from vla_robot.robot.description import resolve_description
+
+            self.description = resolve_description(c.robot, c.robot_description)
+        self.joint_names = list(c.joint_names or self.spec.joint_names) if self.description is None else \
+            self.description.names()
         if len(self.joint_names) != self.spec.n_joints:
             raise ValueError(f"joint_names must list {self.spec.n_joints} joints for {c.robot}, got {self.joint_names}")
         self._ctx = None
@@ -132,6 +141,13 @@ class Ros2ControlArm(Arm):
         self._node = rclpy.create_node(f"vla_robot_ros2_control_arm_{id(self) % 100000}", context=self._ctx)
         self._node.create_subscription(JointState, c.joint_states_topic, self._on_joint_state, common.STATE_QOS)
         self._pub = self._node.create_publisher(JointTrajectory, c.command_topic, common.COMMAND_QOS)
+        g = self.description.gripper if self.description is not None else None
+        self._gripper_pub = None
+        if g is not None and g.interface in ("position_controller", "trajectory_controller"):
+            from std_msgs.msg import Float64MultiArray
+
+            kind = Float64MultiArray if g.interface == "position_controller" else JointTrajectory
+            self._gripper_pub = self._node.create_publisher(kind, g.topic, common.COMMAND_QOS)
         self._executor = SingleThreadedExecutor(context=self._ctx)
         self._executor.add_node(self._node)
         self._thread = threading.Thread(target=self._spin, daemon=True, name="ros2_control_arm")
@@ -159,7 +175,10 @@ class Ros2ControlArm(Arm):
         from vla_robot.nodes import convert
 
         try:
-            q, dq, _ = convert.msg_to_joint_state(msg, self.joint_names)
+            if self.description is not None:
+                q, dq, _ = convert.msg_to_joint_state(msg, description=self.description)
+            else:
+                q, dq, _ = convert.msg_to_joint_state(msg, self.joint_names)
         except ValueError:
             return  # another robot's joint states on the same topic
         with self._cond:
@@ -181,9 +200,20 @@ class Ros2ControlArm(Arm):
             raise DriverError("ros2_control arm: command() before connect()")
         from vla_robot.nodes import convert
 
-        q = self.spec.clip(self.check_command(q_target))
+        q = self.check_command(q_target)
+        if self.description is None:
+            q = self.spec.clip(q)
+        else:  # the description's limits (policy units), not the twin's
+            lim = self.description.limits()
+            q = np.clip(q, lim.lower, lim.upper)
         # stamp 0: start on arrival (a stamped one-point trajectory is dropped once latency exceeds command_dt)
-        self._pub.publish(convert.command_to_msg(q, self.joint_names, 0.0, self.config.command_dt))
+        dt = self.config.command_dt
+        if self.description is None:
+            self._pub.publish(convert.command_to_msg(q, self.joint_names, 0.0, dt))
+            return
+        self._pub.publish(convert.arm_trajectory_msg(q[None], dt, self.description, 0.0))
+        if self._gripper_pub is not None:
+            self._gripper_pub.publish(convert.gripper_command_msg(q, self.description, dt))
 
     def close(self) -> None:
         import rclpy
