@@ -76,8 +76,7 @@ class GRPOConfig:
     intervened: Literal["skip", "keep"] = "skip"  # episodes an operator took over: skip = no RL update
     # --- LoRA (rl/lora.py; OFT's vla-scripts/finetune.py: r 32, alpha min(r, 16), dropout 0) ---------
     lora_rank: int = 0                  # 0: full fine-tuning; > 0: a peft LoRA adapter of this rank
-    lora_alpha: float = 0.0             # 0: OFT's min(lora_rank, 16)
-    lora_dropout: float = 0.0
+    lora_alpha: float = 0.0             # 0: OFT's min(lora_rank, 16). No dropout: rl/lora.py says why
 
     def validate(self) -> None:
         if self.group_size < 2:
@@ -103,9 +102,9 @@ class GRPOConfig:
             raise ValueError(f"mode must be 'rl', 'sft' or 'hybrid', got {self.mode!r}")
         if self.intervened not in ("skip", "keep"):
             raise ValueError(f"intervened must be 'skip' or 'keep', got {self.intervened!r}")
-        if self.lora_rank < 0 or self.lora_alpha < 0 or not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_rank must be >= 0 (0: full fine-tuning), lora_alpha >= 0 (0: min(rank, 16)) and "
-                             f"lora_dropout in [0, 1); got {self.lora_rank}, {self.lora_alpha}, {self.lora_dropout}")
+        if self.lora_rank < 0 or self.lora_alpha < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0: full fine-tuning) and lora_alpha >= 0 (0: min(rank, 16)); "
+                             f"got {self.lora_rank}, {self.lora_alpha}")
         if not self.ratio_tolerance > 0:
             raise ValueError(f"ratio_tolerance must be > 0 (median |r - 1|), got {self.ratio_tolerance}")
 

@@ -14,6 +14,14 @@ The adapter is peft's (``peft.inject_adapter_in_model``: the model keeps its cla
 layers hold ``base_layer``, ``lora_A``, ``lora_B``); its factors train in float32 whatever the
 model's dtype, so AdamW's small steps are not rounded away in bfloat16.
 
+The learner's LoRA layers compute with the merged weight the server serves (:func:`_served_forward`),
+not peft's ``W0 x + s·B(A x)``: the same function in exact arithmetic, but in bfloat16 the two
+round differently, and the learner must reproduce the log-probs of the policy that acted (its
+on-policy check; on tiny in bf16 peft's form was off by a median |r - 1| of 2.5e-3, max 1.4e-2).
+Gradients flow through the merge to A and B. Hence no LoRA dropout (OFT's default is 0 too): a
+dropout on the adapter's input has no merged form. The backward pass recomputes each merged weight
+rather than keep it (:class:`_ServedLinear`: a 7B's are 14.6 GB), so memory stays about peft's.
+
 What leaves the learner is the merged policy, W = W0 + (alpha / r)·B·A, computed by
 ``vla_robot.policy.lora.merged_weight`` on the factors in the serving dtype: the server's hot-swap
 (:meth:`LoraAdapter.update` + :meth:`LoraAdapter.base`) and the checkpoint's OFT-layout export
@@ -26,7 +34,10 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from functools import partial
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vla_robot.policy.lora import adapter_key, merged_weight
@@ -55,6 +66,40 @@ def target_modules(model: nn.Module) -> list[str]:
     return names
 
 
+def _served_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """``layer`` (peft's lora.Linear) as the server computes it: x through W = merged_weight(W0, A, scale·B)."""
+    base = layer.base_layer
+    return _ServedLinear.apply(x, base.weight, base.bias, layer.lora_A["default"].weight,
+                               layer.lora_B["default"].weight, float(layer.scaling["default"]))
+
+
+def _served_weight(w0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """The served weight from the float32 factors: cast as :meth:`LoraAdapter.factors` casts them, then merged."""
+    return merged_weight(w0, a.to(w0.dtype), (b * scale).to(w0.dtype))
+
+
+class _ServedLinear(torch.autograd.Function):
+    """y = x Wᵀ + bias, W = merged_weight(W0, A, s·B); gradients for x, A and B only (W0 and bias are frozen).
+
+    The backward pass recomputes W instead of keeping it between the passes, and takes the casts to W0's
+    dtype as identity (straight through), so the float32 factors get float32 gradients."""
+
+    @staticmethod
+    def forward(ctx, x, w0, bias, a, b, scale):
+        ctx.save_for_backward(x, w0, a, b)
+        ctx.scale = scale
+        return F.linear(x, _served_weight(w0, a, b, scale), bias)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w0, a, b = ctx.saved_tensors
+        s = ctx.scale
+        gx = gy @ _served_weight(w0, a, b, s) if ctx.needs_input_grad[0] else None
+        gw = gy.reshape(-1, gy.shape[-1]).float().T @ x.reshape(-1, x.shape[-1]).float()  # dL/dW [out, in]
+        a_used, b_used = a.to(w0.dtype).float(), (b * s).to(w0.dtype).float()  # what W was merged from
+        return gx, None, None, (b_used.T @ gw).to(a.dtype), ((gw @ a_used.T) * s).to(b.dtype), None
+
+
 def _fully_trained(name: str) -> bool:
     film = name.startswith("vision_backbone.") and (".scale." in name or ".shift." in name)
     return name.startswith(_FULL) or film
@@ -63,7 +108,7 @@ def _fully_trained(name: str) -> bool:
 class LoraAdapter:
     """peft's LoRA injected into ``model`` (an ``OFTModel``) in place; ``base_id`` names its base W0."""
 
-    def __init__(self, model: nn.Module, rank: int, alpha: float = 0.0, dropout: float = 0.0, seed: int = 0,
+    def __init__(self, model: nn.Module, rank: int, alpha: float = 0.0, seed: int = 0,
                  base_id: str | None = None) -> None:
         import peft
 
@@ -71,14 +116,15 @@ class LoraAdapter:
             raise ValueError(f"LoRA rank must be >= 1 (0 is full fine-tuning, without an adapter), got {rank}")
         self.model, self.rank = model, int(rank)
         self.alpha = float(alpha) if alpha else default_alpha(rank)
-        self.dropout = float(dropout)
         self.targets = target_modules(model)
-        self.config = peft.LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+        self.config = peft.LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=0.0,
                                       target_modules=self.targets, init_lora_weights="gaussian")
         with torch.random.fork_rng(devices=[]):  # A's draw is the seed's, whatever came before
             torch.manual_seed(seed)
             peft.inject_adapter_in_model(self.config, model)
         self.layers = {name: model.get_submodule(name) for name in self.targets}
+        for layer in self.layers.values():
+            layer.forward = partial(_served_forward, layer)  # module docstring: the served weights
         for name, p in model.named_parameters():
             if ".lora_A." in name or ".lora_B." in name:
                 p.data = p.data.float()
@@ -89,10 +135,14 @@ class LoraAdapter:
     # ---- the merged policy ----------------------------------------------------------------
     def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A and scale·B of target ``name`` in the serving dtype: what the server merges with."""
-        layer = self.layers[name]
+        a, b = self._factors(self.layers[name])
+        return a.detach(), b.detach()
+
+    @staticmethod
+    def _factors(layer) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = layer.base_layer.weight.dtype
-        a = layer.lora_A["default"].weight.detach()
-        b = layer.lora_B["default"].weight.detach() * layer.scaling["default"]
+        a = layer.lora_A["default"].weight
+        b = layer.lora_B["default"].weight * layer.scaling["default"]
         return a.to(dtype), b.to(dtype)
 
     def update(self) -> dict[str, torch.Tensor]:
@@ -100,12 +150,12 @@ class LoraAdapter:
         fully trained modules' tensors, which the server serves as they are. Nothing frozen travels."""
         out = {}
         for name in self.targets:
-            a, b = self.factors(name)
-            out[adapter_key(f"{name}.weight", "lora_A")] = a.cpu()
-            out[adapter_key(f"{name}.weight", "lora_B")] = b.cpu()
+            a, b = self.factors(name)  # copies: the caller may keep them while training goes on
+            out[adapter_key(f"{name}.weight", "lora_A")] = a.to("cpu", copy=True)
+            out[adapter_key(f"{name}.weight", "lora_B")] = b.to("cpu", copy=True)
         for name, p in self.model.named_parameters():
             if _fully_trained(name):
-                out[name] = p.detach().cpu()
+                out[name] = p.detach().to("cpu", copy=True)
         return out
 
     def base(self) -> dict[str, torch.Tensor]:
