@@ -102,9 +102,11 @@ class SuccessDetector:
         self.threshold = float(meta["threshold"])
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> "SuccessDetector":
+    def load(cls, path: str | Path, device: str = "auto", threads: int | None = 1) -> "SuccessDetector":
         """The detector at ``path`` (folder, .onnx or .json); :class:`DetectorError` if missing, damaged
-        or mismatched. ``device``: see :func:`choose_providers`."""
+        or mismatched. ``device``: see :func:`choose_providers`. ``threads``: onnxruntime's intra-op
+        threads on the CPU; one by default, because the robot PC's cores belong to the control loop and
+        one thread labels an episode in about a millisecond (None: onnxruntime's default, every core)."""
         import onnxruntime as ort
 
         asked = Path(path)
@@ -118,6 +120,8 @@ class SuccessDetector:
                                 f"{TRAIN_HINT.format(out=asked)}") from None
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if threads is not None:
+            opts.intra_op_num_threads = int(threads)
         try:
             session = ort.InferenceSession(str(paths["onnx"]), opts, providers=choose_providers(device))
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own kinds for a damaged graph
