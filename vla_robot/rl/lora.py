@@ -32,9 +32,8 @@ from __future__ import annotations
 import json
 import uuid
 from contextlib import contextmanager
-from pathlib import Path
-
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -73,9 +72,13 @@ def _served_forward(layer, x: torch.Tensor) -> torch.Tensor:
                                layer.lora_B["default"].weight, float(layer.scaling["default"]))
 
 
+def _wire_factors(w0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A and scale·B in W0's (the serving) dtype: what a push carries and every merge uses."""
+    return a.to(w0.dtype), (b * scale).to(w0.dtype)
+
+
 def _served_weight(w0: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """The served weight from the float32 factors: cast as :meth:`LoraAdapter.factors` casts them, then merged."""
-    return merged_weight(w0, a.to(w0.dtype), (b * scale).to(w0.dtype))
+    return merged_weight(w0, *_wire_factors(w0, a, b, scale))
 
 
 class _ServedLinear(torch.autograd.Function):
@@ -96,7 +99,7 @@ class _ServedLinear(torch.autograd.Function):
         s = ctx.scale
         gx = gy @ _served_weight(w0, a, b, s) if ctx.needs_input_grad[0] else None
         gw = gy.reshape(-1, gy.shape[-1]).float().T @ x.reshape(-1, x.shape[-1]).float()  # dL/dW [out, in]
-        a_used, b_used = a.to(w0.dtype).float(), (b * s).to(w0.dtype).float()  # what W was merged from
+        a_used, b_used = (t.float() for t in _wire_factors(w0, a, b, s))  # what W was merged from
         return gx, None, None, (b_used.T @ gw).to(a.dtype), ((gw @ a_used.T) * s).to(b.dtype), None
 
 
@@ -135,15 +138,10 @@ class LoraAdapter:
     # ---- the merged policy ----------------------------------------------------------------
     def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A and scale·B of target ``name`` in the serving dtype: what the server merges with."""
-        a, b = self._factors(self.layers[name])
-        return a.detach(), b.detach()
-
-    @staticmethod
-    def _factors(layer) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = layer.base_layer.weight.dtype
-        a = layer.lora_A["default"].weight
-        b = layer.lora_B["default"].weight * layer.scaling["default"]
-        return a.to(dtype), b.to(dtype)
+        layer = self.layers[name]
+        with torch.no_grad():
+            return _wire_factors(layer.base_layer.weight, layer.lora_A["default"].weight,
+                                 layer.lora_B["default"].weight, float(layer.scaling["default"]))
 
     def update(self) -> dict[str, torch.Tensor]:
         """The hot-swap after an update: every target's factors (``W:lora_A``, ``W:lora_B``) and the
