@@ -287,7 +287,7 @@ def test_learn_lora_serves_the_adapter_and_a_resumed_learner_serves_a_fresh_serv
         with PolicyServer(rt, bind="tcp://127.0.0.1:*", weights_bind="tcp://127.0.0.1:*") as server:
             assert main([*argv, "--weights", server.weights_address]) == 0
     text = capsys.readouterr().out
-    assert "version 1 serving" in text and "resuming from" in text
+    assert "version 1 serving" in text and "resuming from" in text and "LoRA rank 32 (249,088 trained values" in text
     assert servers[0].version == servers[1].version == 1
     a, b = servers[0].model.state_dict(), servers[1].model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

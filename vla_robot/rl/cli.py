@@ -215,6 +215,10 @@ def learn(args: argparse.Namespace) -> int:
           f"group(s) of group_size={cfg.group_size} episodes (the episode manager's scheduler must use group_size "
           f"{cfg.group_size} too); {args.dtype} on {args.device}, temperature {cfg.temperature:g}, "
           f"intervened episodes: {cfg.intervened}", flush=True)
+    trained = sum(p.numel() for p in learner.params)
+    print(f"learn: LoRA rank {cfg.lora_rank} ({trained:,} trained values; each update pushes the adapter)"
+          if cfg.lora_rank else f"learn: full fine-tuning ({trained:,} trained values; each update pushes every weight)",
+          flush=True)
     if cfg.mode == "hybrid" and not args.demos:
         print("learn: mode hybrid without --demos: a group that never succeeds is skipped (give --demos DIR, "
               "teleop demonstrations, to learn from them instead)", flush=True)
