@@ -326,8 +326,11 @@ def test_update_is_the_same_whatever_the_micro_batch():
         assert stats["opt_steps"] == 1 and max(spans) == min(chunks, 16)
         results.append((params(rt), stats))
     (a, sa), (b, sb) = results
-    for k in a:  # AdamW's first step is about lr x sign(grad): float noise on a ~0 gradient moves 1e-5 at most
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    # AdamW's first step is lr * g / (|g| + eps): where a gradient is ~eps, float noise in it moves the weight
+    # by up to lr. Such weights are a handful; a micro-batching error would move thousands.
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    assert diff.max() <= 2e-3 and int((diff > 1e-5).sum()) <= 1e-5 * diff.numel(), (
+        f"{int((diff > 1e-5).sum())} of {diff.numel()} weights differ by more than 1e-5 (max {diff.max():.2e})")
     assert sa["tokens"] == sb["tokens"] and sa["loss"] == pytest.approx(sb["loss"], abs=1e-6)
 
 
