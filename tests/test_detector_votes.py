@@ -105,3 +105,17 @@ def test_the_learner_trains_only_on_the_label_sources_it_trusts(tmp_path):
     eps, follower = used(trust=["human"])
     assert eps == [("1", 1)] and follower.untrusted == 2  # votes, and a label of unknown source
     assert used(trust=["human", "votes"])[0] == [("0", 0), ("1", 1)]
+
+
+def test_a_person_correcting_the_votes_replaces_the_label_source_and_confidence_and_keeps_the_votes():
+    """dataset relabel on an episode the votes labelled: the newer label is the person's, with no
+    confidence of the votes' label left on it; what the detectors said stays."""
+    from vla_robot.data.relabel import Relabel, apply
+    from vla_robot.data.schema import EpisodeRecord
+
+    voted = EpisodeRecord(3, "touch the red cube", "success", 90, meta={
+        "label_source": "votes", "label_confidence": 0.95, "votes": {"a": 0.97, "b": 0.93}})
+    (fixed,) = apply([voted], [Relabel(3, Label.SUCCESS, Label.FAILURE, "person", "the arm hovered above it")])
+    assert fixed.label is Label.FAILURE and fixed.meta["label_source"] == "person"
+    assert "label_confidence" not in fixed.meta and fixed.meta["votes"] == {"a": 0.97, "b": 0.93}
+    assert voted.meta["label_confidence"] == 0.95  # the journal's own record is not touched

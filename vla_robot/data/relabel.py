@@ -94,7 +94,9 @@ def read_log(root: str | Path) -> list[Relabel]:
 
 def apply(records: list[EpisodeRecord], changes: list[Relabel]) -> list[EpisodeRecord]:
     """``records`` with each change applied in order (the newest label wins). A changed record is a
-    copy whose ``meta`` says so: ``label_source`` is the change's source, ``relabels`` lists the changes."""
+    copy whose ``meta`` says so: ``label_source`` is the change's source, ``relabels`` lists the changes,
+    and the ``label_confidence`` of the label it replaced (the votes') is gone: it was not this label's
+    (the ``votes`` stay: what the detectors said of the episode)."""
     by_index: dict[int, list[Relabel]] = {}
     for c in changes:
         by_index.setdefault(c.episode_index, []).append(c)
@@ -102,7 +104,8 @@ def apply(records: list[EpisodeRecord], changes: list[Relabel]) -> list[EpisodeR
     for r in records:
         mine = by_index.get(r.episode_index)
         if mine:
-            meta = {**r.meta, "label_source": mine[-1].source, "relabels": [c.to_json() for c in mine]}
+            meta = {**{k: v for k, v in r.meta.items() if k != "label_confidence"}, "label_source": mine[-1].source,
+                    "relabels": [c.to_json() for c in mine]}
             r = dataclasses.replace(r, label=mine[-1].new_label, meta=meta)
         out.append(r)
     return out
