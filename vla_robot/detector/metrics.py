@@ -83,7 +83,7 @@ def plot(figures: dict, path: str | Path, title: str = "success detector, held-o
         ax1.bar((b["lo"] + b["hi"]) / 2, b["rate"], width=b["hi"] - b["lo"], alpha=0.5, color="tab:blue",
                 edgecolor="black")
         ax1.text((b["lo"] + b["hi"]) / 2, b["rate"] + 0.02, str(b["n"]), ha="center", fontsize=7)
-    ax1.plot([b["mean_p"] for b in cal["bins"]], [b["rate"] for b in cal["bins"]], "o-", color="tab:orange",
+    ax1.plot([b["mean_p"] for b in cal["bins"]], [b["rate"] for b in cal["bins"]], "o", color="tab:orange",
              label="observed success rate (n per bin)")
     ax1.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="predicted P(success)", ylabel="observed success rate",
             title=f"reliability: ECE {cal['ece']:.3f}")

@@ -45,6 +45,7 @@ class TrainConfig:
     val_share: float = 0.25  # held-out share of the episodes (by episode, stratified by label)
     threshold: float = 0.5  # P(success) at or above it: success
     shift: int = 4  # random-shift augmentation, pixels
+    smoothing: float = 0.0  # label smoothing: targets eps/2 and 1 - eps/2
     width: int = 32  # conv channels of the trunk
     hidden: int = 64
     image_size: tuple[int, int] = (64, 64)
@@ -188,7 +189,8 @@ def _fit(model, batch, y, cfg: TrainConfig, rng: np.random.Generator, progress: 
     for _ in bar:
         idx = rng.integers(0, len(y), size=min(cfg.batch_size, len(y)))
         images = torch.from_numpy(_shift(batch["images"][idx], cfg.shift, rng))
-        loss = loss_fn(model.logits(images, torch.from_numpy(batch["state"][idx])), target[idx])
+        t = target[idx] * (1.0 - cfg.smoothing) + cfg.smoothing / 2
+        loss = loss_fn(model.logits(images, torch.from_numpy(batch["state"][idx])), t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -228,7 +230,8 @@ def load_torch(path: str | Path) -> DetectorNet:
     """The torch model a detector was exported from (``detector.pt`` beside its .onnx)."""
     p = detector_paths(path)["torch"]
     if not p.is_file():
-        raise DetectorError(f"{p} is missing: the torch weights are written by vla-robot detector train beside the .onnx")
+        raise DetectorError(f"{p} is missing: vla-robot detector train writes the torch weights beside the .onnx; "
+                            "retrain to get them")
     saved = torch.load(p, weights_only=True, map_location="cpu")
     model = DetectorNet(FeatureSpec.from_json(saved["spec"]), saved["width"], saved["hidden"])
     model.load_state_dict(saved["state_dict"])
