@@ -21,8 +21,8 @@ Homing on that path: no arm_node runs there, and this node is the one commander 
 safety filter, the joint states and the episode events already in hand; so it homes the arm itself
 (the thinnest design: no new node, no change to the episode manager, which waits for the operator's
 start as on the arm_node path). On ``reset`` it sends one slow trajectory home through a safety
-filter at the ramp speed (drivers/ros2_control.py home_path), reports ``homed`` on ``policy/events``
-once every measured joint is within ``arm_command.home_tolerance`` of home, and drives an episode
+filter at the ramp speed (drivers/ros2_control.py home_path), reports ``homed`` (error, seconds, stamp) on
+``policy/events`` once every measured joint is within ``arm_command.home_tolerance`` of home, and drives an episode
 only after that, whenever its ``start`` comes (a fault if home is not reached in time).
 
 Ticks on a wall-clock timer at ``control.control_hz``, or — ``lockstep`` (sim) — once per new
@@ -275,6 +275,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         except ValueError as e:
             self.get_logger().warning(f"ignoring a bad episode event: {e}")
             return
+        was_active = False
         with self._lock:
             if ev["type"] in ("start", "end", "reset", "done"):
                 self._episode_gen += 1
@@ -288,7 +289,9 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
                 self._min_stamp = float(ev["stamp"]) if ev.get("stamp") is not None else -1.0
                 self._last_ticked_stamp = -1.0
             elif ev["type"] in ("end", "reset", "done"):
-                self._active = False
+                was_active, self._active = self._active, False
+        if ev["type"] in ("end", "done") and was_active:
+            self._stop_trajectory()  # the rest of the last plan is not the episode's any more
         if ev["type"] == "reset" and self.form != "point" and self.config.arm_command.home_on_reset:
             self._start_homing()
         if self.config.lockstep and ev["type"] == "start":
@@ -298,6 +301,7 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         if msg.data:
             self.controller.estop("e-stop topic")
             self.get_logger().error("E-STOP: holding the arm until the e-stop is cleared")
+            self._stop_trajectory(estop=True)
         elif self.controller.watchdog.estopped:
             self.controller.reset_estop(self._control_clock())
             self.get_logger().warning("e-stop cleared")
@@ -434,6 +438,18 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
             np.asarray(q)[None], self.dt, self.description, 0.0, source, velocities=self.form == "trajectory"))
         self._send_gripper(q)
 
+    def _stop_trajectory(self, estop: bool = False) -> None:
+        """Stop what the controller still plays (the rest of a plan, a homing move) where the arm is.
+        The e-stop also blocks episodes until the next reset has brought the arm home."""
+        if self.form == "point":
+            return
+        with self._lock:
+            q = self._q
+            if estop and self._homing is not None:
+                self._homing = (time.monotonic(), float("inf"))
+        if q is not None:
+            self._send_now(q[0], "estop" if estop else "hold")
+
     def _send_gripper(self, q) -> None:
         if self.gripper_pub is not None:
             self.gripper_pub.publish(convert.gripper_command_msg(q, self.description, self.dt))
@@ -462,24 +478,30 @@ class PolicyNode(common.ConfiguredNode, LifecycleNode):
         self.get_logger().info(f"homing the arm from {np.round(q[0], 3).tolist()} ({len(path) * self.dt:.1f} s)")
 
     def _check_homing(self, q: np.ndarray) -> None:
-        with self._lock:
-            homing = self._homing
-        if homing is None:
-            return
-        started, give_up = homing
-        if started is None:  # the reset came before any joint state
-            self._start_homing()
-            return
+        """On each joint state while homing: home within tolerance (``homed``), or too late (a fault)."""
         err = float(np.max(np.abs(q - self.description.home)))
         now = time.monotonic()
-        if err <= self.config.arm_command.home_tolerance:
+        with self._lock:  # joint states come on several threads: one of them decides
+            if self._homing is None or self._homing[1] == -np.inf:  # (-inf: being announced)
+                return
+            started, give_up = self._homing
+            if started is None:  # the reset came before any joint state: home from this one
+                outcome, self._homing = "start", (now, float("inf"))
+            elif err <= self.config.arm_command.home_tolerance:
+                outcome, self._homing = "homed", (started, -np.inf)
+            elif now > give_up:  # said once; no episode drives until the arm is home (or the next reset)
+                outcome, self._homing = "late", (started, float("inf"))
+            else:
+                return
+        if outcome == "start":
+            self._start_homing()
+        elif outcome == "homed":  # announced before the first tick may drive
+            self.get_logger().info(f"the arm is home (within {err:.3f})")
+            self.events_pub.publish(convert.event_to_msg({"type": "homed", "error": err, "seconds": now - started,
+                                                          "stamp": time.time()}))
             with self._lock:
                 self._homing = None
-            self.get_logger().info(f"the arm is home (within {err:.3f})")
-            self.events_pub.publish(convert.event_to_msg({"type": "homed", "error": err, "seconds": now - started}))
-        elif now > give_up:  # said once; no episode drives until the arm is home (or the next reset)
-            with self._lock:
-                self._homing = (started, float("inf"))
+        else:
             self._report_fault(f"homing: the arm is still {err:.3f} from home after {now - started:.1f} s "
                                f"(arm_command.home_tolerance {self.config.arm_command.home_tolerance})")
 
