@@ -149,8 +149,8 @@ def run(tmp_path_factory):  # (the tests that use it are slow: a policy server a
         specs.append(bringup.NodeSpec("standin_jtc", "joint_trajectory_controller", parameters=(str(params),)))
         graph = ProcessGraph(specs, tmp / "logs", groups={"hardware": ("camera_node", "joint_trajectory_controller")},
                              env=env).start()
-        yield episode(op, graph, tmp)
-    finally:
+        seen = episode(op, graph, tmp)
+    finally:  # all of it stops before the tests look: nothing of it is left on the domain for the next tests
         if graph is not None:
             graph.stop(timeout_s=20)
         op.close()
@@ -158,6 +158,7 @@ def run(tmp_path_factory):  # (the tests that use it are slow: a policy server a
         if server is not None:
             server.send_signal(2)
             server.wait(timeout=20)
+    yield seen
 
 
 def episode(op, graph, tmp) -> dict:
