@@ -4,6 +4,7 @@ episode events."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from vla_robot.data import records
 from vla_robot.data.reader import load_episode, read_journal
@@ -142,3 +143,11 @@ def test_records_are_kept_whatever_their_arrival_order_and_masks_mark_what_ran(t
     assert steps[0].executed.tolist() == [False, False, True, True, True, True]  # actions 1 and 2 of chunk 1
     assert steps[1].executed.tolist() == [True, True, False, False, False, False]  # action 0 of chunk 2
     assert steps[0].observation["state"].tolist() == [1, 0] and steps[0].temperature == 1.6
+
+
+def test_a_joint_state_of_another_arm_is_refused_and_the_last_good_one_kept(tmp_path):
+    s = RecordingSession(lambda schema: Recorder(tmp_path / "ds", schema), ["front"], joint_names=NAMES)
+    s.on_joint_state(["j0", "j1"], np.array([0.1, 0.2]), 1.0, now=100.0)
+    with pytest.raises(ValueError, match=r"without \['j1'\].*another arm on this ROS domain, or set robot_description"):
+        s.on_joint_state(["j0", "fr3_joint1"], np.array([9.0, 9.0]), 2.0, now=101.0)
+    assert np.allclose(s._q, [0.1, 0.2])

@@ -102,6 +102,10 @@ class RecordingSession:
             if self.joint_names is None:
                 self.joint_names = list(names)
             if list(names) != self.joint_names:
+                missing = [n for n in self.joint_names if n not in names]
+                if missing:
+                    raise ValueError(f"a joint state without {missing} (it has {list(names)}); the recording's joints "
+                                     f"are {self.joint_names}: another arm on this ROS domain, or set robot_description")
                 idx = [list(names).index(n) for n in self.joint_names]
                 q = np.asarray(q)[idx]
             self._q = np.asarray(q, dtype=np.float32)

@@ -106,16 +106,17 @@ class RecorderNode(common.ConfiguredNode):
         self.session.on_image(cam, image, stamp)
 
     def _on_joint_state(self, msg: JointState) -> None:
-        if self.description is None:
-            q, _, stamp = convert.msg_to_joint_state(msg)
-            self.session.on_joint_state(list(msg.name), q, stamp, time.monotonic())
-            return
+        # A joint state the recording cannot use is dropped with a warning: raising here would end the
+        # executor thread that also carries the cameras.
         try:
-            q, _, stamp = convert.msg_to_joint_state(msg, description=self.description)
+            if self.description is None:
+                q, _, stamp = convert.msg_to_joint_state(msg)
+                self.session.on_joint_state(list(msg.name), q, stamp, time.monotonic())
+            else:
+                q, _, stamp = convert.msg_to_joint_state(msg, description=self.description)
+                self.session.on_joint_state(self.description.names(), q, stamp, time.monotonic())
         except ValueError as e:
             self.get_logger().warning(f"joint state not recorded: {e}", throttle_duration_sec=5.0)
-            return
-        self.session.on_joint_state(self.description.names(), q, stamp, time.monotonic())
 
     def _on_policy_action(self, msg: JointState) -> None:
         q, _, _ = convert.msg_to_joint_state(msg, self.session.joint_names)
