@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of both torch and onnxruntime (default 1)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="detector_onnx_"))
+    # what this run records and trains is kept (printed paths), not deleted: nothing learned is lost
+    work = Path(tempfile.mkdtemp(prefix="detector_onnx_")) if not (args.dataset and args.detector) else None
     ds = Path(args.dataset) if args.dataset else work / "twin"
     if not args.dataset:
         print(f"recording {args.episodes} twin episodes into {ds} ...", flush=True)
