@@ -116,12 +116,36 @@ def test_missing_or_corrupt_detector_is_a_clear_error(trained, tmp_path):
     sidecar.write_text(json.dumps({**meta, "onnx_sha256": hashlib.sha256(onnx.read_bytes()).hexdigest()}))
     with pytest.raises(DetectorError, match=f"{onnx} cannot be loaded by onnxruntime.*damaged"):
         SuccessDetector.load(onnx)
+    good = tmp_path / "mismatched"
+    shutil.copytree(trained[0], good)
+    meta_one_cam = {**meta, "spec": {**meta["spec"], "cameras": ["front"]}}  # the sha still vouches for the .onnx
+    (good / "detector.json").write_text(json.dumps(meta_one_cam))
+    with pytest.raises(DetectorError, match="from different detectors"):
+        SuccessDetector.load(good)
     sidecar.write_text("{not json")
     with pytest.raises(DetectorError, match=f"{sidecar} is damaged"):
         SuccessDetector.load(sidecar)
     (bad / "detector.onnx").unlink()
     with pytest.raises(DetectorError, match="detector.onnx missing"):
         SuccessDetector.load(bad)
+
+
+def test_providers_cpu_here_cuda_only_where_usable():
+    import os
+
+    import onnxruntime as ort
+
+    from vla_robot.detector.runtime import choose_providers
+
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+    auto = choose_providers("auto")
+    assert auto[-1] == "CPUExecutionProvider" and set(auto) <= set(ort.get_available_providers())
+    if not os.path.exists("/dev/nvidiactl"):  # no GPU: CUDA is never asked for, and asking for it says why
+        assert auto == ["CPUExecutionProvider"]
+        with pytest.raises(DetectorError, match="no usable CUDAExecutionProvider"):
+            choose_providers("cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        choose_providers("tpu")
 
 
 @pytest.fixture(scope="module")
