@@ -75,7 +75,7 @@ def readme_commands() -> list[str]:
 
 # every command of the block, with what this test does with it
 COVERED = {"serve", "launch", "record", "evaluate", "dataset", "learn", "policy", "twin", "calibrate", "keygen",
-           "operator"}
+           "operator", "detector"}
 
 
 def test_the_readme_block_is_covered():
@@ -118,6 +118,17 @@ def test_everyday_commands_from_a_plain_shell(tmp_path):
     assert "server.key" in ok(vla_robot("keygen", "keys", "--name", "server", cwd=tmp_path))
     # the person's console, without a terminal and with no keys to read: it shows the screen and ends
     assert "SPACE start / confirm reset" in ok(vla_robot("operator", "--plain", cwd=tmp_path, timeout=60))
+
+
+def test_detector_commands_from_a_plain_shell(tmp_path):
+    # the README's two lines, at CI size: twin episodes with the twin's labels, then a detector trained on them
+    out = ok(vla_robot("detector", "twin-dataset", "--out", "runs/det_ds", "--episodes", "12", cwd=tmp_path))
+    assert "12 twin episodes" in out, out
+    out = ok(vla_robot("detector", "train", "--dataset", "runs/det_ds", "--out", "runs/detector", "--steps", "60",
+                       cwd=tmp_path))
+    assert "split by episode" in out and (tmp_path / "runs/detector/detector.onnx").is_file(), out
+    refused(vla_robot("detector", "train", "--dataset", "nothing_here", "--out", "x", cwd=tmp_path),
+            "nothing_here", "vla-robot detector twin-dataset")
 
 
 def test_a_policy_too_large_for_this_machine_is_refused_before_loading(tmp_path):
