@@ -74,12 +74,19 @@ def frame_indices(length: int, spec: FeatureSpec) -> np.ndarray:
     return np.clip(np.array(early + late, dtype=int), 0, length - 1)
 
 
+def resize_frame(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One frame at the detector's input size, as training saw it (the node's frame buffer uses it too)."""
+    if image.shape[:2] == tuple(size):
+        return image
+    import cv2
+
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
 def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if images.shape[1:3] == tuple(size):
         return np.ascontiguousarray(images)
-    import cv2
-
-    return np.stack([cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_AREA) for im in images])
+    return np.stack([resize_frame(im, size) for im in images])
 
 
 def features_from_arrays(frames: dict[str, np.ndarray], states: np.ndarray, spec: FeatureSpec,

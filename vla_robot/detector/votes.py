@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_robot.data.schema import Label
+from vla_robot.detector.features import resize_frame
 
 __all__ = ["VoteConfig", "Verdict", "vote", "DetectorPanel", "EpisodeFrames", "EpisodeVoter", "VOTES", "HUMAN", "TWIN"]
 
@@ -239,10 +240,8 @@ class EpisodeFrames:
     def add_image(self, camera: str, image: np.ndarray) -> None:
         if camera not in self.cameras:
             return
-        if self.image_size is not None and image.shape[:2] != tuple(self.image_size):
-            import cv2
-
-            image = cv2.resize(image, (self.image_size[1], self.image_size[0]), interpolation=cv2.INTER_AREA)
+        if self.image_size is not None:
+            image = resize_frame(image, self.image_size)
         with self._lock:
             self._latest[camera] = image
             if camera != self.cameras[0] or self._state is None or len(self._latest) < len(self.cameras):
